@@ -1,0 +1,238 @@
+"""ModelConfig: the model's shape, with Qwen3Config's field names and meanings, and the named presets.
+
+`config.json` is read and written in the Hugging Face layout so that transformers, vLLM and llama.cpp's
+converter read our directories as Qwen3 (dense) or Qwen3-MoE (when `num_experts > 0`) checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from minimind.errors import MiniMindError
+
+DENSE = ("qwen3", "Qwen3ForCausalLM")
+MOE = ("qwen3_moe", "Qwen3MoeForCausalLM")
+
+# Fields a config.json must hold; the rest have Qwen3's defaults.
+REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+YARN_KEYS = {"rope_type", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
+             "attention_factor", "mscale", "mscale_all_dim", "truncate"}
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 6400
+    hidden_size: int = 768
+    intermediate_size: int = 2432          # SwiGLU width of the dense MLP
+    num_hidden_layers: int = 8
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 4           # grouped-query attention: query heads per KV head = heads / kv_heads
+    head_dim: int = 96
+    max_position_embeddings: int = 32768
+    rope_theta: float = 1e6
+    rope_scaling: dict | None = None       # None, or {"rope_type": "yarn", "factor": s, "original_max_position_embeddings": L, ...}
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    initializer_range: float = 0.02
+    # Mixture of experts: num_experts == 0 means a dense model.
+    num_experts: int = 0
+    num_experts_per_tok: int = 1
+    moe_intermediate_size: int = 2432
+    norm_topk_prob: bool = True
+    router_aux_loss_coef: float = 5e-4
+    # Special token ids (the tokenizer's <|endoftext|>, <|im_start|>, <|im_end|>).
+    pad_token_id: int = 0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+
+    def __post_init__(self):
+        self.validate()
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    def validate(self) -> None:
+        """Type- and range-check every field; the error names the field."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+                raise MiniMindError(f"model config field '{f.name}' must be an integer, got {value!r}")
+            if f.type == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise MiniMindError(f"model config field '{f.name}' must be a number, got {value!r}")
+                setattr(self, f.name, float(value))
+            if f.type == "bool" and not isinstance(value, bool):
+                raise MiniMindError(f"model config field '{f.name}' must be true or false, got {value!r}")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            if getattr(self, name) <= 0:
+                raise MiniMindError(f"model config field '{name}' must be positive, got {getattr(self, name)}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise MiniMindError(f"model config: num_attention_heads ({self.num_attention_heads}) must be a multiple "
+                                f"of num_key_value_heads ({self.num_key_value_heads})")
+        if self.head_dim % 2:
+            raise MiniMindError(f"model config field 'head_dim' must be even for RoPE, got {self.head_dim}")
+        if self.num_experts < 0:
+            raise MiniMindError(f"model config field 'num_experts' must be >= 0, got {self.num_experts}")
+        if self.is_moe and not 1 <= self.num_experts_per_tok <= self.num_experts:
+            raise MiniMindError(f"model config field 'num_experts_per_tok' must be in 1..num_experts "
+                                f"({self.num_experts}), got {self.num_experts_per_tok}")
+        if self.rope_scaling is not None:
+            self.rope_scaling = _check_rope_scaling(self.rope_scaling, self.max_position_embeddings)
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ---- config.json -------------------------------------------------------------------------------------
+
+    def to_hf_dict(self, dtype: str = "float32") -> dict[str, Any]:
+        """The config.json that transformers reads as Qwen3Config / Qwen3MoeConfig (legacy rope keys, which
+        transformers 4 and 5, vLLM and llama.cpp's converter all read)."""
+        model_type, arch = MOE if self.is_moe else DENSE
+        d: dict[str, Any] = {"architectures": [arch], "model_type": model_type}
+        for f in dataclasses.fields(self):
+            d[f.name] = getattr(self, f.name)
+        if not self.is_moe:
+            for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
+                      "router_aux_loss_coef"):
+                del d[k]
+        else:
+            d.update(decoder_sparse_step=1, mlp_only_layers=[], output_router_logits=False)
+        d.update(hidden_act="silu", attention_bias=False, attention_dropout=0.0, use_cache=True,
+                 use_sliding_window=False, sliding_window=None, max_window_layers=self.num_hidden_layers,
+                 torch_dtype=dtype)
+        return d
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> ModelConfig:
+        """Read a Hugging Face Qwen3 / Qwen3-MoE config dict (transformers 4 or 5 layout)."""
+        model_type = d.get("model_type")
+        if model_type not in (DENSE[0], MOE[0]):
+            raise MiniMindError(f"{source}: unknown model_type {model_type!r} (expected 'qwen3' or 'qwen3_moe')")
+        missing = [k for k in REQUIRED if k not in d]
+        if model_type == MOE[0]:
+            missing += [k for k in ("num_experts_per_tok", "moe_intermediate_size") if k not in d]
+            if "num_experts" not in d and "num_local_experts" not in d:
+                missing.append("num_experts")
+        if missing:
+            raise MiniMindError(f"{source}: missing field '{missing[0]}'")
+        if d.get("hidden_act", "silu") != "silu":
+            raise MiniMindError(f"{source}: field 'hidden_act' is {d['hidden_act']!r}; only 'silu' is supported")
+        if d.get("attention_bias", False):
+            raise MiniMindError(f"{source}: field 'attention_bias' is true; Qwen3 attention has no biases")
+        if d.get("use_sliding_window", False):
+            raise MiniMindError(f"{source}: field 'use_sliding_window' is true; sliding-window attention "
+                                "is not supported")
+        if model_type == MOE[0] and (d.get("decoder_sparse_step", 1) != 1 or d.get("mlp_only_layers")):
+            raise MiniMindError(f"{source}: fields 'decoder_sparse_step'/'mlp_only_layers' must leave every "
+                                "layer an MoE layer")
+
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        if model_type == MOE[0]:
+            kwargs.setdefault("num_experts", d.get("num_local_experts"))
+            kwargs.setdefault("norm_topk_prob", False)   # Qwen3MoeConfig's default
+        else:
+            kwargs["num_experts"] = 0
+        kwargs.setdefault("num_key_value_heads", d["num_attention_heads"])
+        kwargs.setdefault("head_dim", d["hidden_size"] // d["num_attention_heads"])
+        kwargs.setdefault("tie_word_embeddings", False)   # Qwen3Config's default
+        # rope: transformers 5 writes "rope_parameters"; transformers 4 and the reference write
+        # "rope_theta" + "rope_scaling".
+        rope = d.get("rope_parameters") or {}
+        scaling = d.get("rope_scaling") or {k: v for k, v in rope.items() if k != "rope_theta"}
+        kwargs["rope_theta"] = d.get("rope_theta") or rope.get("rope_theta") or 10000.0
+        rope_type = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
+        kwargs["rope_scaling"] = None if rope_type == "default" else scaling
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = kwargs.get(key)
+            if isinstance(value, list):
+                value = value[0] if value else None
+            if value is None:
+                kwargs.pop(key, None)
+            else:
+                kwargs[key] = value
+        try:
+            return cls(**kwargs)
+        except MiniMindError as e:
+            raise MiniMindError(f"{source}: {e}") from None
+
+    def save(self, path: Path, dtype: str = "float32") -> None:
+        Path(path).write_text(json.dumps(self.to_hf_dict(dtype), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> ModelConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise MiniMindError(f"{path}: file not found")
+        try:
+            d = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise MiniMindError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise MiniMindError(f"{path}: expected a JSON object")
+        return cls.from_hf_dict(d, source=str(path))
+
+
+def _check_rope_scaling(scaling: Any, max_positions: int) -> dict:
+    """Normalise a rope_scaling block to {"rope_type": "yarn", "factor": ..., ...}; only YaRN is supported."""
+    if not isinstance(scaling, dict):
+        raise MiniMindError(f"model config field 'rope_scaling' must be an object or null, got {scaling!r}")
+    scaling = dict(scaling)
+    rope_type = scaling.pop("type", None)
+    scaling.setdefault("rope_type", rope_type or "default")
+    if scaling["rope_type"] != "yarn":
+        raise MiniMindError(f"model config field 'rope_scaling.rope_type' is {scaling['rope_type']!r}; "
+                            "only 'yarn' is supported")
+    unknown = set(scaling) - YARN_KEYS
+    if unknown:
+        raise MiniMindError(f"model config field 'rope_scaling' has unknown key '{sorted(unknown)[0]}'")
+    original = scaling.setdefault("original_max_position_embeddings", max_positions)
+    if scaling.get("factor") is None:
+        scaling["factor"] = max_positions / original
+    if not isinstance(scaling["factor"], (int, float)) or scaling["factor"] < 1:
+        raise MiniMindError(f"model config field 'rope_scaling.factor' must be a number >= 1, "
+                            f"got {scaling['factor']!r}")
+    return scaling
+
+
+def yarn(factor: float, original_max_position_embeddings: int = 2048) -> dict:
+    """The YaRN block the reference uses (factor 16 over 2048 positions gives 32768)."""
+    return {"rope_type": "yarn", "factor": float(factor), "beta_fast": 32.0, "beta_slow": 1.0,
+            "original_max_position_embeddings": original_max_position_embeddings}
+
+
+def _swiglu_width(hidden: int, multiplier: float) -> int:
+    """Round hidden * multiplier up to a multiple of 64 (the reference's MLP widths)."""
+    return math.ceil(hidden * multiplier / 64) * 64
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # The reference's current models.
+    "minimind-3": ModelConfig(),
+    "minimind-3-moe": ModelConfig(num_experts=4, num_experts_per_tok=1),
+    # The reference's previous generation (shapes only; the architecture is Qwen3 here, with qk-norm).
+    "minimind2-small": ModelConfig(hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                                   num_key_value_heads=2, head_dim=64,
+                                   intermediate_size=_swiglu_width(512, 8 / 3), rms_norm_eps=1e-5),
+    "minimind2": ModelConfig(hidden_size=768, num_hidden_layers=16, num_attention_heads=8, num_key_value_heads=2,
+                             head_dim=96, intermediate_size=_swiglu_width(768, 8 / 3), rms_norm_eps=1e-5),
+    # Test models: seconds on one CPU core.
+    "tiny": ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        head_dim=16, intermediate_size=192, max_position_embeddings=2048),
+    "tiny-moe": ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            head_dim=16, intermediate_size=192, max_position_embeddings=2048,
+                            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=96),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise MiniMindError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name])

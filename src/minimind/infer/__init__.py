@@ -1,0 +1,5 @@
+"""Generation from a model: the decoding loop over the static KV cache."""
+
+from minimind.infer.generate import generate
+
+__all__ = ["generate"]

@@ -1,0 +1,184 @@
+"""The model directory: a Hugging Face Qwen3 / Qwen3-MoE checkpoint.
+
+    config.json              ModelConfig in transformers' layout
+    model.safetensors        tensors under transformers' names; a tied lm_head is not stored;
+                             MoE experts one by one: model.layers.{i}.mlp.experts.{e}.{gate,up,down}_proj.weight
+    generation_config.json   special token ids and default sampling
+
+Saving writes a temporary sibling directory and renames it into place, so a crash never leaves half a model.
+Loading checks every tensor against the config and names the file and tensor of any mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from minimind.config import ModelConfig
+from minimind.errors import MiniMindError
+from minimind.model.transformer import Transformer
+
+WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
+_EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
+_PROJS = ("gate_proj", "up_proj", "down_proj")
+
+
+def to_checkpoint(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our state dict → checkpoint tensors: drop the tied head, split stacked experts into one per expert."""
+    out = {}
+    for name, t in state.items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        stem, _, proj = name.rpartition(".")
+        if stem.endswith("mlp.experts"):
+            for e in range(t.shape[0]):
+                out[f"{stem}.{e}.{proj}.weight"] = t[e]
+        else:
+            out[name] = t
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def from_checkpoint(tensors: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Checkpoint tensors → our state dict: stack per-expert tensors (or split transformers 5's fused
+    gate_up_proj), add the tied head."""
+    out, experts = {}, {}
+    for name, t in tensors.items():
+        m = _EXPERT.fullmatch(name)
+        if m:
+            experts.setdefault((m[1], m[3]), {})[int(m[2])] = t
+        elif name.endswith("mlp.experts.gate_up_proj"):
+            stem = name.rpartition(".")[0]
+            out[f"{stem}.gate_proj"], out[f"{stem}.up_proj"] = t.chunk(2, dim=1)
+        else:
+            out[name] = t
+    for (stem, proj), by_index in experts.items():
+        missing = [e for e in range(config.num_experts) if e not in by_index]
+        if missing:
+            raise MiniMindError(f"missing tensor '{stem}.{missing[0]}.{proj}.weight'")
+        out[f"{stem}.{proj}"] = torch.stack([by_index[e] for e in range(config.num_experts)])
+    if config.tie_word_embeddings:
+        out.pop("lm_head.weight", None)      # a tied head may be stored anyway; the embedding wins
+    return out
+
+
+def save_model(model: Transformer, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write `model` as a model directory at `path` (replacing one that is there), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", dtype or v.dtype) for k, v in model.state_dict().items()}
+    saved_dtype = str(dtype or model.model.embed_tokens.weight.dtype).removeprefix("torch.")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        model.config.save(tmp / "config.json", dtype=saved_dtype)
+        save_file(to_checkpoint(state, model.config), tmp / WEIGHTS, metadata={"format": "pt"})
+        (tmp / "generation_config.json").write_text(json.dumps(generation_config(model.config), indent=2) + "\n")
+        _apply_umask(tmp)
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _apply_umask(directory: Path) -> None:
+    """mkdtemp makes a private directory; give it (and its files) the permissions a plain mkdir would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for file in directory.iterdir():
+        os.chmod(file, 0o666 & ~umask)
+
+
+def _replace_dir(new: Path, path: Path) -> None:
+    """Move directory `new` to `path`; an existing `path` is moved aside first and deleted after."""
+    if not path.exists():
+        os.rename(new, path)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    os.rename(path, old / path.name)
+    os.rename(new, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def generation_config(config: ModelConfig) -> dict:
+    return {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+            "pad_token_id": config.pad_token_id, "do_sample": True, "temperature": 0.85, "top_p": 0.85}
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of model.safetensors (or of the shards its index lists), on the CPU."""
+    files = [path / WEIGHTS]
+    if not files[0].is_file() and (path / INDEX).is_file():
+        try:
+            weight_map = json.loads((path / INDEX).read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise MiniMindError(f"{path / INDEX}: not a safetensors index ({e})") from None
+        files = [path / name for name in sorted(set(weight_map.values()))]
+    tensors = {}
+    for file in files:
+        if not file.is_file():
+            raise MiniMindError(f"{file}: file not found")
+        try:
+            with safe_open(file, framework="pt") as f:
+                for name in f.keys():
+                    tensors[name] = f.get_tensor(name)
+        except (SafetensorError, OSError) as e:
+            raise MiniMindError(f"{file}: not a readable safetensors file, truncated or corrupt ({e})") from None
+    return tensors
+
+
+def load_model(path: str | Path, device: str | torch.device | None = None,
+               dtype: torch.dtype | None = None) -> Transformer:
+    """Read a model directory (ours, or any transformers Qwen3 / Qwen3-MoE checkpoint) into a Transformer in
+    eval mode, on `device` (default: the best available) in `dtype` (default: as stored, fp32 on CPU for
+    half-precision files)."""
+    from minimind.runtime import resolve_device
+
+    path = Path(path)
+    if not path.is_dir():
+        raise MiniMindError(f"{path}: not a model directory")
+    config = ModelConfig.load(path / "config.json")
+    device = resolve_device(device)
+    tensors = read_tensors(path)
+    weights_file = path / (WEIGHTS if (path / WEIGHTS).is_file() else INDEX)
+    try:
+        state = from_checkpoint(tensors, config)
+    except MiniMindError as e:
+        raise MiniMindError(f"{weights_file}: {e}") from None
+
+    with torch.device("meta"):
+        model = Transformer(config)
+    expected = model.state_dict()
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    for name, ref in expected.items():
+        if name not in state:
+            raise MiniMindError(f"{weights_file}: missing tensor '{_disk_name(name, config)}'")
+        if tuple(state[name].shape) != tuple(ref.shape):
+            raise MiniMindError(f"{weights_file}: tensor '{_disk_name(name, config)}' has shape "
+                                f"{list(state[name].shape)}, config.json implies {list(ref.shape)}")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise MiniMindError(f"{weights_file}: unexpected tensor '{unexpected[0]}' (not part of this config)")
+
+    if dtype is None:
+        stored = state["model.embed_tokens.weight"].dtype
+        dtype = torch.float32 if device.type == "cpu" and stored in (torch.float16, torch.bfloat16) else stored
+    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    return model.eval()
+
+
+def _disk_name(name: str, config: ModelConfig) -> str:
+    """The checkpoint name of one of our tensors (expert 0's, for stacked experts)."""
+    stem, _, proj = name.rpartition(".")
+    return f"{stem}.0.{proj}.weight" if stem.endswith("mlp.experts") else name

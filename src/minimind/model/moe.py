@@ -1,0 +1,81 @@
+"""The mixture-of-experts MLP of Qwen3-MoE: softmax router, top-k experts, load-balancing loss.
+
+For N tokens x [N, hidden] and E experts:
+    p      = softmax(x · W_gateᵀ)                    [N, E], in fp32
+    w, e   = topk(p, k)                              weights and expert ids [N, k]
+    w      = w / Σ_k w           (if norm_topk_prob)
+    y_n    = Σ_j w_nj · SwiGLU_{e_nj}(x_n)
+Load-balancing loss (Switch Transformer), summed over MoE layers by the model:
+    f_i    = fraction of tokens whose top-k includes expert i
+    P_i    = mean router probability of expert i
+    aux    = E · coef · Σ_i f_i · P_i                (= k·coef when routing is perfectly uniform)
+Padding tokens (token_mask == 0) are left out of f and P.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minimind.config import ModelConfig
+
+
+class Experts(nn.Module):
+    """E SwiGLU experts stored as stacked matrices: gate/up [E, I, hidden], down [E, hidden, I].
+
+    On disk each expert has its own tensors (`experts.{e}.gate_proj.weight`, as transformers saves them);
+    `minimind.model.io` splits and stacks them.
+    """
+
+    def __init__(self, num_experts: int, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Parameter(torch.empty(num_experts, intermediate, hidden))
+        self.up_proj = nn.Parameter(torch.empty(num_experts, intermediate, hidden))
+        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden, intermediate))
+
+    def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """x [M, hidden] holds the tokens grouped by expert, counts[e] of them for expert e → [M, hidden]."""
+        outs = []
+        for e, xe in enumerate(x.split(counts)):
+            h = F.silu(xe @ self.gate_proj[e].T) * (xe @ self.up_proj[e].T)
+            outs.append(h @ self.down_proj[e].T)
+        return torch.cat(outs)
+
+
+class MoE(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_experts, self.top_k = config.num_experts, config.num_experts_per_tok
+        self.norm_topk_prob, self.aux_coef = config.norm_topk_prob, config.router_aux_loss_coef
+        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)     # the router
+        self.experts = Experts(config.num_experts, config.hidden_size, config.moe_intermediate_size)
+
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, hidden], token_mask [B, T] (1 = real token) → (y [B, T, hidden], aux loss [])."""
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        probs = self.gate(x).float().softmax(dim=-1)                        # [N, E]
+        weights, experts = probs.topk(self.top_k, dim=-1)                   # [N, k]
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+
+        # Group the N·k (token, expert) assignments by expert, run each expert once on its tokens,
+        # then scatter the weighted outputs back to their tokens.
+        flat = experts.flatten()                                            # [N·k]
+        order = flat.argsort(stable=True)
+        token = order // self.top_k
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()  # one host sync per layer
+        y = self.experts(x[token], counts) * weights.flatten()[order, None].to(x.dtype)
+        out = torch.zeros_like(x).index_add_(0, token, y)
+        return out.view(shape), self.aux_loss(probs, experts, token_mask)
+
+    def aux_loss(self, probs: torch.Tensor, experts: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+        chosen = F.one_hot(experts, self.num_experts).sum(dim=1).float()   # [N, E], 1 where expert in top-k
+        if token_mask is None:
+            f, P = chosen.mean(dim=0), probs.mean(dim=0)
+        else:
+            m = token_mask.reshape(-1, 1).float()
+            n = m.sum().clamp(min=1)
+            f, P = (chosen * m).sum(dim=0) / n, (probs * m).sum(dim=0) / n
+        return self.num_experts * self.aux_coef * (f * P).sum()

@@ -1,0 +1,195 @@
+"""The decoder: embeddings → N pre-norm blocks → final norm → LM head (tied to the embeddings by default).
+
+    h = h + Attention(RMSNorm(h));  h = h + MLP-or-MoE(RMSNorm(h))
+
+Module names follow transformers' Qwen3ForCausalLM (`model.embed_tokens`, `model.layers.{i}.self_attn.q_proj`,
+…, `lm_head`), so `state_dict()` keys are the checkpoint's tensor names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minimind.config import ModelConfig
+from minimind.model.cache import KVCache
+from minimind.model.layers import MLP, Attention, RMSNorm
+from minimind.model.moe import MoE
+from minimind.model.rope import RotaryEmbedding
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor                 # [B, T_kept, vocab]
+    loss: torch.Tensor | None = None     # shifted cross-entropy + aux_loss, when labels are given
+    aux_loss: torch.Tensor | None = None  # MoE load-balancing loss summed over layers (0 for a dense model)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MoE(config) if config.is_moe else MLP(config.hidden_size, config.intermediate_size)
+
+    def forward(self, h, cos, sin, mask, is_causal, cache=None, token_mask=None):
+        """h [B, T, hidden] → (h [B, T, hidden], aux loss [] or None)."""
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask, is_causal, cache)
+        x = self.post_attention_layernorm(h)
+        if isinstance(self.mlp, MoE):
+            y, aux = self.mlp(x, token_mask)
+            return h + y, aux
+        return h + self.mlp(x), None
+
+
+class Backbone(nn.Module):
+    """Embeddings, blocks and the final norm (transformers' Qwen3Model): input_ids → hidden states."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(config)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """input_ids [B, T]; attention_mask [B, past+T] (1 = token, 0 = padding) → (hidden [B, T, H], aux)."""
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if attention_mask is not None and attention_mask.shape != (B, past + T):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected {(B, past + T)} "
+                             "(it covers the cached positions too)")
+        positions = _positions(attention_mask, past, T, input_ids.device)
+        h = self.embed_tokens(input_ids)
+        cos, sin = self.rotary(positions, h.dtype)
+        mask, is_causal = _attention_mask(attention_mask, past, T, input_ids.device)
+        token_mask = attention_mask[:, past:] if attention_mask is not None else None
+        aux = None
+        for layer in self.layers:
+            h, layer_aux = layer(h, cos, sin, mask, is_causal, cache, token_mask)
+            if layer_aux is not None:
+                aux = layer_aux if aux is None else aux + layer_aux
+        if cache is not None:
+            cache.advance(T)
+        return self.norm(h), aux
+
+
+def _positions(attention_mask, past: int, T: int, device) -> torch.Tensor:
+    """Rotary positions [B or 1, T]: each row counts only its real tokens, so padding never shifts them."""
+    if attention_mask is None:
+        return torch.arange(past, past + T, device=device)[None]
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+
+
+def _attention_mask(attention_mask, past: int, T: int, device) -> tuple[torch.Tensor | None, bool]:
+    """The SDPA mask (True = may attend) [B or 1, 1, T, past+T] and is_causal flag.
+
+    Without padding the common cases need no mask at all. A padding query attends to itself only, so that
+    no row of the softmax is empty (an empty row gives NaN, which would leak through 0·NaN in later layers).
+    """
+    if attention_mask is None and past == 0:
+        return None, T > 1
+    if attention_mask is None and T == 1:
+        return None, False
+    q_pos = torch.arange(past, past + T, device=device)[:, None]
+    k_pos = torch.arange(past + T, device=device)[None, :]
+    allowed = k_pos <= q_pos                                                # [T, S] causal
+    if attention_mask is not None:
+        allowed = allowed & (attention_mask.bool()[:, None, :] | (k_pos == q_pos))   # [B, T, S]
+    return allowed.expand(attention_mask.shape[0] if attention_mask is not None else 1, T, past + T)[:, None], False
+
+
+class Transformer(nn.Module):
+    """The causal language model (transformers' Qwen3ForCausalLM / Qwen3MoeForCausalLM)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, cache: KVCache | None = None,
+                logits_to_keep: int | None = None) -> ModelOutput:
+        """input_ids [B, T] → logits [B, T, vocab] (only the last `logits_to_keep` positions if given).
+
+        labels [B, T] are the input ids themselves (the shift happens here): loss = mean over positions t with
+        labels[t+1] != -100 of -log p(labels[t+1] | tokens ≤ t), plus the MoE aux loss.
+        """
+        h, aux = self.model(input_ids, attention_mask, cache)
+        if aux is None:
+            aux = h.new_zeros((), dtype=torch.float32)
+        loss = None
+        if labels is not None:
+            logits = self.lm_head(h)
+            loss = cross_entropy(logits[:, :-1], labels[:, 1:]) + aux
+            if logits_to_keep:
+                logits = logits[:, -logits_to_keep:]
+        else:
+            logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
+        return ModelOutput(logits=logits, loss=loss, aux_loss=aux)
+
+    # ---- initialisation ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Every matrix ~ N(0, σ) with σ = initializer_range; the matrices that write into the residual stream
+        (o_proj, down_proj) get σ/√(2·layers) (GPT-2's scaling, so the residual's variance does not grow
+        with depth); norm weights = 1."""
+        std = self.config.initializer_range
+        out_std = std / math.sqrt(2 * self.config.num_hidden_layers)
+        for name, p in self.named_parameters():
+            if p.ndim == 1:
+                nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight", "experts.down_proj")):
+                nn.init.normal_(p, 0.0, out_std)
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    # ---- size and cost ---------------------------------------------------------------------------------------
+
+    def num_params(self, active: bool = False) -> int:
+        """Parameters (tied weights counted once); with active=True only those one token uses (top-k experts)."""
+        total = sum(p.numel() for p in self.parameters())
+        if active and self.config.is_moe:
+            per_expert = sum(p[0].numel() for p in self.model.layers[0].mlp.experts.parameters())
+            idle = self.config.num_experts - self.config.num_experts_per_tok
+            total -= idle * per_expert * self.config.num_hidden_layers
+        return total
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token (forward + backward), PaLM's estimate: 6·N + 12·L·(H·d)·T, where N counts
+        the active parameters that take part in matmuls (the LM head, not the embedding lookup)."""
+        c = self.config
+        norms = sum(p.numel() for p in self.parameters() if p.ndim == 1)
+        embedding = 0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size
+        matmul = self.num_params(active=True) - norms - embedding
+        return 6 * matmul + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len
+
+    def save(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write a Hugging Face Qwen3 model directory atomically; see `minimind.model.io.save_model`."""
+        from minimind.model.io import save_model
+        return save_model(self, path, dtype=dtype)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy in fp32 over targets != -100 (0 if there are none, never NaN)."""
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                             ignore_index=IGNORE_INDEX, reduction="sum")
+    return losses / (targets != IGNORE_INDEX).sum().clamp(min=1)
