@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ class ModelConfig:
     head_dim: int = 96
     max_position_embeddings: int = 32768
     rope_theta: float = 1e6
-    rope_scaling: dict | None = None       # None, or {"rope_type": "yarn", "factor": s, "original_max_position_embeddings": L, ...}
+    # None, or YaRN: {"rope_type": "yarn", "factor": s, "original_max_position_embeddings": L, ...}
+    rope_scaling: dict | None = None
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
@@ -122,6 +123,9 @@ class ModelConfig:
                 missing.append("num_experts")
         if missing:
             raise MiniMindError(f"{source}: missing field '{missing[0]}'")
+        for k in REQUIRED:
+            if not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] <= 0:
+                raise MiniMindError(f"{source}: field '{k}' must be a positive integer, got {d[k]!r}")
         if d.get("hidden_act", "silu") != "silu":
             raise MiniMindError(f"{source}: field 'hidden_act' is {d['hidden_act']!r}; only 'silu' is supported")
         if d.get("attention_bias", False):

@@ -1,0 +1,73 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from minimind import preset
+from minimind.model.moe import MoE
+
+
+def make_moe(**overrides) -> MoE:
+    torch.manual_seed(0)
+    moe = MoE(preset("tiny-moe").replace(**overrides))
+    for p in moe.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return moe
+
+
+def test_aux_loss_hand_computed():
+    """Two experts, top-1, three tokens with router logits chosen by hand."""
+    moe = make_moe(num_experts=2, num_experts_per_tok=1, router_aux_loss_coef=0.01)
+    with torch.no_grad():
+        moe.gate.weight.zero_()
+        moe.gate.weight[0, 0] = 1.0                      # logit of expert 0 = x[0], of expert 1 = 0
+    x = torch.zeros(1, 3, 64)
+    x[0, :, 0] = torch.tensor([2.0, 1.0, -1.0])
+    _, aux = moe(x)
+    p0 = [1 / (1 + math.exp(-a)) for a in (2.0, 1.0, -1.0)]          # softmax over (a, 0)
+    f = [2 / 3, 1 / 3]                                               # tokens 1, 2 → expert 0; token 3 → expert 1
+    P = [sum(p0) / 3, sum(1 - p for p in p0) / 3]
+    expected = 2 * 0.01 * (f[0] * P[0] + f[1] * P[1])
+    assert abs(aux.item() - expected) < 1e-7
+
+
+def test_aux_loss_ignores_padding():
+    moe = make_moe(router_aux_loss_coef=0.01)
+    x = torch.randn(1, 6, 64)
+    _, aux_masked = moe(x, token_mask=torch.tensor([[0, 0, 1, 1, 1, 1]]))
+    _, aux_alone = moe(x[:, 2:])
+    torch.testing.assert_close(aux_masked, aux_alone)
+
+
+def test_uniform_routing_gives_k_times_coef():
+    moe = make_moe(router_aux_loss_coef=0.01)               # 4 experts, top-2
+    probs = torch.full((4, 4), 0.25)
+    experts = torch.tensor([[0, 1], [2, 3], [0, 2], [1, 3]])
+    assert abs(moe.aux_loss(probs, experts, None).item() - 2 * 0.01) < 1e-7
+
+
+def test_grouped_experts_equal_a_loop_over_tokens():
+    moe = make_moe()
+    x = torch.randn(2, 5, 64)
+    y, _ = moe(x)
+    e = moe.experts
+    for n, token in enumerate(x.reshape(-1, 64)):
+        probs = F.softmax(moe.gate(token), dim=-1)
+        w, idx = probs.topk(2)
+        w = w / w.sum()
+        ref = sum(wi * (F.silu(e.gate_proj[i] @ token) * (e.up_proj[i] @ token)) @ e.down_proj[i].T
+                  for wi, i in zip(w, idx, strict=True))
+        torch.testing.assert_close(y.reshape(-1, 64)[n], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_idle_expert_still_gets_a_gradient():
+    """An expert no token picks gets a zero gradient, not None (DDP needs every parameter used)."""
+    moe = make_moe(num_experts_per_tok=1)
+    with torch.no_grad():
+        moe.gate.weight.zero_()
+        moe.gate.weight[0] = 1.0
+    x = torch.rand(1, 4, 64) + 0.1                           # all positive → every token picks expert 0
+    y, aux = moe(x)
+    (y.sum() + aux).backward()
+    assert moe.experts.down_proj.grad is not None
+    assert moe.experts.down_proj.grad[1:].abs().sum() == 0 and moe.experts.down_proj.grad[0].abs().sum() > 0

@@ -1,0 +1,86 @@
+import json
+import subprocess
+import sys
+
+import torch
+
+from minimind import load_model
+from minimind.cli import main
+from minimind.infer import generate
+from tests.conftest import make_model
+
+
+def test_init_writes_a_model_directory(tmp_path, capsys):
+    assert main(["init", "--preset", "tiny-moe", "--out", str(tmp_path / "m"), "--seed", "3",
+                 "num_experts=8", "num_experts_per_tok=1"]) == 0
+    # 409,600 embedding + 2 layers × (12,288 attention + 160 norms + 512 router + 8 × 18,432 experts) + 64
+    assert "0.73M parameters (0.47M active)" in capsys.readouterr().out
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["num_experts"] == 8 and config["architectures"] == ["Qwen3MoeForCausalLM"]
+    a = load_model(tmp_path / "m", device="cpu")
+    main(["init", "--preset", "tiny-moe", "--out", str(tmp_path / "n"), "--seed", "3", "num_experts=8",
+          "num_experts_per_tok=1"])
+    assert torch.equal(a.lm_head.weight, load_model(tmp_path / "n", device="cpu").lm_head.weight)   # seeded
+
+
+def test_presets_lists_counts(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "minimind-3-moe" in out and "198.42M" in out and "63.94M" in out
+
+
+def test_info(tmp_path, capsys):
+    main(["init", "--preset", "tiny", "--out", str(tmp_path / "m"), 'rope_scaling={"rope_type":"yarn","factor":4}'])
+    capsys.readouterr()
+    assert main(["info", "--model", str(tmp_path / "m")]) == 0
+    assert "Qwen3 (dense), 0.51M parameters" in (out := capsys.readouterr().out) and "yarn ×4" in out
+
+
+def test_generate_greedy_equals_naive_decoding(tmp_path, capsys):
+    model = make_model()
+    model.save(tmp_path / "m")
+    assert main(["generate", "--model", str(tmp_path / "m"), "--prompt-ids", "1", "77", "--max-new-tokens", "8"]) == 0
+    printed = [int(t) for t in capsys.readouterr().out.split()]
+    ids = torch.tensor([[1, 77]])
+    with torch.no_grad():
+        for _ in range(8):                                   # full forward each step, no cache
+            ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], dim=1)
+    assert printed == ids[0, 2:].tolist()
+
+
+def test_sampling_is_seeded():
+    model = make_model()
+    a = list(generate(model, [1, 2, 3], 12, temperature=1.0, top_k=50, seed=7))
+    b = list(generate(model, [1, 2, 3], 12, temperature=1.0, top_k=50, seed=7))
+    c = list(generate(model, [1, 2, 3], 12, temperature=1.0, top_k=50, seed=8))
+    assert a == b and a != c
+
+
+def test_generation_stops_at_a_stop_token():
+    model = make_model()
+    free = list(generate(model, [1, 2, 3], 10))
+    stopped = list(generate(model, [1, 2, 3], 10, stop=(free[3],)))
+    assert stopped == free[:free.index(free[3]) + 1]
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "qwen3"}')
+    cases = [
+        (["info", "--model", str(tmp_path / "m")], "config.json: missing field 'vocab_size'"),
+        (["init", "--preset", "huge", "--out", str(tmp_path / "x")], "unknown preset 'huge'"),
+        (["init", "--preset", "tiny", "--out", str(tmp_path / "x"), "hiden_size=3"], "unknown config key 'hiden_size'"),
+    ]
+    for argv, message in cases:
+        r = subprocess.run([sys.executable, "-m", "minimind.cli", *argv], capture_output=True, text=True)
+        assert r.returncode == 2
+        assert r.stderr.strip() == f"minimind: error: {r.stderr.strip().removeprefix('minimind: error: ')}"
+        assert message in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_generation_input(tmp_path, capsys):
+    make_model().save(tmp_path / "m")
+    assert main(["generate", "--model", str(tmp_path / "m"), "--prompt-ids", "99999"]) == 2
+    assert "prompt token ids must be in 0..6399" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tmp_path / "m"), "--prompt-ids", "1", "--temperature", "-1"]) == 2
+    assert "temperature must be >= 0" in capsys.readouterr().err
