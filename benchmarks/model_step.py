@@ -1,6 +1,6 @@
-"""Training-step throughput and MFU of the model presets: forward + backward + AdamW step on random tokens.
+"""Training-step throughput and MFU of the model presets: forward + backward + fused AdamW step on random tokens.
 
-    python benchmarks/model_step.py                                  # four presets, bf16, seq 256, batch 2, 3 steps
+    python benchmarks/model_step.py                                  # four presets, bf16, seq 512, batch 1, 4 steps
     python benchmarks/model_step.py --dtype fp32 --threads 2
     python benchmarks/model_step.py --device cuda --seq 2048 --batch 16 --steps 10
     python benchmarks/model_step.py --presets tiny tiny-moe --seq 64 --steps 2      # smoke test, seconds
@@ -66,8 +66,7 @@ def train_step(model: Transformer, optimizer: torch.optim.Optimizer, x: torch.Te
 def bench(name: str, args, device: torch.device, dtype: torch.dtype) -> dict:
     """Time `args.steps` training steps of preset `name` after one untimed warm-up step."""
     model = Transformer(preset(name)).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda",
-                                  foreach=device.type != "cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)   # fused kernels: cpu, cuda, mps
     ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     batches = torch.randint(model.config.vocab_size, (args.steps + 1, args.batch, args.seq), device=device)
 
@@ -93,9 +92,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+",
                         default=["minimind2-small", "minimind-3", "minimind-3-moe", "minimind2"])
-    parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")

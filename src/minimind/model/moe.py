@@ -37,9 +37,10 @@ class Experts(nn.Module):
     def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """x [M, hidden] holds the tokens grouped by expert, counts[e] of them for expert e → [M, hidden]."""
         outs = []
-        for e, xe in enumerate(x.split(counts)):
-            h = F.silu(xe @ self.gate_proj[e].T) * (xe @ self.up_proj[e].T)
-            outs.append(h @ self.down_proj[e].T)
+        # unbind, not indexing: its backward stacks the E gradients once instead of E full-size scatters
+        experts = zip(self.gate_proj.unbind(0), self.up_proj.unbind(0), self.down_proj.unbind(0), strict=True)
+        for xe, (gate, up, down) in zip(x.split(counts), experts, strict=True):
+            outs.append((F.silu(xe @ gate.T) * (xe @ up.T)) @ down.T)
         return torch.cat(outs)
 
 
