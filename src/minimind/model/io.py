@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from minimind.config import ModelConfig
 from minimind.errors import MiniMindError
 from minimind.model.transformer import Transformer
+from minimind.runtime import resolve_device
 
 WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
 _EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
@@ -140,8 +141,6 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
     """Read a model directory (ours, or any transformers Qwen3 / Qwen3-MoE checkpoint) into a Transformer in
     eval mode, on `device` (default: the best available) in `dtype` (default: as stored, fp32 on CPU for
     half-precision files)."""
-    from minimind.runtime import resolve_device
-
     path = Path(path)
     if not path.is_dir():
         raise MiniMindError(f"{path}: not a model directory")
@@ -161,9 +160,9 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
         expected.pop("lm_head.weight")
     for name, ref in expected.items():
         if name not in state:
-            raise MiniMindError(f"{weights_file}: missing tensor '{_disk_name(name, config)}'")
+            raise MiniMindError(f"{weights_file}: missing tensor '{_disk_name(name)}'")
         if tuple(state[name].shape) != tuple(ref.shape):
-            raise MiniMindError(f"{weights_file}: tensor '{_disk_name(name, config)}' has shape "
+            raise MiniMindError(f"{weights_file}: tensor '{_disk_name(name)}' has shape "
                                 f"{list(state[name].shape)}, config.json implies {list(ref.shape)}")
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
@@ -178,7 +177,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
     return model.eval()
 
 
-def _disk_name(name: str, config: ModelConfig) -> str:
+def _disk_name(name: str) -> str:
     """The checkpoint name of one of our tensors (expert 0's, for stacked experts)."""
     stem, _, proj = name.rpartition(".")
     return f"{stem}.0.{proj}.weight" if stem.endswith("mlp.experts") else name

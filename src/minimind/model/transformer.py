@@ -103,9 +103,10 @@ def _attention_mask(attention_mask, past: int, T: int, device) -> tuple[torch.Te
     q_pos = torch.arange(past, past + T, device=device)[:, None]
     k_pos = torch.arange(past + T, device=device)[None, :]
     allowed = k_pos <= q_pos                                                # [T, S] causal
-    if attention_mask is not None:
-        allowed = allowed & (attention_mask.bool()[:, None, :] | (k_pos == q_pos))   # [B, T, S]
-    return allowed.expand(attention_mask.shape[0] if attention_mask is not None else 1, T, past + T)[:, None], False
+    if attention_mask is None:
+        return allowed[None, None], False
+    allowed = allowed & (attention_mask.bool()[:, None, :] | (k_pos == q_pos))     # [B, T, S]
+    return allowed[:, None], False
 
 
 class Transformer(nn.Module):
