@@ -145,3 +145,18 @@ def test_flops_per_token():
     n = model.num_params()
     norms = (2 * c.hidden_size + 2 * c.head_dim) * c.num_hidden_layers + c.hidden_size
     assert model.flops_per_token(100) == 6 * (n - norms) + 12 * 2 * 4 * 16 * 100
+
+
+def test_packed_documents_do_not_see_each_other(model):
+    docs = [torch.randint(3, 6400, (n,)) for n in (7, 5, 4)]
+    ids = torch.cat(docs)[None]
+    positions = torch.cat([torch.arange(len(d)) for d in docs])[None]
+    with torch.no_grad():
+        packed = model(ids, position_ids=positions).logits[0]
+        start = 0
+        for d in docs:
+            alone = model(d[None]).logits[0]
+            assert (packed[start:start + len(d)] - alone).abs().max() <= 1e-5
+            start += len(d)
+        # without position_ids the same row is one long document: later documents do change
+        assert (model(ids).logits[0, 7:] - packed[7:]).abs().max() > 1e-3

@@ -5,6 +5,8 @@
                              MoE experts one by one: model.layers.{i}.mlp.experts.{e}.{gate,up,down}_proj.weight
     generation_config.json   special token ids and default sampling
 
+    tokenizer.json, tokenizer_config.json   the tokenizer and chat template (when saved with one)
+
 Saving writes a temporary sibling directory and renames it into place, so a crash never leaves half a model.
 Loading checks every tensor against the config and names the file and tensor of any mismatch.
 """
@@ -12,10 +14,7 @@ Loading checks every tensor against the config and names the file and tensor of 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -24,8 +23,10 @@ from safetensors.torch import save_file
 
 from minimind.config import ModelConfig
 from minimind.errors import MiniMindError
+from minimind.fileio import atomic_directory
 from minimind.model.transformer import Transformer
 from minimind.runtime import resolve_device
+from minimind.tokenizer import Tokenizer
 
 WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
 _EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
@@ -70,43 +71,22 @@ def from_checkpoint(tensors: dict[str, torch.Tensor], config: ModelConfig) -> di
     return out
 
 
-def save_model(model: Transformer, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write `model` as a model directory at `path` (replacing one that is there), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_model(model: Transformer, path: str | Path, dtype: torch.dtype | None = None,
+               tokenizer: Tokenizer | None = None) -> Path:
+    """Write `model` (and its tokenizer's files) as a model directory at `path`, replacing one that is there,
+    atomically."""
     state = {k: v.detach().to("cpu", dtype or v.dtype) for k, v in model.state_dict().items()}
     saved_dtype = str(dtype or model.model.embed_tokens.weight.dtype).removeprefix("torch.")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise MiniMindError(f"the tokenizer has {tokenizer.vocab_size} tokens; the model's vocab_size is "
+                            f"{model.config.vocab_size}")
+    with atomic_directory(path) as tmp:
         model.config.save(tmp / "config.json", dtype=saved_dtype)
         save_file(to_checkpoint(state, model.config), tmp / WEIGHTS, metadata={"format": "pt"})
         (tmp / "generation_config.json").write_text(json.dumps(generation_config(model.config), indent=2) + "\n")
-        _apply_umask(tmp)
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def _apply_umask(directory: Path) -> None:
-    """mkdtemp makes a private directory; give it (and its files) the permissions a plain mkdir would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
-    for file in directory.iterdir():
-        os.chmod(file, 0o666 & ~umask)
-
-
-def _replace_dir(new: Path, path: Path) -> None:
-    """Move directory `new` to `path`; an existing `path` is moved aside first and deleted after."""
-    if not path.exists():
-        os.rename(new, path)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-    os.rename(path, old / path.name)
-    os.rename(new, path)
-    shutil.rmtree(old, ignore_errors=True)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+    return Path(path)
 
 
 def generation_config(config: ModelConfig) -> dict:

@@ -61,17 +61,28 @@ class Backbone(nn.Module):
         self.rotary = RotaryEmbedding(config)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """input_ids [B, T]; attention_mask [B, past+T] (1 = token, 0 = padding) → (hidden [B, T, H], aux)."""
+                cache: KVCache | None = None, position_ids: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """input_ids [B, T] → (hidden [B, T, H], aux loss or None).
+
+        attention_mask [B, past+T]: 1 = token, 0 = padding (left or right).
+        position_ids [B, T]: packed rows; each 0 starts a document that attends only within itself.
+        """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         if attention_mask is not None and attention_mask.shape != (B, past + T):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected {(B, past + T)} "
                              "(it covers the cached positions too)")
-        positions = _positions(attention_mask, past, T, input_ids.device)
+        if position_ids is not None:
+            if attention_mask is not None or cache is not None:
+                raise ValueError("position_ids (packed documents) cannot be combined with attention_mask or cache")
+            positions = position_ids
+            mask, is_causal = _document_mask(position_ids), False
+        else:
+            positions = _positions(attention_mask, past, T, input_ids.device)
+            mask, is_causal = _attention_mask(attention_mask, past, T, input_ids.device)
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary(positions, h.dtype)
-        mask, is_causal = _attention_mask(attention_mask, past, T, input_ids.device)
         token_mask = attention_mask[:, past:] if attention_mask is not None else None
         aux = None
         for layer in self.layers:
@@ -109,6 +120,14 @@ def _attention_mask(attention_mask, past: int, T: int, device) -> tuple[torch.Te
     return allowed[:, None], False
 
 
+def _document_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """Causal attention within documents [B, 1, T, T]: document k of a row runs from its k-th 0 position."""
+    T = position_ids.shape[1]
+    doc = (position_ids == 0).cumsum(dim=-1)                                 # [B, T]
+    causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
+    return (causal & (doc[:, :, None] == doc[:, None, :]))[:, None]
+
+
 class Transformer(nn.Module):
     """The causal language model (transformers' Qwen3ForCausalLM / Qwen3MoeForCausalLM)."""
 
@@ -123,13 +142,14 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, cache: KVCache | None = None,
-                logits_to_keep: int | None = None) -> ModelOutput:
+                logits_to_keep: int | None = None, position_ids: torch.Tensor | None = None) -> ModelOutput:
         """input_ids [B, T] → logits [B, T, vocab] (only the last `logits_to_keep` positions if given).
 
         labels [B, T] are the input ids themselves (the shift happens here): loss = mean over positions t with
         labels[t+1] != -100 of -log p(labels[t+1] | tokens ≤ t), plus the MoE aux loss.
+        position_ids [B, T] describe packed rows (see Backbone.forward).
         """
-        h, aux = self.model(input_ids, attention_mask, cache)
+        h, aux = self.model(input_ids, attention_mask, cache, position_ids)
         if aux is None:
             aux = h.new_zeros((), dtype=torch.float32)
         loss = None
@@ -183,10 +203,10 @@ class Transformer(nn.Module):
         matmul = self.num_params(active=True) - norms - embedding
         return 6 * matmul + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len
 
-    def save(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    def save(self, path: str | Path, dtype: torch.dtype | None = None, tokenizer=None) -> Path:
         """Write a Hugging Face Qwen3 model directory atomically; see `minimind.model.io.save_model`."""
         from minimind.model.io import save_model
-        return save_model(self, path, dtype=dtype)
+        return save_model(self, path, dtype=dtype, tokenizer=tokenizer)
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
