@@ -7,6 +7,7 @@ import torch
 from minimind import load_model
 from minimind.cli import main
 from minimind.infer import generate
+from minimind.tokenizer.tokenizer import DEFAULT_DIR
 from tests.conftest import make_model
 
 
@@ -84,3 +85,25 @@ def test_bad_generation_input(tmp_path, capsys):
     assert "prompt token ids must be in 0..6399" in capsys.readouterr().err
     assert main(["generate", "--model", str(tmp_path / "m"), "--prompt-ids", "1", "--temperature", "-1"]) == 2
     assert "temperature must be >= 0" in capsys.readouterr().err
+
+
+def test_init_carries_the_default_tokenizer_and_generates_text(tmp_path, capsys):
+    main(["init", "--preset", "tiny", "--out", str(tmp_path / "m")])
+    assert {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in (tmp_path / "m").iterdir()}
+    capsys.readouterr()
+    assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "To be", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith("To be")
+
+
+def test_data_prepare_then_cache_hit(tmp_path, capsys):
+    data = tmp_path / "p.jsonl"
+    data.write_text('{"text": "hello world"}\n{"text": 7}\n')
+    argv = ["data", "prepare", "--stage", "pretrain", "--data", str(data), "--tokenizer",
+            str(DEFAULT_DIR), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "p.jsonl:2: text: must be a string, got int" in capsys.readouterr().err
+    assert main([*argv, "--skip-bad-lines"]) == 0
+    out = capsys.readouterr().out
+    assert "1 records → 1 documents" in out and "skipped 1 bad lines" in out
+    assert main([*argv, "--skip-bad-lines"]) == 0
+    assert "up to date" in capsys.readouterr().out
