@@ -9,12 +9,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from minimind.errors import MiniMindError
+
 
 @contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
+def atomic_directory(path: str | Path, marker: str) -> Iterator[Path]:
     """Yield a temporary sibling directory to fill; on success it replaces `path` (an existing directory is
-    moved aside first and deleted after), on error it is removed and `path` is left as it was."""
+    moved aside first and deleted after), on error it is removed and `path` is left as it was.
+
+    Only an empty directory, or one holding the file `marker` (one this code wrote), is ever replaced: anything
+    else at `path` is an error, so a mistyped --out cannot delete the user's files."""
     path = Path(path)
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / marker).is_file())):
+        raise MiniMindError(f"{path}: exists and is not a directory this command wrote (no {marker}); "
+                            "choose another output path")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:

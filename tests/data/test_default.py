@@ -82,6 +82,12 @@ def test_calculator_refuses(expression, message):
         calculate(expression)
 
 
+@pytest.mark.parametrize("value", [5, None, ["1"]])
+def test_calculator_refuses_non_strings(value):
+    with pytest.raises(CalculatorError, match="must be a string"):
+        calculate(value)
+
+
 def test_format_number():
     assert [format_number(v) for v in (6.0, 3.5, 12, -4, 1 / 3)] == ["6", "3.5", "12", "-4", "0.333333333333"]
 
@@ -362,6 +368,9 @@ def test_build_without_packages_writes_every_file_deterministically(tmp_path, mo
         for line in (tmp_path / "a" / name).open():
             prompt = [m["content"] for m in json.loads(line)["conversations"] if m["role"] == "user"]
             assert not set(prompt) <= train
+    for line in (tmp_path / "a" / "eval" / "pretrain.jsonl").open():        # a worked problem's question
+        question = re.match(r"(?:Question: |问题：)(.*)\n", json.loads(line)["text"])
+        assert question is None or question.group(1) not in train
 
 
 # --- the real packages (downloaded once into the cache) -------------------------------------------------------

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -61,3 +62,28 @@ def test_rl_drops_the_placeholder_answer(tmp_path):
                                                {"role": "assistant", "content": "无"}], "answer": 3}])
     (record,) = read_records(path, "rl")
     assert record["messages"] == [{"role": "user", "content": "1+2?"}] and record["answer"] == "3"
+
+
+@pytest.mark.parametrize("line, message", [
+    (b'{"text": "\xff"}', "(line): not UTF-8"),
+    (b'{"text": "\\ud800"}', "(line): contains an unpaired surrogate"),
+    (b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}", "(line): not usable JSON"),
+    (b'{"text": "a", "n": ' + b"9" * 5000 + b"}", "(line): not usable JSON"),
+])
+def test_hostile_lines_are_record_errors(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(line + b"\n")
+    with pytest.raises(RecordError, match=re.escape(message)):
+        list(read_records(path, "pretrain"))
+    assert list(read_records(path, "pretrain", skip_bad=True)) == []
+
+
+@pytest.mark.parametrize("stage, row, message", [
+    ("rl", {"conversations": [{"role": "user", "content": "q"}], "answer": True}, "answer: must be a string"),
+    ("sft", {"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+             "tools": [1]}, "tools[0]: must be an object"),
+])
+def test_more_field_errors(tmp_path, stage, row, message):
+    path = write(tmp_path, [row])
+    with pytest.raises(RecordError, match=re.escape(message)):
+        list(read_records(path, stage))

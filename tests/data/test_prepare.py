@@ -75,3 +75,13 @@ def test_bad_lines_fail_or_are_skipped(tmp_path):
     assert not (tmp_path / "out").exists()
     meta = prepare([data], "pretrain", DEFAULT_DIR, tmp_path / "out", skip_bad_lines=True, progress=False)
     assert meta["skipped_lines"] == 1 and meta["num_docs"] == 1
+
+
+def test_never_overwrites_a_directory_it_did_not_write(tmp_path):
+    data = write(tmp_path / "p.jsonl", [{"text": "hello"}])
+    with pytest.raises(MiniMindError, match="exists and is not a directory this command wrote"):
+        prepare([data], "pretrain", DEFAULT_DIR, tmp_path, progress=False)
+    assert data.is_file()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "meta.json").write_text("{corrupt")          # a damaged earlier output is rebuilt
+    assert not prepare([data], "pretrain", DEFAULT_DIR, tmp_path / "out", progress=False)["cache_hit"]

@@ -167,3 +167,10 @@ def test_config_not_json(saved):
 def test_not_a_directory(tmp_path):
     with pytest.raises(MiniMindError, match="not a model directory"):
         load_model(tmp_path / "nowhere", device="cpu")
+
+
+def test_save_never_replaces_a_directory_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(MiniMindError, match="not a directory this command wrote"):
+        make_model().save(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -135,3 +135,10 @@ def test_tool_responses_merge_into_one_user_turn():
     text, _ = render(CONVERSATIONS["tools"]["messages"], tools=[CALC])
     assert ("<|im_start|>user\n<tool_response>\n84\n</tool_response>\n<tool_response>\n晴，25°C\n</tool_response>"
             "<|im_end|>\n") in text
+
+
+def test_leading_spaces_of_an_earlier_turn_are_trained(tokenizer):
+    """BPE merges the header's newline with the content's leading spaces; that token is trained."""
+    case = dict(messages=[{"role": "user", "content": "code?"}, {"role": "assistant", "content": "  x = 1"},
+                          {"role": "user", "content": "ok"}, {"role": "assistant", "content": "y"}])
+    assert trained_text(tokenizer, case)[0].endswith("  x = 1<|im_end|>")

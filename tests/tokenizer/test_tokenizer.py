@@ -68,3 +68,8 @@ def test_train_small_tokenizer():
 def test_parse_output(text, content, reasoning, calls):
     parsed = parse_output(text)
     assert (parsed.content, parsed.reasoning_content, parsed.tool_calls) == (content, reasoning, calls)
+
+
+def test_parse_output_survives_absurd_json():
+    assert parse_output("<tool_call>" + "[" * 5000 + "</tool_call>").tool_calls == []
+    assert parse_output('<tool_call>{"name": "f", "arguments": {"x": ' + "9" * 5000 + "}}</tool_call>").tool_calls == []

@@ -16,12 +16,12 @@ counts and skips such lines instead.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from minimind.errors import MiniMindError
+from minimind.jsonl import JSONProblem, loads, parse_line
 
 STAGES = ("pretrain", "sft", "dpo", "rl")
 ROLES = ("system", "user", "assistant", "tool")
@@ -54,17 +54,15 @@ def read_records(path: str | Path, stage: str, skip_bad: bool = False,
     if not path.is_file():
         raise MiniMindError(f"{path}: file not found")
     report = report if report is not None else ReadReport()
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
+    with path.open("rb") as f:
+        for number, data in enumerate(f, 1):
+            if not data.strip():
                 continue
             try:
                 try:
-                    raw = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise _Bad("(line)", f"not valid JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(raw, dict):
-                    raise _Bad("(line)", "expected a JSON object")
+                    raw = parse_line(data)
+                except JSONProblem as e:
+                    raise _Bad("(line)", str(e)) from None
                 record = VALIDATORS[stage](raw)
             except _Bad as e:
                 message = f"{path}:{number}: {e}"
@@ -76,6 +74,13 @@ def read_records(path: str | Path, stage: str, skip_bad: bool = False,
                 continue
             report.records += 1
             yield record
+
+
+def _loads(text: str, where: str):
+    try:
+        return loads(text)
+    except JSONProblem as e:
+        raise _Bad(where, str(e)) from None
 
 
 def _pretrain(raw: dict) -> dict:
@@ -111,8 +116,9 @@ def _rl(raw: dict) -> dict:
     if not messages or messages[-1]["role"] not in ("user", "tool"):
         raise _Bad("conversations", "must end with a user (or tool) message: it is the prompt")
     answer = raw.get("answer")
-    if answer is not None and not isinstance(answer, (str, int, float)):
-        raise _Bad("answer", f"must be a string or number, got {type(answer).__name__}")
+    if answer is not None and (isinstance(answer, bool) or not isinstance(answer, (str, int, float))
+                               or answer != answer):
+        raise _Bad("answer", f"must be a string or number, got {answer!r}")
     return {"messages": messages, "tools": tools, "answer": None if answer is None else str(answer)}
 
 
@@ -120,7 +126,7 @@ def _conversation(raw: dict, key: str) -> tuple[list[dict], list[dict] | None]:
     conversation = raw.get(key)
     if not isinstance(conversation, list) or not conversation:
         raise _Bad(key, "missing" if conversation is None else "must be a non-empty list of messages")
-    tools = _json_list(raw.get("tools"), "tools")
+    tools = _tools(raw.get("tools"), "tools")
     messages = []
     for i, message in enumerate(conversation):
         where = f"{key}[{i}]"
@@ -146,7 +152,7 @@ def _conversation(raw: dict, key: str) -> tuple[list[dict], list[dict] | None]:
         if tool_calls:
             clean["tool_calls"] = tool_calls
         if role == "system" and message.get("tools") is not None and tools is None:
-            tools = _json_list(message["tools"], f"{where}.tools")
+            tools = _tools(message["tools"], f"{where}.tools")
         messages.append(clean)
     return messages, tools or None
 
@@ -155,13 +161,18 @@ def _json_list(value, where: str) -> list | None:
     if isinstance(value, str):
         if not value.strip():
             return None
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise _Bad(where, f"not valid JSON ({e.msg})") from None
+        value = _loads(value, where)
     if value is not None and not isinstance(value, list):
         raise _Bad(where, "must be a list")
     return value
+
+
+def _tools(value, where: str) -> list[dict] | None:
+    tools = _json_list(value, where)
+    for j, tool in enumerate(tools or []):
+        if not isinstance(tool, dict):
+            raise _Bad(f"{where}[{j}]", "must be an object (a function schema)")
+    return tools
 
 
 def _tool_calls(value, where: str) -> list[dict] | None:
@@ -176,10 +187,7 @@ def _tool_calls(value, where: str) -> list[dict] | None:
             raise _Bad(f"{where}[{j}]", "must have a string 'name'")
         arguments = call.get("arguments", {})
         if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except json.JSONDecodeError as e:
-                raise _Bad(f"{where}[{j}].arguments", f"not valid JSON ({e.msg})") from None
+            arguments = _loads(arguments, f"{where}[{j}].arguments")
         if not isinstance(arguments, dict):
             raise _Bad(f"{where}[{j}].arguments", "must be an object")
         out.append({"name": call["name"], "arguments": arguments})

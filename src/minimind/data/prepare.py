@@ -26,6 +26,7 @@ from minimind.data.formats import ReadReport, read_records
 from minimind.errors import MiniMindError
 from minimind.fileio import atomic_directory
 from minimind.tokenizer import Tokenizer
+from minimind.tokenizer.template import JINJA
 
 FORMAT_VERSION = 1
 BATCH = 1024
@@ -40,31 +41,28 @@ def prepare(data: list[str | Path], stage: str, tokenizer_dir: str | Path, out: 
             raise MiniMindError(f"{path}: file not found")
     out = Path(out)
     fingerprint = _fingerprint(data, stage, Path(tokenizer_dir) / "tokenizer.json", skip_bad_lines)
-    meta_path = out / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") == fingerprint:
-            return meta | {"cache_hit": True}
+    meta = _read_meta(out / "meta.json")
+    if meta.get("fingerprint") == fingerprint:
+        return meta | {"cache_hit": True}
 
     start = time.perf_counter()
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
     report, offsets = ReadReport(), [0]
-    with atomic_directory(out) as tmp, open(tmp / "tokens.bin", "wb") as tokens_f, \
-            open(tmp / "mask.bin", "wb") as mask_f:
-        records_f = open(tmp / "records.jsonl", "w", encoding="utf-8") if stage == "rl" else None
+    with atomic_directory(out, marker="meta.json") as tmp:
         records = read_records_all(data, stage, skip_bad_lines, report)
-        bar = tqdm(desc=f"prepare {stage}", unit=" records", disable=not progress)
-        for batch in _batches(records, BATCH):
-            for ids, mask in _tokenize(batch, stage, tokenizer):
-                np.asarray(ids, dtype=dtype).tofile(tokens_f)
-                np.asarray(mask, dtype=np.uint8).tofile(mask_f)
-                offsets.append(offsets[-1] + len(ids))
-            if records_f is not None:
-                records_f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in batch)
-            bar.update(len(batch))
-        bar.close()
-        if records_f is not None:
-            records_f.close()
+        with open(tmp / "tokens.bin", "wb") as tokens_f, open(tmp / "mask.bin", "wb") as mask_f, \
+                open(tmp / "records.jsonl", "w", encoding="utf-8") as records_f, \
+                tqdm(desc=f"prepare {stage}", unit=" records", disable=not progress) as bar:
+            for batch in _batches(records, BATCH):
+                for ids, mask in _tokenize(batch, stage, tokenizer):
+                    np.asarray(ids, dtype=dtype).tofile(tokens_f)
+                    np.asarray(mask, dtype=np.uint8).tofile(mask_f)
+                    offsets.append(offsets[-1] + len(ids))
+                if stage == "rl":
+                    records_f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in batch)
+                bar.update(len(batch))
+        if stage != "rl":
+            (tmp / "records.jsonl").unlink()
         np.asarray(offsets, dtype=np.int64).tofile(tmp / "offsets.bin")
         seconds = time.perf_counter() - start
         meta = {"format_version": FORMAT_VERSION, "stage": stage, "dtype": np.dtype(dtype).name,
@@ -107,8 +105,18 @@ def _tokenize(batch: list[dict], stage: str, tokenizer: Tokenizer) -> list[tuple
     return [(ids, [0] * len(ids)) for ids, _ in prompts]
 
 
+def _read_meta(path: Path) -> dict:
+    """An existing meta.json, or {} when there is none or it is unreadable (then the directory is rebuilt)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def _fingerprint(paths, stage: str, tokenizer_file: Path, skip_bad: bool) -> str:
-    h = hashlib.sha256(json.dumps([FORMAT_VERSION, stage, skip_bad]).encode())
+    """Hash of everything the output depends on: format version, stage, options, inputs, tokenizer, template."""
+    h = hashlib.sha256(json.dumps([FORMAT_VERSION, stage, skip_bad, JINJA]).encode())
     for path in [*map(Path, paths), tokenizer_file]:
         with open(path, "rb") as f:
             while chunk := f.read(1 << 20):

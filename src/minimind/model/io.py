@@ -80,7 +80,7 @@ def save_model(model: Transformer, path: str | Path, dtype: torch.dtype | None =
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise MiniMindError(f"the tokenizer has {tokenizer.vocab_size} tokens; the model's vocab_size is "
                             f"{model.config.vocab_size}")
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, marker="config.json") as tmp:
         model.config.save(tmp / "config.json", dtype=saved_dtype)
         save_file(to_checkpoint(state, model.config), tmp / WEIGHTS, metadata={"format": "pt"})
         (tmp / "generation_config.json").write_text(json.dumps(generation_config(model.config), indent=2) + "\n")

@@ -48,7 +48,7 @@ def parse_output(text: str) -> ParsedOutput:
 def _tool_call(body: str) -> dict | None:
     try:
         call = json.loads(body)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):       # bad JSON, absurd nesting, or an over-long integer
         return None
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         return None
@@ -56,7 +56,7 @@ def _tool_call(body: str) -> dict | None:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return None
     if not isinstance(arguments, dict):
         return None

@@ -59,7 +59,8 @@ class Tokenizer:
     def render_chat(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = False,
                     enable_thinking: bool = False) -> tuple[list[int], list[int]]:
         """Conversation → (ids, loss mask): mask 1 on every assistant token from after
-        "<|im_start|>assistant\\n" through its "<|im_end|>", 0 elsewhere."""
+        "<|im_start|>assistant\\n" through its "<|im_end|>" (and on a token that straddles into that span),
+        0 elsewhere."""
         return self.render_chat_batch([(messages, tools)], add_generation_prompt, enable_thinking)[0]
 
     def render_chat_batch(self, conversations: list[tuple[list[dict], list[dict] | None]],
@@ -71,10 +72,12 @@ class Tokenizer:
         encodings = self.backend.encode_batch([text for text, _ in rendered], add_special_tokens=False)
         out = []
         for (_, spans), encoding in zip(rendered, encodings, strict=True):
-            starts = np.array([start for start, _ in encoding.offsets], dtype=np.int64)
-            mask = np.zeros(len(starts), dtype=bool)
-            for lo, hi in spans:      # a token is trained when its first character is in a trained span
-                mask |= (starts >= lo) & (starts < hi)
+            offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+            mask = np.zeros(len(offsets), dtype=bool)
+            # A token is trained when any of its characters is: BPE may merge the "\n" that ends
+            # "<|im_start|>assistant\n" with leading spaces of the content into one token.
+            for lo, hi in spans:
+                mask |= (offsets[:, 0] < hi) & (offsets[:, 1] > lo)
             out.append((encoding.ids, mask.astype(np.int64).tolist()))
         return out
 

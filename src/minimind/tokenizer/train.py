@@ -12,6 +12,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from minimind.errors import MiniMindError
+from minimind.jsonl import JSONProblem, parse_line
 from minimind.tokenizer.tokenizer import NUM_SPECIAL, SPECIAL_TOKENS, Tokenizer
 
 
@@ -37,16 +38,15 @@ def iter_texts(paths: list[str | Path]) -> Iterator[str]:
     for path in map(Path, paths):
         if not path.is_file():
             raise MiniMindError(f"{path}: file not found")
-        with path.open(encoding="utf-8") as f:
-            if path.suffix != ".jsonl":
-                yield from f
-                continue
-            for number, line in enumerate(f, 1):
-                if line.strip():
+        with path.open("rb") as f:
+            for number, data in enumerate(f, 1):
+                if path.suffix != ".jsonl":
+                    yield data.decode("utf-8", errors="replace")
+                elif data.strip():
                     try:
-                        yield from _strings(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise MiniMindError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+                        yield from _strings(parse_line(data))
+                    except JSONProblem as e:
+                        raise MiniMindError(f"{path}:{number}: {e}") from None
 
 
 def _strings(value) -> Iterator[str]:

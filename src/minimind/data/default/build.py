@@ -81,6 +81,7 @@ def build_default(out_dir: str | Path, seed: int = 0, fetch: bool = True,
         "rl.jsonl": generators.arithmetic_rl(RL_PROMPTS, part("rl")),
     }
     seen = {_prompt(record) for records in train.values() for record in records}
+    seen |= {(turn,) for key in seen for turn in key}         # a question seen in any training conversation
     evaluation = {
         "eval/pretrain.jsonl": (
             [{"text": doc} for title, text in works if title in EVAL_WORKS for doc in _passages(text)]
@@ -134,9 +135,11 @@ def _pack(paragraphs: list[str]) -> list[str]:
 
 
 def _prompt(record: dict) -> tuple[str, ...]:
-    """What must not repeat between training and eval files: a document's text, or a record's user turns."""
+    """What must not repeat between training and eval files: a document's text (a worked problem's question),
+    or a record's user turns."""
     if "text" in record:
-        return (record["text"],)
+        question = re.match(r"(?:Question: |问题：)(.*)\n", record["text"])   # a worked problem: its question
+        return (question.group(1),) if question else (record["text"],)
     messages = record.get("conversations") or record["chosen"]
     return tuple(m["content"] for m in messages if m["role"] == "user")
 

@@ -41,6 +41,8 @@ class CalculatorError(ValueError):
 def calculate(expression: str) -> int | float:
     """The value of `expression`, with Python's int/float rules (`/` always gives a float). Raises
     CalculatorError for anything but numbers, the allowed operators and parentheses."""
+    if not isinstance(expression, str):
+        raise CalculatorError(f"the expression must be a string, got {type(expression).__name__}")
     if len(expression) > MAX_LENGTH:
         raise CalculatorError(f"expression longer than {MAX_LENGTH} characters")
     try:
