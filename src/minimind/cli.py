@@ -119,6 +119,24 @@ def cmd_data_build_default(args) -> None:
         print("built from the generated part alone (the packages could not be fetched)", file=sys.stderr)
 
 
+def cmd_train(args) -> None:
+    from minimind.train.config import load_config
+    from minimind.train.trainer import train
+
+    config = load_config(args.config, args.overrides, stage=args.command)
+    if config.stage != args.command:
+        raise MiniMindError(f"{args.config}: stage is {config.stage!r}, but the command is {args.command!r}")
+    path = train(config, resume=args.resume)
+    print(f"wrote {path}")
+
+
+def cmd_quickstart(args) -> None:
+    from minimind.quickstart import quickstart
+
+    report = quickstart(args.out, minutes=args.minutes)
+    print(f"wrote {report}")
+
+
 def _millions(n: int) -> str:
     return f"{n / 1e6:.2f}M"
 
@@ -165,6 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for tokenizer.json + tokenizer_config.json")
     p.add_argument("--eval", nargs="*", metavar="FILE", help="held-out files to report characters per token on")
     p.set_defaults(func=cmd_train_tokenizer)
+
+    for stage, description in (("pretrain", "pretrain a model on text (next-token prediction)"),
+                               ("sft", "supervised fine-tuning on conversations (assistant tokens only)")):
+        p = sub.add_parser(stage, help=description)
+        p.add_argument("--config", help="YAML file, e.g. configs/tiny/pretrain.yaml")
+        p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in out/")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-3")
+        p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("quickstart", help="the main job: data → pretrain → SFT → evaluate → report, on a CPU")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--minutes", type=float, default=12.0, help="training time budget (pretrain + SFT)")
+    p.set_defaults(func=cmd_quickstart)
 
     data = sub.add_parser("data", help="data: prepare (tokenize once), fetch and build the default data")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="<data command>")

@@ -227,6 +227,9 @@ PRESETS: dict[str, ModelConfig] = {
                                    intermediate_size=_swiglu_width(512, 8 / 3), rms_norm_eps=1e-5),
     "minimind2": ModelConfig(hidden_size=768, num_hidden_layers=16, num_attention_heads=8, num_key_value_heads=2,
                              head_dim=96, intermediate_size=_swiglu_width(768, 8 / 3), rms_norm_eps=1e-5),
+    # A CPU-sized model for the quickstart: minutes on a laptop.
+    "mini": ModelConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                        head_dim=64, intermediate_size=_swiglu_width(256, 8 / 3)),
     # Test models: seconds on one CPU core.
     "tiny": ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                         head_dim=16, intermediate_size=192, max_position_embeddings=2048),

@@ -1,0 +1,1 @@
+"""Training: configuration, optimizers, learning-rate schedule and the training loop."""

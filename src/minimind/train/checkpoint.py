@@ -1,0 +1,78 @@
+"""Checkpoints: the model directory (the standard format) beside the training state, written atomically.
+
+    OUT/checkpoints/step-000200/model/        config.json, model.safetensors, tokenizer … (fp32 master weights)
+    OUT/checkpoints/step-000200/state.pt      optimiser and grad-scaler states, RNG states
+    OUT/checkpoints/step-000200/trainer.json  step, loader position, tokens seen, world size, the config
+
+The step directory appears complete or not at all (temp dir + rename), the last `keep_last` are kept, and
+resuming takes the newest one that loads, skipping (with a warning) any that does not.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minimind.errors import MiniMindError
+from minimind.fileio import atomic_directory
+from minimind.model.io import save_model
+
+PREFIX = "step-"
+
+
+def rng_states() -> dict:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(out: Path, step: int, model, tokenizer, state: dict, trainer: dict, keep_last: int) -> Path:
+    """Write checkpoint `step` under OUT/checkpoints and delete all but the newest `keep_last`."""
+    root = Path(out) / "checkpoints"
+    path = root / f"{PREFIX}{step:06d}"
+    with atomic_directory(path, marker="trainer.json") as tmp:
+        save_model(model, tmp / "model", tokenizer=tokenizer)
+        torch.save(state, tmp / "state.pt")
+        (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2, ensure_ascii=False) + "\n")
+    for old in checkpoints(out)[keep_last:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """Step directories under OUT/checkpoints, newest first (temporary and partial names excluded)."""
+    root = Path(out) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
+
+
+def load_latest(out: Path) -> tuple[Path, dict, dict] | None:
+    """(model directory, state, trainer info) of the newest checkpoint that loads; None if there is none."""
+    for path in checkpoints(out):
+        try:
+            trainer = json.loads((path / "trainer.json").read_text())
+            state = torch.load(path / "state.pt", weights_only=False)
+            if not (path / "model" / "model.safetensors").is_file():
+                raise MiniMindError("model/model.safetensors is missing")
+        except Exception as e:                    # any damage: fall back to the previous checkpoint
+            warnings.warn(f"skipping checkpoint {path}: it does not load ({e})", stacklevel=2)
+            continue
+        return path / "model", state, trainer
+    return None

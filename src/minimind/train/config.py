@@ -1,0 +1,99 @@
+"""The training run's configuration: typed sections, read from `configs/<preset>/<stage>.yaml` plus `key=value`
+overrides (e.g. `optim.lr=1e-3 data.seq_len=256`), validated, and saved as `config.yaml` in every run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from minimind.errors import MiniMindError
+from minimind.overrides import apply_overrides, from_dict, to_dict
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)   # jsonl files of the stage's format
+    val: list[str] = field(default_factory=list)     # held-out jsonl files for validation loss and bits per byte
+    seq_len: int = 512                                # tokens per packed row
+    prepared: str = ""                                # where prepared (tokenized) data is cached; "" = OUT/../prepared
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adamw", "muon"] = "adamw"    # muon: Muon for hidden matrices, AdamW for the rest
+    lr: float = 5e-4                                  # peak AdamW learning rate
+    muon_lr: float = 0.02                             # peak Muon learning rate (optimizer=muon)
+    min_lr_ratio: float = 0.1                         # the schedule's floor, as a fraction of the peak
+    warmup_steps: int = 100
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = 0.1                         # on matrices only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0                            # max global grad norm; 0 = off
+
+
+@dataclass
+class TrainConfig:
+    stage: Literal["pretrain", "sft"] = "pretrain"
+    model: str = "tiny"                  # a preset name (fresh weights) or a model directory to continue from
+    out: str = "runs/train"              # run directory: model/, checkpoints/, metrics.jsonl, config.yaml
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 8                  # packed rows per micro-batch (per process)
+    tokens_per_step: int = 0             # tokens per optimiser step (all processes); 0 = one micro-batch each
+    max_steps: int = 0                   # optimiser steps; 0 = `epochs` over the training rows
+    epochs: float = 1.0
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 where supported, else fp32
+    compile: bool = False
+    activation_checkpointing: bool = False
+    fsdp: bool = False                   # shard parameters with FSDP2 (fully_shard) under torchrun
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 100                # validation loss + bits per byte; 0 = only at the end
+    eval_batches: int = 8
+    sample_every: int = 0                # sample generations; 0 = only at the end
+    save_every: int = 200                # checkpoint; 0 = only at the end (and on SIGINT/SIGTERM)
+    keep_last: int = 2                   # checkpoints kept
+    max_bad_steps: int = 5               # consecutive non-finite losses before the run stops
+    logger: Literal["none", "tensorboard", "wandb", "swanlab"] = "none"
+    samples: list[str] = field(default_factory=list)   # prompts for sample generations
+
+    def validate(self) -> None:
+        if not self.data.train:
+            raise MiniMindError("config key 'data.train' must list at least one file")
+        for name in ("batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise MiniMindError(f"config key '{name}' must be ≥ 1")
+        if self.data.seq_len < 8:
+            raise MiniMindError("config key 'data.seq_len' must be ≥ 8")
+        if self.optim.lr <= 0 or not 0 <= self.optim.min_lr_ratio <= 1:
+            raise MiniMindError("config keys 'optim.lr' > 0 and 0 ≤ 'optim.min_lr_ratio' ≤ 1 are required")
+
+
+def load_config(path: str | Path | None, overrides: list[str], **defaults) -> TrainConfig:
+    """TrainConfig from defaults, then the YAML file, then the overrides; validated."""
+    config = TrainConfig(**defaults)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise MiniMindError(f"{path}: file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise MiniMindError(f"{path}: not valid YAML ({e})") from None
+        try:
+            config = from_dict(TrainConfig, to_dict(config) | data)
+        except MiniMindError as e:
+            raise MiniMindError(f"{path}: {e}") from None
+    config = apply_overrides(config, overrides)
+    config.validate()
+    return config
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True))

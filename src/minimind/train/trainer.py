@@ -1,0 +1,303 @@
+"""The one training loop every stage shares.
+
+    for step in steps:                                   one optimiser step = tokens_per_step tokens
+        lr = peak · schedule(step)
+        for micro in accumulation:                       DDP all-reduces on the last micro-step only
+            loss = stage.loss(model, next(batches)) / accumulation;  loss.backward()
+        clip the global grad norm;  skip the update if the loss is not finite;  optimiser step
+        log · evaluate · sample · checkpoint, each every N steps, and checkpoint on SIGINT/SIGTERM
+
+One host synchronisation per optimiser step: the step's loss and grad norm are read together, for the NaN
+guard and the log. Resuming restores weights, optimiser, loader position, step and RNG states, so on the CPU a
+resumed run ends bitwise identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from minimind.config import PRESETS, preset
+from minimind.data.loader import PackedLoader
+from minimind.errors import MiniMindError
+from minimind.fileio import atomic_directory
+from minimind.infer import generate
+from minimind.model import Transformer, load_model
+from minimind.perf import device_peak_flops, measure_matmul_peak
+from minimind.runtime import resolve_device
+from minimind.tokenizer import load_tokenizer
+from minimind.tokenizer.tokenizer import DEFAULT_DIR
+from minimind.train import checkpoint
+from minimind.train.config import TrainConfig, save_config
+from minimind.train.distributed import Dist, all_reduce_max, cleanup, init_distributed
+from minimind.train.logging import Progress, RunLogger
+from minimind.train.optim import build_optimizers
+from minimind.train.schedule import lr_multiplier, set_lr
+from minimind.train.stages import STAGES, token_bytes, val_batches
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def train(config: TrainConfig, resume: bool = False) -> Path:
+    """Run `config`; returns the final model directory OUT/model."""
+    stage = STAGES[config.stage]
+    device = resolve_device(None if config.device == "auto" else config.device)
+    info = init_distributed(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    try:
+        return _train(config, stage, device, info, resume)
+    finally:
+        cleanup(info)
+
+
+def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume: bool) -> Path:
+    out = Path(config.out)
+    dtype = _dtype(config.dtype, device)
+    torch.manual_seed(config.seed)
+
+    # ---- model, tokenizer, data ------------------------------------------------------------------------------
+    resumed = checkpoint.load_latest(out) if resume else None
+    source = resumed[0] if resumed else config.model
+    if resumed is None and config.model in PRESETS:
+        model, tokenizer_dir = Transformer(preset(config.model)).to(device), DEFAULT_DIR
+    else:
+        if not Path(source).is_dir():
+            raise MiniMindError(f"config key 'model': {source!r} is neither a preset ({', '.join(PRESETS)}) "
+                                "nor a model directory")
+        model = load_model(source, device=device, dtype=torch.float32)
+        tokenizer_dir = Path(source) if (Path(source) / "tokenizer.json").is_file() else DEFAULT_DIR
+    model.train()
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+    data = stage.build(config, tokenizer_dir, info.main, lambda: dist.barrier() if info.enabled else None)
+
+    seq, batch = config.data.seq_len, config.batch_size
+    micro_tokens = batch * seq * info.world_size
+    accumulation = max(1, round(config.tokens_per_step / micro_tokens)) if config.tokens_per_step else 1
+    loader = PackedLoader(data.train, data.rows, batch, seq, seed=config.seed, rank=info.rank,
+                          world_size=info.world_size, pad_id=tokenizer.pad_id, device=device)
+    total_steps = config.max_steps or max(1, math.floor(config.epochs * loader.steps_per_epoch / accumulation))
+    optimizers = build_optimizers(model, config.optim, device.type)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    step, tokens_seen, trainer_info = 0, 0, {}
+    if resumed is not None:
+        _, state, trainer_info = resumed
+        for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_states(state["rng"])
+        step, tokens_seen = trainer_info["step"], trainer_info["tokens_seen"]
+        loader.load_state_dict(_loader_state(trainer_info, info.world_size))
+
+    # ---- wrappers: activation checkpointing, compile, DDP ---------------------------------------------------
+    raw = model
+    if config.activation_checkpointing:
+        _checkpoint_blocks(model)
+    if config.compile:
+        model = torch.compile(model)
+    if info.enabled:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext())
+    logger = RunLogger(out, config.logger, config=_config_dict(config), enabled=info.main)
+    if resumed is not None:
+        logger.truncate_after(step)
+    progress = Progress(total_steps, initial_step=step, enabled=info.main)
+    peak = device_peak_flops(device) or (_measured_peak(dtype, device.type) if info.main else None)
+    flops_per_token = raw.flops_per_token(seq)
+    evaluation = val_batches(data, config, device)
+    byte_counts = token_bytes(tokenizer).to(device)
+    if info.main:
+        progress.write(f"{config.stage}: {raw.num_params() / 1e6:.2f}M parameters · {total_steps} steps of "
+                       f"{accumulation}×{micro_tokens:,} tokens · {device} {str(dtype).removeprefix('torch.')} · "
+                       f"{len(data.rows):,} rows of {seq}")
+
+    stop = _StopFlag()
+    bad_steps, window_start, window_tokens = 0, time.perf_counter(), 0
+    gc.collect()
+    gc.freeze()                      # the objects so far live for the whole run: spare the GC rescanning them
+    try:
+        while step < total_steps:
+            multiplier = lr_multiplier(step, total_steps, config.optim.warmup_steps, config.optim.decay,
+                                       config.optim.min_lr_ratio)
+            set_lr(optimizers, multiplier)
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(accumulation):
+                batch_data = next(loader)
+                sync = micro == accumulation - 1
+                no_sync = model.no_sync() if info.enabled and not sync else contextlib.nullcontext()
+                with no_sync:
+                    with autocast:
+                        loss, _ = stage.loss(model, batch_data)
+                    scaler.scale(loss / accumulation).backward()
+                loss_sum += loss.detach() / accumulation
+            for optimizer in optimizers:
+                scaler.unscale_(optimizer)
+            grad_norm = (torch.nn.utils.clip_grad_norm_(raw.parameters(), config.optim.grad_clip)
+                         if config.optim.grad_clip > 0 else torch.zeros((), device=device))
+            loss_value, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()    # the one sync
+            step_tokens = accumulation * micro_tokens
+            if not math.isfinite(loss_value):
+                bad_steps += 1
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
+                scaler.update()
+                progress.write(f"step {step}: loss is {loss_value}; update skipped ({bad_steps} in a row)")
+                if bad_steps >= config.max_bad_steps:
+                    raise MiniMindError(f"{bad_steps} consecutive non-finite losses at step {step}; stopping "
+                                        "(lower optim.lr, or check the data)")
+                step += 1
+                tokens_seen += step_tokens
+                continue
+            bad_steps = 0
+            for optimizer in optimizers:
+                scaler.step(optimizer)
+            scaler.update()
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += step_tokens
+            window_tokens += step_tokens
+
+            last = step == total_steps
+            if step % config.log_every == 0 or last:
+                elapsed = time.perf_counter() - window_start
+                tokens_per_s = window_tokens / max(elapsed, 1e-9)
+                mfu = tokens_per_s * flops_per_token / peak if peak else None
+                lr = config.optim.lr * multiplier
+                metrics = {"loss": loss_value, "lr": lr, "grad_norm": norm_value, "tokens": tokens_seen,
+                           "tokens_per_s": tokens_per_s} | ({"mfu": mfu} if mfu is not None else {})
+                logger.log(step, metrics)
+                progress.update(step, loss_value, lr, tokens_per_s, mfu)
+                window_start, window_tokens = time.perf_counter(), 0
+            if evaluation and ((config.eval_every and step % config.eval_every == 0) or last):
+                raw.eval()
+                with autocast:
+                    result = stage.evaluate(raw, evaluation, byte_counts)
+                raw.train()
+                logger.log(step, result, kind="val")
+                progress.write(f"step {step}: val loss {result['loss']:.4f} · val bpb {result['bpb']:.4f}")
+            if info.main and ((config.sample_every and step % config.sample_every == 0) or last):
+                _samples(raw, tokenizer, config, progress, out, step)
+            interrupted = stop.agreed(device, info) if (not info.enabled or step % config.log_every == 0) else False
+            if last or interrupted or (config.save_every and step % config.save_every == 0):
+                _save(out, step, raw, tokenizer, optimizers, scaler, loader, tokens_seen, config, info)
+            if interrupted:
+                progress.write(f"interrupted: checkpoint saved at step {step}; continue with --resume")
+                break
+    finally:
+        gc.unfreeze()
+        stop.restore()
+        progress.close()
+        logger.close()
+    if step == total_steps and info.main:
+        with atomic_directory(out / "model", marker="config.json") as tmp:
+            raw.save(tmp, tokenizer=tokenizer)
+    if info.enabled:
+        dist.barrier()
+    return out / "model"
+
+
+def _save(out, step, raw, tokenizer, optimizers, scaler, loader, tokens_seen, config, info: Dist) -> None:
+    """Checkpoint (rank 0 writes; the model and optimiser states are the same on every DDP rank)."""
+    if info.main:
+        state = {"optimizers": [o.state_dict() for o in optimizers], "scaler": scaler.state_dict(),
+                 "rng": checkpoint.rng_states()}
+        trainer = {"step": step, "tokens_seen": tokens_seen, "loader": loader.state_dict(),
+                   "world_size": info.world_size, "config": _config_dict(config)}
+        checkpoint.save_checkpoint(out, step, raw, tokenizer, state, trainer, config.keep_last)
+    if info.enabled:
+        dist.barrier()
+
+
+def _loader_state(trainer: dict, world_size: int) -> dict:
+    """The saved loader position, re-expressed for this world size: global batches consumed are kept."""
+    state = dict(trainer["loader"])
+    if state["world_size"] != world_size:
+        state["step"] = state["step"] * state["world_size"] // world_size
+        state["world_size"] = world_size
+    return state
+
+
+def sample(model, tokenizer, prompt: str, chat: bool, max_new_tokens: int = 48) -> str:
+    """Greedy continuation of `prompt` (raw text, or one user turn rendered with the chat template)."""
+    if chat:
+        ids, _ = tokenizer.render_chat([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    else:
+        ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
+    out = list(generate(model, ids, max_new_tokens, temperature=0.0, stop=(tokenizer.eos_id,)))
+    return tokenizer.decode(out, skip_special_tokens=True)
+
+
+def _samples(model, tokenizer, config, progress, out: Path, step: int) -> None:
+    """Print the sample prompts' continuations and append them to OUT/samples.jsonl."""
+    model.eval()
+    with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
+        for prompt in config.samples:
+            text = sample(model, tokenizer, prompt, chat=config.stage == "sft")
+            progress.write(f"  {prompt!r} → {text!r}")
+            f.write(json.dumps({"step": step, "prompt": prompt, "output": text}, ensure_ascii=False) + "\n")
+    model.train()
+
+
+def _checkpoint_blocks(model: Transformer) -> None:
+    """Recompute each block's activations in the backward pass instead of storing them."""
+    from torch.utils.checkpoint import checkpoint as recompute
+
+    for block in model.model.layers:
+        forward = block.forward
+        block.forward = lambda *args, _f=forward, **kwargs: recompute(_f, *args, use_reentrant=False, **kwargs)
+
+
+@functools.cache
+def _measured_peak(dtype: torch.dtype, device_type: str) -> float:
+    """The MFU reference where no published peak applies (the CPU): a large matmul's rate, measured once."""
+    return measure_matmul_peak(dtype, device_type, seconds=0.5)
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return DTYPES[name]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _config_dict(config: TrainConfig) -> dict:
+    from minimind.overrides import to_dict
+    return to_dict(config)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints and stops at the end of the current step."""
+
+    def __init__(self):
+        self.raised = False
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def agreed(self, device, info: Dist) -> bool:
+        """True when any rank was signalled (an all-reduce under DDP, so that every rank stops together)."""
+        if not info.enabled:
+            return self.raised
+        return bool(all_reduce_max(torch.tensor(float(self.raised), device=device), info).item())
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
