@@ -34,12 +34,20 @@ class StageData:
 
 
 class Stage:
+    """A stage's loss is a *sum* over its units (target tokens, preference pairs, …) with the units counted
+    separately, so that the trainer divides by the count of the whole optimiser step: k accumulated
+    micro-batches, or N DDP ranks, then give exactly the step one big batch would."""
     name: str
 
     def build(self, config, tokenizer_dir: Path, main: bool, barrier: Callable[[], None]) -> StageData:
         raise NotImplementedError
 
-    def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Units the loss of `batch` sums over (a 0-d tensor on the batch's device)."""
+        raise NotImplementedError
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Σ of the per-unit losses, a regulariser already averaged over the batch — the MoE aux loss — or 0)."""
         raise NotImplementedError
 
     def evaluate(self, model, batches: list[dict[str, torch.Tensor]], token_bytes: torch.Tensor) -> dict:
@@ -65,9 +73,17 @@ class LanguageModelling(Stage):
         seq = config.data.seq_len
         return StageData(train, self.pack(train.doc_lengths, seq), val, self.pack(val.doc_lengths, seq) if val else [])
 
+    def count(self, batch):
+        return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
     def loss(self, model, batch):
-        out = model(batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"])
-        return out.loss, {"aux_loss": out.aux_loss}
+        """Σ over target tokens of -log p(label | prefix) (targets: every token for pretrain, the assistant's
+        for sft, as the labels say), and the MoE aux loss."""
+        out = model(batch["input_ids"], position_ids=batch["position_ids"])
+        logits, targets = out.logits[:, :-1], batch["labels"][:, 1:]
+        total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                ignore_index=IGNORE_INDEX, reduction="sum")
+        return total, out.aux_loss
 
     @torch.no_grad()
     def evaluate(self, model, batches, token_bytes) -> dict:

@@ -2,8 +2,9 @@
 
     for step in steps:                                   one optimiser step = tokens_per_step tokens
         lr = peak · schedule(step)
+        N = target units of all micro-batches (all ranks)
         for micro in accumulation:                       DDP all-reduces on the last micro-step only
-            loss = stage.loss(model, next(batches)) / accumulation;  loss.backward()
+            loss = Σ unit losses(micro) / N + aux / accumulation;  loss.backward()
         clip the global grad norm;  skip the update if the loss is not finite;  optimiser step
         log · evaluate · sample · checkpoint, each every N steps, and checkpoint on SIGINT/SIGTERM
 
@@ -135,16 +136,22 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
             multiplier = lr_multiplier(step, total_steps, config.optim.warmup_steps, config.optim.decay,
                                        config.optim.min_lr_ratio)
             set_lr(optimizers, multiplier)
+            batches = [next(loader) for _ in range(accumulation)]
+            count = torch.stack([stage.count(b) for b in batches]).sum().float()
+            local_count = count.clone()
+            if info.enabled:
+                dist.all_reduce(count)               # units of the whole step, on the device: no host sync
             loss_sum = torch.zeros((), device=device)
-            for micro in range(accumulation):
-                batch_data = next(loader)
+            for micro, batch_data in enumerate(batches):
                 sync = micro == accumulation - 1
                 no_sync = model.no_sync() if info.enabled and not sync else contextlib.nullcontext()
                 with no_sync:
                     with autocast:
-                        loss, _ = stage.loss(model, batch_data)
-                    scaler.scale(loss / accumulation).backward()
-                loss_sum += loss.detach() / accumulation
+                        total, aux = stage.loss(model, batch_data)
+                    # DDP averages gradients over ranks; × world_size turns that back into a sum
+                    loss = total / count * info.world_size + aux / accumulation
+                    scaler.scale(loss).backward()
+                loss_sum += total.detach() / local_count.clamp(min=1) + aux.detach() / accumulation
             for optimizer in optimizers:
                 scaler.unscale_(optimizer)
             grad_norm = (torch.nn.utils.clip_grad_norm_(raw.parameters(), config.optim.grad_clip)

@@ -1,0 +1,180 @@
+"""The training loop: learning, masking, accumulation, resume after SIGKILL, DDP, configs, the NaN guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minimind.errors import MiniMindError
+from minimind.train.config import TrainConfig, load_config
+from minimind.train.stages import STAGES
+from minimind.train.trainer import train
+
+WORDS = "the king speaks of love and war while the queen sings of night and day".split()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    rng = __import__("random").Random(0)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 60))) for _ in range(300)]
+    (root / "pretrain.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:280]))
+    (root / "val.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[280:]))
+    chats = [{"conversations": [{"role": "user", "content": f"add {a} and {b}"},
+                                {"role": "assistant", "content": f"{a + b}"}]}
+             for a in range(12) for b in range(12)]
+    (root / "sft.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
+    return root
+
+
+def config(root: Path, out: Path, **changes) -> TrainConfig:
+    overrides = {"model": "tiny", "out": str(out), "batch_size": 2, "max_steps": 10, "log_every": 5,
+                 "eval_every": 0, "save_every": 0, "dtype": "fp32", "seed": 0,
+                 "data": {"train": [str(root / "pretrain.jsonl")], "val": [], "seq_len": 32,
+                          "prepared": str(root / "prepared")},
+                 "optim": {"lr": 3e-3, "warmup_steps": 2}} | changes
+    return load_config(None, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+
+
+def metrics(out: Path, kind: str = "train") -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").open() if json.loads(line)["kind"] == kind]
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(model_dir / "model.safetensors")
+
+
+def test_loss_decreases_and_everything_is_written(data, tmp_path):
+    out = tmp_path / "run"
+    model_dir = train(config(data, out, max_steps=30, eval_every=15, log_every=5,
+                             data={"train": [str(data / "pretrain.jsonl")], "val": [str(data / "val.jsonl")],
+                                   "seq_len": 32, "prepared": str(data / "prepared")},
+                             samples=["the king"]))
+    losses = [m["loss"] for m in metrics(out)]
+    assert losses[-1] < losses[0] - 1.0
+    val = metrics(out, "val")
+    assert [m["step"] for m in val] == [15, 30] and val[1]["loss"] < val[0]["loss"] and 0 < val[1]["bpb"] < 10
+    assert {"config.yaml", "metrics.jsonl", "loss_curve.png", "samples.jsonl", "model", "checkpoints"} <= \
+        {p.name for p in out.iterdir()}
+    assert (model_dir / "tokenizer.json").is_file() and (model_dir / "config.json").is_file()
+    assert load_config(out / "config.yaml", []).max_steps == 30          # the saved config reads back
+
+
+def test_sft_loss_counts_only_assistant_tokens(data):
+    from minimind.tokenizer import load_tokenizer
+    from tests.conftest import make_model
+
+    tokenizer, model = load_tokenizer(), make_model()
+    chat = [{"role": "user", "content": "add 2 and 3"}, {"role": "assistant", "content": "5"}]
+    ids, mask = tokenizer.render_chat(chat)
+    x = torch.tensor([ids])
+    labels = torch.where(torch.tensor([mask]) == 1, x, -100)
+    batch = {"input_ids": x, "labels": labels, "position_ids": torch.arange(len(ids))[None]}
+    total, _ = STAGES["sft"].loss(model, batch)
+    loss = total / STAGES["sft"].count(batch)
+    logits = model(x).logits[0]
+    targets = [t for t in range(1, len(ids)) if mask[t]]                 # by hand: assistant tokens only
+    expected = torch.stack([torch.nn.functional.cross_entropy(logits[t - 1], x[0, t]) for t in targets]).mean()
+    assert tokenizer.decode([ids[t] for t in targets]) == "<think>\n\n</think>\n\n5<|im_end|>"
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft"])
+def test_accumulation_equals_a_larger_batch(data, tmp_path, stage):
+    """4 micro-batches of 1 row give the step 1 batch of 4 rows gives (the loss is normalised by the targets
+    of the whole step, so rows with few targets — SFT — weigh what they weigh in one batch)."""
+    files = {"train": [str(data / f"{stage}.jsonl")], "val": [], "seq_len": 32, "prepared": str(data / "prepared")}
+    a = train(config(data, tmp_path / "a", stage=stage, batch_size=1, tokens_per_step=128, max_steps=4, data=files))
+    b = train(config(data, tmp_path / "b", stage=stage, batch_size=4, tokens_per_step=128, max_steps=4, data=files))
+    wa, wb = weights(a), weights(b)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
+def _run_cli(argv: list[str], **kwargs) -> subprocess.Popen:
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    return subprocess.Popen([sys.executable, "-m", "minimind", *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _cli_args(root: Path, out: Path, **changes) -> list[str]:
+    cfg = config(root, out, **changes)
+    return ["pretrain", f"out={out}", f"max_steps={cfg.max_steps}", "batch_size=2", "dtype=fp32", "log_every=1",
+            f"save_every={cfg.save_every}", "eval_every=0", "model=tiny", "keep_last=5",
+            f"data.train={json.dumps(cfg.data.train)}", "data.seq_len=32", f"data.prepared={root / 'prepared'}",
+            "optim.lr=0.003", "optim.warmup_steps=2"]
+
+
+def test_sigkill_then_resume_is_bitwise_identical(data, tmp_path):
+    full = _run_cli(_cli_args(data, tmp_path / "full", max_steps=16, save_every=4))
+    killed = _run_cli(_cli_args(data, tmp_path / "killed", max_steps=16, save_every=4))
+    deadline = time.time() + 60
+    while not (tmp_path / "killed" / "checkpoints" / "step-000008").is_dir():
+        assert killed.poll() is None and time.time() < deadline, killed.communicate()
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "model").exists()
+    resumed = _run_cli([*_cli_args(data, tmp_path / "killed", max_steps=16, save_every=4), "--resume"])
+    for proc in (full, resumed):
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    a, b = weights(tmp_path / "full" / "model"), weights(tmp_path / "killed" / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [m["step"] for m in metrics(tmp_path / "killed")]
+    assert steps == sorted(set(steps)) and steps[-1] == 16                # no duplicated or ghost steps
+
+
+def test_resume_skips_a_damaged_checkpoint(data, tmp_path):
+    out = tmp_path / "run"
+    train(config(data, out, max_steps=6, save_every=3, keep_last=3))
+    (out / "checkpoints" / "step-000006" / "state.pt").write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match="skipping checkpoint .*step-000006"):
+        train(config(data, out, max_steps=6, save_every=3, keep_last=3), resume=True)
+    assert [m["step"] for m in metrics(out)][-1] == 6
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_ddp_two_processes_match_one_process(data, tmp_path):
+    """2 ranks × 1 micro-batch of 2 rows = 1 process × 2 accumulated micro-batches of 2 rows."""
+    single = train(config(data, tmp_path / "single", batch_size=2, tokens_per_step=128, max_steps=4))
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    args = _cli_args(data, tmp_path / "ddp", max_steps=4)
+    args = [a for a in args if not a.startswith("log_every")] + ["tokens_per_step=128", "log_every=2"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", "29533", "-m", "minimind", *args],
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = weights(single), weights(tmp_path / "ddp" / "model")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_config_typos_are_named(tmp_path):
+    with pytest.raises(MiniMindError, match="unknown config key 'optim.lrr'"):
+        load_config(None, ["optim.lrr=1e-3", 'data.train=["x"]'])
+    with pytest.raises(MiniMindError, match="config key 'batch_size' must be an integer"):
+        load_config(None, ["batch_size=big", 'data.train=["x"]'])
+    path = tmp_path / "c.yaml"
+    path.write_text("stage: pretrain\noptim:\n  decay: cosin\n")
+    with pytest.raises(MiniMindError, match=r"c.yaml: config key 'optim.decay' must be one of"):
+        load_config(path, [])
+
+
+def test_nan_guard_skips_then_stops(data, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = STAGES["pretrain"].loss
+
+    def poisoned(model, batch):
+        calls["n"] += 1
+        total, aux = real(model, batch)
+        return (total * float("nan") if calls["n"] > 2 else total), aux
+
+    monkeypatch.setattr(STAGES["pretrain"], "loss", poisoned)
+    with pytest.raises(MiniMindError, match="3 consecutive non-finite losses"):
+        train(config(data, tmp_path / "nan", max_steps=10, max_bad_steps=3))
