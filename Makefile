@@ -23,18 +23,15 @@ test-all: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
-# The main job. Until the trainer's quickstart lands: the default data, tokenized once, and a fresh
-# minimind-3 model directory (weights + tokenizer) that generates text.
+# The main job: default data → tokenizer → pretrain → SFT → evaluation → runs/quickstart/report.md
+# (about 11 minutes on a 2-core CPU).
 demo: install
-	$(BIN)/minimind data build-default --out runs/data
-	$(BIN)/minimind data prepare --stage sft --data runs/data/sft.jsonl --tokenizer src/minimind/tokenizer/default --out runs/prepared/sft
-	$(BIN)/minimind init --preset minimind-3 --out runs/demo/minimind-3 --seed 0
-	$(BIN)/minimind info --model runs/demo/minimind-3
-	$(BIN)/minimind generate --model runs/demo/minimind-3 --prompt "To be, or not to be" --max-new-tokens 16 --temperature 0
+	$(BIN)/minimind quickstart --out runs/quickstart
 
 bench: install
 	$(BIN)/python benchmarks/model_step.py
 	$(BIN)/python benchmarks/data_pipeline.py
+	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -133,7 +133,8 @@ def cmd_train(args) -> None:
 def cmd_quickstart(args) -> None:
     from minimind.quickstart import quickstart
 
-    report = quickstart(args.out, minutes=args.minutes)
+    report = quickstart(args.out)
+    print(report.read_text())
     print(f"wrote {report}")
 
 
@@ -194,7 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help="the main job: data → pretrain → SFT → evaluate → report, on a CPU")
     p.add_argument("--out", default="runs/quickstart")
-    p.add_argument("--minutes", type=float, default=12.0, help="training time budget (pretrain + SFT)")
     p.set_defaults(func=cmd_quickstart)
 
     data = sub.add_parser("data", help="data: prepare (tokenize once), fetch and build the default data")

@@ -127,6 +127,12 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
                        f"{accumulation}×{micro_tokens:,} tokens · {device} {str(dtype).removeprefix('torch.')} · "
                        f"{len(data.rows):,} rows of {seq}")
 
+    if evaluation and resumed is None:                 # the "before" figure, at step 0
+        raw.eval()
+        with autocast:
+            logger.log(0, stage.evaluate(raw, evaluation, byte_counts), kind="val")
+        raw.train()
+
     stop = _StopFlag()
     bad_steps, window_start, window_tokens = 0, time.perf_counter(), 0
     gc.collect()

@@ -1,0 +1,130 @@
+"""The main job: from nothing to a chatting model on a laptop CPU, with a report of what it learned.
+
+    default data (pinned registry packages + generators) → the default tokenizer → pretrain
+    (configs/tiny/pretrain.yaml: the 4.6M `mini` model) → SFT of it (configs/tiny/sft.yaml) → held-out loss
+    and bits per byte before and after each stage → sample continuations and chats, and score held-out
+    arithmetic questions → DIR/report.md
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import time
+from pathlib import Path
+
+import torch
+
+import minimind
+from minimind.data.default import build_default
+from minimind.model import load_model
+from minimind.tokenizer import iter_texts, load_tokenizer
+from minimind.tokenizer.train import chars_per_token
+from minimind.train.config import load_config
+from minimind.train.trainer import sample, train
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tiny"
+CONTINUATIONS = ["To be, or not to be", "ROMEO.\nO", "成语“一心一意”"]
+CHATS = ["Hello! Who are you?", "What does the idiom 画蛇添足 mean?", "你好"]
+ARITHMETIC_QUESTIONS = 20
+
+
+def quickstart(out: str | Path) -> Path:
+    out = Path(out)
+    timings = {}
+    start = time.perf_counter()
+    manifest = build_default(out / "data")
+    timings["data"] = time.perf_counter() - start
+
+    tokenizer = load_tokenizer()
+    compression = chars_per_token(tokenizer, iter_texts([out / "data" / "eval" / "pretrain.jsonl"]))
+
+    runs = {}
+    for stage in ("pretrain", "sft"):
+        data = out / "data"
+        train_file, val_file = data / f"{stage}.jsonl", data / "eval" / f"{stage}.jsonl"
+        overrides = [f"out={out / stage}", f'data.train=["{train_file}"]', f'data.val=["{val_file}"]',
+                     f"data.prepared={out / 'prepared'}"]
+        if stage == "sft":
+            overrides.append(f"model={out / 'pretrain' / 'model'}")
+        config = load_config(CONFIGS / f"{stage}.yaml", overrides)
+        begin = time.perf_counter()
+        train(config)
+        timings[stage] = time.perf_counter() - begin
+        runs[stage] = _metrics(out / stage / "metrics.jsonl")
+
+    begin = time.perf_counter()
+    pretrained = load_model(out / "pretrain" / "model", device="cpu")
+    chat_model = load_model(out / "sft" / "model", device="cpu")
+    continuations = {p: sample(pretrained, tokenizer, p, chat=False) for p in CONTINUATIONS}
+    chats = {p: sample(chat_model, tokenizer, p, chat=True, max_new_tokens=64) for p in CHATS}
+    arithmetic = _arithmetic(chat_model, tokenizer, out / "data" / "eval" / "rl.jsonl")
+    timings["evaluation"] = time.perf_counter() - begin
+    timings["total"] = time.perf_counter() - start
+
+    report = out / "report.md"
+    report.write_text(_report(manifest, compression, runs, timings, continuations, chats, arithmetic))
+    return report
+
+
+def _metrics(path: Path) -> dict:
+    lines = [json.loads(line) for line in path.open()]
+    train_lines = [m for m in lines if m["kind"] == "train"]
+    val = [m for m in lines if m["kind"] == "val"]
+    timed = train_lines[1:] or train_lines           # the first window includes start-up
+    return {"first_loss": train_lines[0]["loss"], "last_loss": train_lines[-1]["loss"],
+            "steps": train_lines[-1]["step"], "tokens": train_lines[-1]["tokens"],
+            "tokens_per_s": sum(m["tokens_per_s"] for m in timed) / len(timed),
+            "mfu": sum(m.get("mfu", 0) for m in timed) / len(timed) if "mfu" in timed[-1] else None,
+            "val_before": val[0], "val_after": val[-1]}
+
+
+def _arithmetic(model, tokenizer, path: Path) -> dict:
+    """Greedy answers to held-out word problems: how many end in the trained `#### N` format, how many are right."""
+    records = [json.loads(line) for line in path.open()][:ARITHMETIC_QUESTIONS]
+    formatted, correct, examples = 0, 0, []
+    for record in records:
+        question = record["conversations"][-1]["content"]
+        answer = sample(model, tokenizer, question, chat=True, max_new_tokens=96)
+        found = re.search(r"####\s*(-?[\d.]+)", answer)
+        formatted += found is not None
+        correct += found is not None and found.group(1) == str(record["answer"])
+        if len(examples) < 3:
+            examples.append((question, answer, record["answer"]))
+    return {"n": len(records), "formatted": formatted, "correct": correct, "examples": examples}
+
+
+def _report(manifest, compression, runs, timings, continuations, chats, arithmetic) -> str:
+    device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU"
+    lines = [
+        "# MiniMind quickstart report", "",
+        f"minimind {minimind.__version__} · torch {torch.__version__} · {device} · {torch.get_num_threads()} threads",
+        "", "## Timings", "", "| phase | seconds |", "|---|---|",
+        *(f"| {k} | {v:.0f} |" for k, v in timings.items()), "",
+        "## Data", "",
+        *(f"- `{name}`: {c['records']:,} records, {c['chars']:,} characters" for name, c in manifest["files"].items()),
+        "- packages: " + (", ".join(f"{n}=={p['version']}" for n, p in manifest["packages"].items()) or "none")
+        + (f" (fetch failed: {manifest['fetch_error']})" if manifest["fetch_error"] else ""),
+        "- default tokenizer, characters per token on held-out text: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in compression.items()), "",
+        "## Training", "",
+        "| stage | steps | tokens | tokens/s | MFU | train loss | held-out loss | held-out bits/byte |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for stage, r in runs.items():
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "–"
+        lines.append(f"| {stage} | {r['steps']} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | {mfu} "
+                     f"| {r['first_loss']:.2f} → {r['last_loss']:.2f} "
+                     f"| {r['val_before']['loss']:.2f} → {r['val_after']['loss']:.2f} "
+                     f"| {r['val_before']['bpb']:.2f} → {r['val_after']['bpb']:.2f} |")
+    lines += ["", "Loss curves: `pretrain/loss_curve.png`, `sft/loss_curve.png`.", "",
+              "## Continuations (pretrained model, greedy)", ""]
+    lines += [f"- **{p!r}** → {t!r}" for p, t in continuations.items()]
+    lines += ["", "## Chats (SFT model, greedy, thinking off)", ""]
+    lines += [f"- **{p}** → {t!r}" for p, t in chats.items()]
+    lines += ["", f"## Held-out arithmetic ({arithmetic['n']} questions from `data/eval/rl.jsonl`)", "",
+              f"- answers in the trained `#### N` format: {arithmetic['formatted']}/{arithmetic['n']}",
+              f"- correct: {arithmetic['correct']}/{arithmetic['n']}", ""]
+    lines += [f"- **{q}** → {a!r} (expected {e})" for q, a, e in arithmetic["examples"]]
+    return "\n".join(lines) + "\n"

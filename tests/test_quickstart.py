@@ -1,0 +1,24 @@
+import pytest
+import yaml
+
+from minimind import quickstart as quickstart_module
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(tmp_path, monkeypatch):
+    """The main job with the tiny test model and a few steps: every phase runs and the report has its parts."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for stage in ("pretrain", "sft"):
+        config = yaml.safe_load((quickstart_module.CONFIGS / f"{stage}.yaml").read_text())
+        config.update(max_steps=3, log_every=1, eval_every=0, save_every=0, eval_batches=1, dtype="fp32")
+        if stage == "pretrain":
+            config["model"] = "tiny"
+        (configs / f"{stage}.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setattr(quickstart_module, "CONFIGS", configs)
+    monkeypatch.setattr(quickstart_module, "ARITHMETIC_QUESTIONS", 2)
+    report = quickstart_module.quickstart(tmp_path / "qs").read_text()
+    for heading in ("## Timings", "## Training", "## Continuations", "## Chats", "## Held-out arithmetic"):
+        assert heading in report
+    assert "| pretrain | 3 |" in report and "| sft | 3 |" in report
+    assert (tmp_path / "qs" / "sft" / "model" / "model.safetensors").is_file()
