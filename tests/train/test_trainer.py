@@ -179,3 +179,26 @@ def test_nan_guard_skips_then_stops(data, tmp_path, monkeypatch):
     monkeypatch.setattr(STAGES["pretrain"], "loss", poisoned)
     with pytest.raises(MiniMindError, match="3 consecutive non-finite losses"):
         train(config(data, tmp_path / "nan", max_steps=10, max_bad_steps=3))
+
+
+def test_activation_checkpointing_computes_the_same_step(data, tmp_path):
+    a = train(config(data, tmp_path / "a", max_steps=3))
+    b = train(config(data, tmp_path / "b", max_steps=3, activation_checkpointing=True))
+    wa, wb = weights(a), weights(b)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
+
+
+def test_sigterm_checkpoints_and_stops(data, tmp_path):
+    proc = _run_cli(_cli_args(data, tmp_path / "run", max_steps=400, save_every=0))
+    metrics_file = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 60
+    while not (metrics_file.is_file() and metrics_file.read_text().count('"train"') >= 2):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "interrupted: checkpoint saved at step" in out + err
+    (saved,) = (tmp_path / "run" / "checkpoints").iterdir()
+    step = json.loads((saved / "trainer.json").read_text())["step"]
+    assert 2 <= step < 400 and not (tmp_path / "run" / "model").exists()
