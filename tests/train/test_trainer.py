@@ -142,18 +142,30 @@ def test_resume_skips_a_damaged_checkpoint(data, tmp_path):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
-def test_ddp_two_processes_match_one_process(data, tmp_path):
-    """2 ranks × 1 micro-batch of 2 rows = 1 process × 2 accumulated micro-batches of 2 rows."""
+@pytest.mark.parametrize("mode, port", [("ddp", 29533), ("fsdp", 29534)])
+def test_two_processes_match_one_process(data, tmp_path, mode, port):
+    """2 ranks × 1 micro-batch of 2 rows = 1 process × 2 accumulated micro-batches of 2 rows, with the model
+    replicated (DDP) or sharded (FSDP2); the FSDP2 run also checkpoints (a gather of the sharded state)."""
     single = train(config(data, tmp_path / "single", batch_size=2, tokens_per_step=128, max_steps=4))
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
-    args = _cli_args(data, tmp_path / "ddp", max_steps=4)
+    args = _cli_args(data, tmp_path / mode, max_steps=4, save_every=2)
     args = [a for a in args if not a.startswith("log_every")] + ["tokens_per_step=128", "log_every=2"]
+    args += ["fsdp=true"] if mode == "fsdp" else []
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_addr", "127.0.0.1", "--master_port", "29533", "-m", "minimind", *args],
+                           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "minimind", *args],
                           env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = weights(single), weights(tmp_path / "ddp" / "model")
+    a, b = weights(single), weights(tmp_path / mode / "model")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    c = weights(tmp_path / mode / "checkpoints" / "step-000004" / "model")
+    assert all(torch.equal(b[k], c[k]) for k in b)
+    if mode == "fsdp":              # resume: full weights and optimiser states are sharded again
+        more = [a for a in args if not a.startswith("max_steps")] + ["max_steps=6", "--resume"]
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "minimind", *more],
+                              env=env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert [m["step"] for m in metrics(tmp_path / mode)][-1] == 6
 
 
 def test_config_typos_are_named(tmp_path):

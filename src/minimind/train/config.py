@@ -51,6 +51,7 @@ class TrainConfig:
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 where supported, else fp32
     compile: bool = False
     activation_checkpointing: bool = False
+    fsdp: bool = False                   # shard parameters, gradients and optimiser state (FSDP2) under torchrun
     seed: int = 0
     log_every: int = 10
     eval_every: int = 100                # validation loss + bits per byte; 0 = only at the end

@@ -46,3 +46,41 @@ def all_reduce_max(value: torch.Tensor, info: Dist) -> torch.Tensor:
 def cleanup(info: Dist) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---- FSDP2: parameters sharded across ranks --------------------------------------------------------------------
+
+def shard(model) -> None:
+    """FSDP2: each block, then the root (embeddings, final norm, head), owns 1/world of its parameters."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.model.layers:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def gather_for_saving(model, optimizers: list) -> tuple:
+    """(a plain CPU copy of the model with full weights, full optimiser states) on rank 0, (None, None) on the
+    others. Every rank must call it (the gathers are collectives)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    from minimind.model import Transformer
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    states = [get_optimizer_state_dict(model, optimizer, options=options) for optimizer in optimizers]
+    if dist.get_rank() != 0:
+        return None, None
+    with torch.device("meta"):
+        plain = Transformer(model.config)
+    plain.load_state_dict(weights, assign=True)
+    plain.tie_weights()
+    return plain, states
+
+
+def load_optimizer_states(model, optimizers: list, states: list[dict]) -> None:
+    """Full optimiser states (as gather_for_saving returns them) → each rank's shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    for optimizer, state in zip(optimizers, states, strict=True):
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from minimind.config import PRESETS, preset
@@ -40,7 +41,15 @@ from minimind.tokenizer import load_tokenizer
 from minimind.tokenizer.tokenizer import DEFAULT_DIR
 from minimind.train import checkpoint
 from minimind.train.config import TrainConfig, save_config
-from minimind.train.distributed import Dist, all_reduce_max, cleanup, init_distributed
+from minimind.train.distributed import (
+    Dist,
+    all_reduce_max,
+    cleanup,
+    gather_for_saving,
+    init_distributed,
+    load_optimizer_states,
+    shard,
+)
 from minimind.train.logging import Progress, RunLogger
 from minimind.train.optim import build_optimizers
 from minimind.train.schedule import lr_multiplier, set_lr
@@ -91,26 +100,34 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
     loader = PackedLoader(data.train, data.rows, batch, seq, seed=config.seed, rank=info.rank,
                           world_size=info.world_size, pad_id=tokenizer.pad_id, device=device)
     total_steps = config.max_steps or max(1, math.floor(config.epochs * loader.steps_per_epoch / accumulation))
+    if config.fsdp:
+        if not info.enabled:
+            raise MiniMindError("fsdp=true shards the model across processes: launch with torchrun, 2 or more")
+        shard(model)
     optimizers = build_optimizers(model, config.optim, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     step, tokens_seen, trainer_info = 0, 0, {}
     if resumed is not None:
         _, state, trainer_info = resumed
-        for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
-            optimizer.load_state_dict(saved)
+        if config.fsdp:
+            load_optimizer_states(model, optimizers, state["optimizers"])
+        else:
+            for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
+                optimizer.load_state_dict(saved)
         scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_states(state["rng"])
         step, tokens_seen = trainer_info["step"], trainer_info["tokens_seen"]
         loader.load_state_dict(_loader_state(trainer_info, info.world_size))
 
-    # ---- wrappers: activation checkpointing, compile, DDP ---------------------------------------------------
+    # ---- wrappers: activation checkpointing, compile, DDP (FSDP2 shards in place, above) -------------------
     raw = model
     if config.activation_checkpointing:
         _checkpoint_blocks(model)
     if config.compile:
         model = torch.compile(model)
-    if info.enabled:
+    ddp = info.enabled and not config.fsdp
+    if ddp:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext())
@@ -150,7 +167,9 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
             loss_sum = torch.zeros((), device=device)
             for micro, batch_data in enumerate(batches):
                 sync = micro == accumulation - 1
-                no_sync = model.no_sync() if info.enabled and not sync else contextlib.nullcontext()
+                if config.fsdp:
+                    raw.set_requires_gradient_sync(sync)
+                no_sync = model.no_sync() if ddp and not sync else contextlib.nullcontext()
                 with no_sync:
                     with autocast:
                         total, aux = stage.loss(model, batch_data)
@@ -162,6 +181,8 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
                 scaler.unscale_(optimizer)
             grad_norm = (torch.nn.utils.clip_grad_norm_(raw.parameters(), config.optim.grad_clip)
                          if config.optim.grad_clip > 0 else torch.zeros((), device=device))
+            if isinstance(grad_norm, DTensor):              # FSDP2: the norm of the sharded gradients
+                grad_norm = grad_norm.full_tensor()
             loss_value, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()    # the one sync
             step_tokens = accumulation * micro_tokens
             if not math.isfinite(loss_value):
@@ -204,8 +225,8 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
                 raw.train()
                 logger.log(step, result, kind="val")
                 progress.write(f"step {step}: val loss {result['loss']:.4f} · val bpb {result['bpb']:.4f}")
-            if info.main and ((config.sample_every and step % config.sample_every == 0) or last):
-                _samples(raw, tokenizer, config, progress, out, step)
+            if (info.main or config.fsdp) and ((config.sample_every and step % config.sample_every == 0) or last):
+                _samples(raw, tokenizer, config, progress, out, step, write=info.main)
             interrupted = stop.agreed(device, info) if (not info.enabled or step % config.log_every == 0) else False
             if last or interrupted or (config.save_every and step % config.save_every == 0):
                 _save(out, step, raw, tokenizer, optimizers, scaler, loader, tokens_seen, config, info)
@@ -217,19 +238,25 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
         stop.restore()
         progress.close()
         logger.close()
-    if step == total_steps and info.main:
-        with atomic_directory(out / "model", marker="config.json") as tmp:
-            raw.save(tmp, tokenizer=tokenizer)
+    if step == total_steps:
+        plain = gather_for_saving(raw, [])[0] if config.fsdp else raw
+        if info.main:
+            with atomic_directory(out / "model", marker="config.json") as tmp:
+                plain.save(tmp, tokenizer=tokenizer)
     if info.enabled:
         dist.barrier()
     return out / "model"
 
 
 def _save(out, step, raw, tokenizer, optimizers, scaler, loader, tokens_seen, config, info: Dist) -> None:
-    """Checkpoint (rank 0 writes; the model and optimiser states are the same on every DDP rank)."""
+    """Checkpoint: rank 0 writes (under DDP every rank holds the same model and optimiser states; under FSDP2
+    they are gathered to rank 0 first)."""
+    if config.fsdp:
+        raw, optimizer_states = gather_for_saving(raw, optimizers)
+    else:
+        optimizer_states = [o.state_dict() for o in optimizers]
     if info.main:
-        state = {"optimizers": [o.state_dict() for o in optimizers], "scaler": scaler.state_dict(),
-                 "rng": checkpoint.rng_states()}
+        state = {"optimizers": optimizer_states, "scaler": scaler.state_dict(), "rng": checkpoint.rng_states()}
         trainer = {"step": step, "tokens_seen": tokens_seen, "loader": loader.state_dict(),
                    "world_size": info.world_size, "config": _config_dict(config)}
         checkpoint.save_checkpoint(out, step, raw, tokenizer, state, trainer, config.keep_last)
@@ -256,14 +283,16 @@ def sample(model, tokenizer, prompt: str, chat: bool, max_new_tokens: int = 48) 
     return tokenizer.decode(out, skip_special_tokens=True)
 
 
-def _samples(model, tokenizer, config, progress, out: Path, step: int) -> None:
-    """Print the sample prompts' continuations and append them to OUT/samples.jsonl."""
+def _samples(model, tokenizer, config, progress, out: Path, step: int, write: bool) -> None:
+    """Print the sample prompts' continuations and append them to OUT/samples.jsonl (if `write`: under FSDP2
+    every rank generates, since each forward gathers parameters from all of them)."""
     model.eval()
-    with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
-        for prompt in config.samples:
-            text = sample(model, tokenizer, prompt, chat=config.stage == "sft")
+    for prompt in config.samples:
+        text = sample(model, tokenizer, prompt, chat=config.stage == "sft")
+        if write:
             progress.write(f"  {prompt!r} → {text!r}")
-            f.write(json.dumps({"step": step, "prompt": prompt, "output": text}, ensure_ascii=False) + "\n")
+            with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, "prompt": prompt, "output": text}, ensure_ascii=False) + "\n")
     model.train()
 
 
