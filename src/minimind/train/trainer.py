@@ -132,8 +132,9 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
 
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext())
     logger = RunLogger(out, config.logger, config=_config_dict(config), enabled=info.main)
-    if resumed is not None:
-        logger.truncate_after(step)
+    logger.truncate_after(step if resumed is not None else -1)     # a fresh run starts a fresh log
+    if resumed is None and info.main:
+        (out / "samples.jsonl").unlink(missing_ok=True)
     progress = Progress(total_steps, initial_step=step, enabled=info.main)
     peak = device_peak_flops(device) or (_measured_peak(dtype, device.type) if info.main else None)
     flops_per_token = raw.flops_per_token(seq)
