@@ -6,7 +6,7 @@ import torch
 
 from minimind import load_model
 from minimind.cli import main
-from minimind.infer import generate
+from minimind.tokenizer import load_tokenizer
 from minimind.tokenizer.tokenizer import DEFAULT_DIR
 from tests.conftest import make_model
 
@@ -49,21 +49,6 @@ def test_generate_greedy_equals_naive_decoding(tmp_path, capsys):
     assert printed == ids[0, 2:].tolist()
 
 
-def test_sampling_is_seeded():
-    model = make_model()
-    a = list(generate(model, [1, 2, 3], 12, temperature=1.0, top_k=50, seed=7))
-    b = list(generate(model, [1, 2, 3], 12, temperature=1.0, top_k=50, seed=7))
-    c = list(generate(model, [1, 2, 3], 12, temperature=1.0, top_k=50, seed=8))
-    assert a == b and a != c
-
-
-def test_generation_stops_at_a_stop_token():
-    model = make_model()
-    free = list(generate(model, [1, 2, 3], 10))
-    stopped = list(generate(model, [1, 2, 3], 10, stop=(free[3],)))
-    assert stopped == free[:free.index(free[3]) + 1]
-
-
 def test_errors_are_one_line_without_traceback(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text('{"model_type": "qwen3"}')
@@ -84,7 +69,7 @@ def test_bad_generation_input(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "m"), "--prompt-ids", "99999"]) == 2
     assert "prompt token ids must be in 0..6399" in capsys.readouterr().err
     assert main(["generate", "--model", str(tmp_path / "m"), "--prompt-ids", "1", "--temperature", "-1"]) == 2
-    assert "temperature must be >= 0" in capsys.readouterr().err
+    assert "invalid sampling value: temperature must be ≥ 0" in capsys.readouterr().err
 
 
 def test_init_carries_the_default_tokenizer_and_generates_text(tmp_path, capsys):
@@ -107,3 +92,34 @@ def test_data_prepare_then_cache_hit(tmp_path, capsys):
     assert "1 records → 1 documents" in out and "skipped 1 bad lines" in out
     assert main([*argv, "--skip-bad-lines"]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+def test_chat_one_shot_is_deterministic_and_prints_only_the_reply(tmp_path, capsys):
+    make_model().save(tmp_path / "m", tokenizer=load_tokenizer())
+    argv = ["chat", "--model", str(tmp_path / "m"), "--prompt", "Hello", "--temperature", "0",
+            "--max-new-tokens", "8"]
+    assert main(argv) == 0
+    first = capsys.readouterr()
+    assert main(argv) == 0
+    second = capsys.readouterr()
+    assert first.out == second.out and first.out.strip()
+    assert "minimind>" not in first.out and "tokens/s" not in first.out
+
+
+def test_chat_repl_commands(tmp_path):
+    make_model().save(tmp_path / "m", tokenizer=load_tokenizer())
+    script = "/system Be brief.\nhello\n/think on\nwhy?\n/reset\n/exit\n"
+    r = subprocess.run([sys.executable, "-m", "minimind", "chat", "--model", str(tmp_path / "m"),
+                        "--max-new-tokens", "6", "--seed", "1"], input=script, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "(system: 'Be brief.')" in r.stderr and "(thinking on)" in r.stderr and "(history cleared)" in r.stderr
+    assert r.stderr.count("tokens/s") == 2 and r.stdout.count("minimind> ") == 2
+
+
+def test_chat_rejects_an_empty_prompt_and_a_broken_model(tmp_path, capsys):
+    make_model().save(tmp_path / "m", tokenizer=load_tokenizer())
+    assert main(["chat", "--model", str(tmp_path / "m"), "--prompt", "  "]) == 2
+    assert "empty prompt" in capsys.readouterr().err
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"junk")
+    assert main(["chat", "--model", str(tmp_path / "m"), "--prompt", "hi"]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err

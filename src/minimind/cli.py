@@ -56,24 +56,65 @@ def cmd_info(args) -> None:
           + (f", {c.rope_scaling['rope_type']} ×{c.rope_scaling['factor']:g}" if c.rope_scaling else ""))
 
 
-def cmd_generate(args) -> None:
-    from minimind.infer import generate
+def _load_for_inference(args):
+    """(model, tokenizer) from --model, --device, --dtype and --rope-scaling."""
+    from minimind.config import ModelConfig, parse_rope_scaling
     from minimind.model import load_model
     from minimind.runtime import resolve_dtype
     from minimind.tokenizer import load_tokenizer
 
+    rope = None
+    if args.rope_scaling:
+        config = ModelConfig.load(Path(args.model) / "config.json")
+        rope = parse_rope_scaling(args.rope_scaling, config.max_position_embeddings)
+    model = load_model(args.model, device=args.device, dtype=resolve_dtype(args.dtype), rope_scaling=rope)
+    if not (Path(args.model) / "tokenizer.json").is_file():
+        print(f"note: {args.model} has no tokenizer.json; using the default tokenizer", file=sys.stderr)
+        return model, load_tokenizer()
+    return model, load_tokenizer(args.model)
+
+
+def _sampling(args, **overrides):
+    from minimind.infer import SamplingParams
+
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                          seed=args.seed, stop=args.stop or [], **overrides)
+
+
+def cmd_generate(args) -> None:
+    """Raw completion (base models): the prompt continued, streamed."""
+    from minimind.infer import Engine
+
     if (args.prompt is None) == (args.prompt_ids is None):
         raise MiniMindError("give exactly one of --prompt and --prompt-ids")
-    model = load_model(args.model, device=args.device, dtype=resolve_dtype(args.dtype))
-    tokenizer = load_tokenizer(args.model) if args.prompt is not None else None
-    prompt = args.prompt_ids if tokenizer is None else [tokenizer.bos_id, *tokenizer.encode(args.prompt)]
-    start, out = time.perf_counter(), []
-    for token in generate(model, prompt, args.max_new_tokens, temperature=args.temperature,
-                          top_k=args.top_k, seed=args.seed, stop=(model.config.eos_token_id,)):
-        out.append(token)
+    if args.prompt is not None and not args.prompt:
+        raise MiniMindError("empty prompt")
+    model, tokenizer = _load_for_inference(args)
+    engine = Engine(model, tokenizer)
+    prompt = args.prompt_ids if args.prompt is None else [tokenizer.bos_id, *tokenizer.encode(args.prompt)]
+    start, tokens = time.perf_counter(), []
+    if args.prompt is not None:
+        print(args.prompt, end="", flush=True)
+    for (delta,) in engine.stream([prompt], _sampling(args)):
+        tokens.append(delta.token_id)
+        if args.prompt is not None:
+            print(delta.text, end="", flush=True)
+    print("" if args.prompt is not None else " ".join(map(str, tokens)))
     seconds = time.perf_counter() - start
-    print(" ".join(map(str, out)) if tokenizer is None else args.prompt + tokenizer.decode(out, True))
-    print(f"{len(out)} tokens in {seconds:.2f} s ({len(out) / seconds:.1f} tokens/s)", file=sys.stderr)
+    print(f"{len(tokens)} tokens in {seconds:.2f} s ({len(tokens) / seconds:.1f} tokens/s)", file=sys.stderr)
+
+
+def cmd_chat(args) -> None:
+    """One-shot (--prompt: print only the reply) or an interactive REPL with history and streaming."""
+    from minimind.chat import one_shot, repl
+
+    model, tokenizer = _load_for_inference(args)
+    params = _sampling(args)
+    if args.prompt is not None:
+        print(one_shot(model, tokenizer, args.prompt, params, system=args.system, thinking=args.think))
+    else:
+        repl(model, tokenizer, params, system=args.system, thinking=args.think)
 
 
 def cmd_train_tokenizer(args) -> None:
@@ -147,6 +188,21 @@ def _param_summary(model) -> str:
     return f"{_millions(total)} parameters" + (f" ({_millions(active)} active)" if active != total else "")
 
 
+def _inference_args(p: argparse.ArgumentParser, temperature: float, max_new_tokens: int) -> None:
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy (deterministic)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=0.9 if temperature else 1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: as stored)")
+    p.add_argument("--rope-scaling", metavar="yarn:FACTOR", help="extend the context with YaRN, e.g. yarn:4")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minimind", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
@@ -167,16 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("generate", help="continue a prompt (raw completion, for base models)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--prompt", help="text to continue (needs the model directory's tokenizer)")
-    p.add_argument("--prompt-ids", type=int, nargs="+", metavar="ID", help="token ids to continue")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None)
+    p.add_argument("--prompt", help="text to continue")
+    p.add_argument("--prompt-ids", type=int, nargs="+", metavar="ID", help="token ids to continue (prints ids)")
+    _inference_args(p, temperature=0.0, max_new_tokens=64)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="chat with a model: interactive, or one reply with --prompt")
+    p.add_argument("--prompt", help="one user message; print only the reply")
+    p.add_argument("--system", help="system message")
+    p.add_argument("--think", action="store_true", help="let the model reason in <think> first")
+    _inference_args(p, temperature=0.7, max_new_tokens=512)
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("train-tokenizer", help="train the byte-level BPE tokenizer")
     p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="jsonl (every string) or text files")

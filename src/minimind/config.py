@@ -212,6 +212,21 @@ def yarn(factor: float, original_max_position_embeddings: int = 2048) -> dict:
             "original_max_position_embeddings": original_max_position_embeddings}
 
 
+def parse_rope_scaling(spec: str, max_position_embeddings: int) -> dict:
+    """"yarn:FACTOR[:ORIGINAL]" → a YaRN block; ORIGINAL defaults to max_position_embeddings / FACTOR (the
+    trained context, when max_position_embeddings is the extended one: 32768 = 16 × 2048 for minimind-3)."""
+    kind, _, rest = spec.partition(":")
+    factor, _, original = rest.partition(":")
+    try:
+        factor = float(factor)
+        original = int(original) if original else int(max_position_embeddings / factor)
+    except ValueError:
+        raise MiniMindError(f"--rope-scaling {spec!r}: expected yarn:FACTOR or yarn:FACTOR:ORIGINAL") from None
+    if kind != "yarn" or factor < 1 or original < 1:
+        raise MiniMindError(f"--rope-scaling {spec!r}: expected yarn:FACTOR (≥ 1) or yarn:FACTOR:ORIGINAL")
+    return yarn(factor, original)
+
+
 def _swiglu_width(hidden: int, multiplier: float) -> int:
     """Round hidden * multiplier up to a multiple of 64 (the reference's MLP widths)."""
     return math.ceil(hidden * multiplier / 64) * 64

@@ -5,7 +5,8 @@ import torch
 
 from minimind import load_model
 from minimind.config import yarn
-from minimind.infer import generate
+from minimind.infer import Engine, SamplingParams
+from minimind.tokenizer import load_tokenizer
 from tests.conftest import make_model
 
 transformers = pytest.importorskip("transformers")
@@ -63,7 +64,8 @@ def test_greedy_generation_matches_transformers(tmp_path, name):
     ours.save(tmp_path / "m")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()
     prompt = [1, 400, 2000, 33]
-    mine = list(generate(ours, prompt, max_new_tokens=16))
+    params = SamplingParams(max_new_tokens=16, temperature=0, ignore_eos=True)    # HF does not stop either
+    mine = Engine(ours, load_tokenizer()).generate([prompt], params)[0][0].token_ids
     out = theirs.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, eos_token_id=None,
                           pad_token_id=0, min_new_tokens=16)
     assert mine == out[0, len(prompt):].tolist()

@@ -1,5 +1,6 @@
-"""Generation from a model: the decoding loop over the static KV cache."""
+"""Generation: the engine (static KV cache, batched prefill and decode, sampling, stops, streaming)."""
 
-from minimind.infer.generate import generate
+from minimind.infer.engine import Completion, Delta, Engine
+from minimind.infer.sampling import SamplingParams
 
-__all__ = ["generate"]
+__all__ = ["Completion", "Delta", "Engine", "SamplingParams"]

@@ -35,6 +35,11 @@ class KVCache:
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def repeat_rows(self, n: int) -> None:
+        """Each row becomes n consecutive rows (n samples continuing one shared prefill)."""
+        self.k = self.k.repeat_interleave(n, dim=1)
+        self.v = self.v.repeat_interleave(n, dim=1)
+
     def advance(self, n: int) -> None:
         """Called by the model once every layer has written its n new positions."""
         self.length += n

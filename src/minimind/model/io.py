@@ -117,14 +117,17 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None) -> Transformer:
+               dtype: torch.dtype | None = None, rope_scaling: dict | None = None) -> Transformer:
     """Read a model directory (ours, or any transformers Qwen3 / Qwen3-MoE checkpoint) into a Transformer in
     eval mode, on `device` (default: the best available) in `dtype` (default: as stored, fp32 on CPU for
-    half-precision files)."""
+    half-precision files). `rope_scaling` (e.g. `minimind.config.yarn(16, 2048)`) replaces the config's, to
+    extend the context at inference."""
     path = Path(path)
     if not path.is_dir():
         raise MiniMindError(f"{path}: not a model directory")
     config = ModelConfig.load(path / "config.json")
+    if rope_scaling is not None:
+        config = config.replace(rope_scaling=rope_scaling)
     device = resolve_device(device)
     tensors = read_tensors(path)
     weights_file = path / (WEIGHTS if (path / WEIGHTS).is_file() else INDEX)

@@ -33,7 +33,7 @@ from minimind.config import PRESETS, preset
 from minimind.data.loader import PackedLoader
 from minimind.errors import MiniMindError
 from minimind.fileio import atomic_directory
-from minimind.infer import generate
+from minimind.infer import Engine, SamplingParams
 from minimind.model import Transformer, load_model
 from minimind.perf import device_peak_flops, measure_matmul_peak
 from minimind.runtime import resolve_device
@@ -276,12 +276,10 @@ def _loader_state(trainer: dict, world_size: int) -> dict:
 
 def sample(model, tokenizer, prompt: str, chat: bool, max_new_tokens: int = 48) -> str:
     """Greedy continuation of `prompt` (raw text, or one user turn rendered with the chat template)."""
-    if chat:
-        ids, _ = tokenizer.render_chat([{"role": "user", "content": prompt}], add_generation_prompt=True)
-    else:
-        ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
-    out = list(generate(model, ids, max_new_tokens, temperature=0.0, stop=(tokenizer.eos_id,)))
-    return tokenizer.decode(out, skip_special_tokens=True)
+    engine = Engine(model, tokenizer)
+    ids = (engine.chat_prompt([{"role": "user", "content": prompt}]) if chat
+           else [tokenizer.bos_id, *tokenizer.encode(prompt)])
+    return engine.generate([ids], SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))[0][0].text
 
 
 def _samples(model, tokenizer, config, progress, out: Path, step: int, write: bool) -> None:

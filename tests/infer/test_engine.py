@@ -1,0 +1,151 @@
+"""The engine against naive decoding, itself row by row, independent runs, and its stop/stream contracts."""
+
+import math
+
+import pytest
+import torch
+
+from minimind.config import parse_rope_scaling
+from minimind.errors import MiniMindError
+from minimind.infer import Engine, SamplingParams
+from minimind.infer.engine import _Row
+from minimind.infer.sampling import apply_penalties, filter_logits
+from minimind.tokenizer import load_tokenizer
+from tests.conftest import make_model
+
+PROMPTS = [[1, 400, 2000, 33, 87, 5], [1, 77], [1, 900, 12, 3000]]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture(params=["tiny", "tiny-moe"])
+def engine(request, tokenizer):
+    return Engine(make_model(request.param), tokenizer)
+
+
+def naive_greedy(model, prompt, n):
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(n):
+            ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], dim=1)
+    return ids[0, len(prompt):].tolist()
+
+
+def test_greedy_equals_naive_full_forward_decoding(engine):
+    params = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
+    out = engine.generate(PROMPTS, params)
+    for prompt, (completion,) in zip(PROMPTS, out, strict=True):
+        assert completion.token_ids == naive_greedy(engine.model, prompt, 12)
+        assert completion.finish_reason == "length"
+
+
+def test_batch_equals_rows_alone_when_sampling(engine):
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, top_k=50, top_p=0.9, seed=3, ignore_eos=True,
+                            repetition_penalty=1.2, frequency_penalty=0.5)
+    batch = engine.generate(PROMPTS, params)
+    for prompt, (completion,) in zip(PROMPTS, batch, strict=True):
+        assert completion.token_ids == engine.generate([prompt], params)[0][0].token_ids
+
+
+def test_shared_prefill_samples_equal_independent_runs(engine):
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=11, n=3, ignore_eos=True)
+    samples = engine.generate([PROMPTS[0]], params)[0]
+    assert len({tuple(s.token_ids) for s in samples}) > 1                      # they differ
+    for j, s in enumerate(samples):
+        alone = SamplingParams(max_new_tokens=8, temperature=1.0, seed=11 + j, ignore_eos=True)
+        assert s.token_ids == engine.generate([PROMPTS[0]], alone)[0][0].token_ids
+
+
+def test_stop_token_cuts_exactly(engine):
+    free = engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True))[0][0]
+    stop = free.token_ids[4]
+    first = free.token_ids.index(stop)
+    out = engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True,
+                                                       stop_token_ids=[stop]))[0][0]
+    assert out.token_ids == free.token_ids[:first + 1] and out.finish_reason == "stop"
+    assert out.text == engine.tokenizer.decode(free.token_ids[:first], skip_special_tokens=True)
+
+
+def test_stop_string_cuts_exactly_and_stream_never_shows_it(engine):
+    free = engine.generate([PROMPTS[1]], SamplingParams(max_new_tokens=16, temperature=0, ignore_eos=True))[0][0]
+    text = free.text
+    assert len(text) > 6
+    stop = text[3:6]
+    params = SamplingParams(max_new_tokens=16, temperature=0, ignore_eos=True, stop=[stop])
+    out = engine.generate([PROMPTS[1]], params)[0][0]
+    assert out.text == text[:text.find(stop)] and out.finish_reason == "stop"
+    streamed = "".join(d.text for (d,) in engine.stream([PROMPTS[1]], params))
+    assert streamed == out.text
+
+
+def test_stream_equals_final_text(engine):
+    params = SamplingParams(max_new_tokens=20, temperature=1.0, seed=5, ignore_eos=True)
+    final = engine.generate([PROMPTS[2]], params)[0][0]
+    assert "".join(d.text for (d,) in engine.stream([PROMPTS[2]], params)) == final.text
+
+
+@pytest.mark.parametrize("text", ["你好，世界！学而时习之", "emoji 🍓🚀👩‍👩‍👧 and 中文 mixed", "½ ∑ “quotes” 😀"])
+def test_incremental_detokenisation_never_emits_half_a_character(tokenizer, text):
+    ids = tokenizer.encode(text)
+    assert len(ids) > len(text) / 3                               # byte-level pieces: characters are split
+    row = _Row(tokenizer, SamplingParams(max_new_tokens=len(ids)), set(), want_logprobs=False)
+    deltas = [row.push(t, None, None) for t in ids]
+    assert all("\ufffd" not in d for d in deltas)
+    assert "".join(deltas) == text and row.out.finish_reason == "length"
+
+
+def test_logprobs_match_the_model(engine):
+    params = SamplingParams(max_new_tokens=5, temperature=0, ignore_eos=True, logprobs=3)
+    out = engine.generate([PROMPTS[0]], params)[0][0]
+    ids = torch.tensor([PROMPTS[0] + out.token_ids])
+    with torch.no_grad():
+        logp = engine.model(ids).logits[0].log_softmax(-1)
+    for t, (token, lp, top) in enumerate(zip(out.token_ids, out.logprobs, out.top_logprobs, strict=True)):
+        expected = logp[len(PROMPTS[0]) - 1 + t]
+        assert math.isclose(lp, expected[token].item(), abs_tol=1e-4)
+        assert [i for i, _ in top] == expected.topk(3).indices.tolist() and top[0][0] == token
+
+
+def test_penalties_and_filters():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 0.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    counts = torch.tensor([[0.0, 2.0, 0.0, 0.0]])
+    out = apply_penalties(logits, seen, counts, SamplingParams(repetition_penalty=2.0, presence_penalty=0.5,
+                                                               frequency_penalty=0.25))
+    torch.testing.assert_close(out, torch.tensor([[1.0, -2.0 - 0.5 - 0.5, 0.5, 0.0]]))
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    kept = lambda **kw: torch.isfinite(filter_logits(probs, SamplingParams(**kw))).tolist()[0]   # noqa: E731
+    assert kept(top_k=2) == [True, True, False, False]
+    assert kept(top_p=0.7) == [True, True, False, False]
+    assert kept(top_p=0.81) == [True, True, True, False]
+    assert kept(min_p=0.35) == [True, True, False, False]
+
+
+@pytest.mark.parametrize("prompts, params, message", [
+    ([[]], SamplingParams(), "empty prompt"),
+    ([[1] * 2048], SamplingParams(), "the model's context is 2048"),
+    ([[1]], SamplingParams(temperature=-1), "temperature must be ≥ 0"),
+    ([[1]], SamplingParams(top_p=0), "top_p must be in"),
+    ([[99999]], SamplingParams(), "prompt token ids must be in"),
+])
+def test_bad_input_is_a_clear_error(tokenizer, prompts, params, message):
+    with pytest.raises(MiniMindError, match=message):
+        Engine(make_model(), tokenizer).generate(prompts, params)
+
+
+def test_yarn_switch():
+    block = parse_rope_scaling("yarn:16", 32768)
+    assert block["factor"] == 16 and block["original_max_position_embeddings"] == 2048
+    assert parse_rope_scaling("yarn:4:512", 32768)["original_max_position_embeddings"] == 512
+    with pytest.raises(MiniMindError, match="expected yarn:FACTOR"):
+        parse_rope_scaling("linear:2", 32768)
+
+
+def test_chat_parses_the_reply(tokenizer):
+    engine = Engine(make_model(), tokenizer)
+    (completion, parsed), = engine.chat([{"role": "user", "content": "hi"}], SamplingParams(max_new_tokens=6,
+                                                                                           temperature=0))
+    assert parsed.content == completion.text.strip("\n") or parsed.tool_calls
