@@ -32,6 +32,7 @@ bench: install
 	$(BIN)/python benchmarks/model_step.py
 	$(BIN)/python benchmarks/data_pipeline.py
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/decode.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,100 @@
+"""Generation speed of our engine against transformers' `generate` on the same model directory, in one run.
+
+    python benchmarks/decode.py                                    # a fresh `mini` and `minimind-3`, fp32, CPU
+    python benchmarks/decode.py --model runs/quickstart/sft/model --batches 1 16
+
+For each batch size: prefill tokens/s (prompt tokens / time of a 1-token generation), decode tokens/s
+(new tokens / the rest of the time), and memory-bandwidth utilisation: decoding reads every weight once per
+step, so achieved bandwidth = weight bytes · steps / decode time, against the copy rate of a large tensor
+measured in the same run. Both engines decode greedily for exactly --new tokens (no early stop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from minimind import Transformer, load_model, load_tokenizer, preset
+from minimind.infer import Engine, SamplingParams
+
+
+def copy_bandwidth(device, megabytes: int = 512) -> float:
+    """Bytes/s of a large tensor copy (read + write), the reference for memory-bandwidth utilisation."""
+    src = torch.empty(megabytes * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    start, count = time.perf_counter(), 0
+    while time.perf_counter() - start < 1.0:
+        dst.copy_(src)
+        count += 1
+    return 2 * src.numel() * 4 * count / (time.perf_counter() - start)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def ours(model, tokenizer, prompts, new: int) -> tuple[float, float]:
+    engine = Engine(model, tokenizer)
+    run = lambda n: engine.generate(prompts, SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True))  # noqa: E731
+    run(2)                                                                      # warm-up
+    prefill = timed(lambda: run(1))
+    return prefill, timed(lambda: run(new)) - prefill
+
+
+def theirs(hf_model, prompts, new: int) -> tuple[float, float]:
+    ids = torch.tensor(prompts)
+    kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None, attention_mask=torch.ones_like(ids))
+    run = lambda n: hf_model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kwargs)  # noqa: E731
+    with torch.inference_mode():
+        run(2)
+        prefill = timed(lambda: run(1))
+        return prefill, timed(lambda: run(new)) - prefill
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", nargs="*", help="model directories (default: fresh mini and minimind-3)")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new", type=int, default=64)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    args = parser.parse_args()
+    from transformers import AutoModelForCausalLM
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directories = args.model or []
+        if not directories:
+            for name in ("mini", "minimind-3"):
+                torch.manual_seed(0)
+                directories.append(Transformer(preset(name)).save(Path(tmp) / name, tokenizer=load_tokenizer()))
+        bandwidth = copy_bandwidth("cpu")
+        print(f"torch {torch.__version__} · {torch.get_num_threads()} threads · fp32 · prompt {args.prompt_len} "
+              f"· {args.new} new tokens · copy bandwidth {bandwidth / 1e9:.1f} GB/s\n")
+        print("| model | batch | engine | prefill tok/s | decode tok/s | bandwidth use | ours / transformers |")
+        print("|---|---|---|---|---|---|---|")
+        for directory in map(Path, directories):
+            model = load_model(directory, device="cpu", dtype=torch.float32)
+            tokenizer = load_tokenizer(directory)
+            hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+            weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+            for batch in args.batches:
+                prompts = [[1 + (i * 7 + t) % 6000 for t in range(args.prompt_len)] for i in range(batch)]
+                rates = {}
+                for name, (prefill, decode) in (("ours", ours(model, tokenizer, prompts, args.new)),
+                                                ("transformers", theirs(hf_model, prompts, args.new))):
+                    steps = args.new - 1
+                    rates[name] = batch * steps / decode
+                    use = weight_bytes * steps / decode / bandwidth
+                    ratio = f"{rates['ours'] / rates['transformers']:.2f}×" if name == "transformers" else ""
+                    print(f"| {directory.name} | {batch} | {name} | {batch * args.prompt_len / prefill:,.0f} "
+                          f"| {rates[name]:,.1f} | {use:.0%} | {ratio} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
