@@ -64,6 +64,10 @@ def repl(model, tokenizer, params: SamplingParams, system: str | None = None, th
                 print(_display(delta.text, styled), end="", flush=True)
         except KeyboardInterrupt:
             print(" [interrupted]", end="")
+        except MiniMindError as e:                  # e.g. the conversation outgrew the context
+            history.pop()
+            print(f"\n(error: {e}; /reset to start over)", file=sys.stderr)
+            continue
         seconds = time.perf_counter() - start
         parsed = parse_output(text)
         reply = {"role": "assistant", "content": parsed.content}

@@ -90,16 +90,16 @@ def cmd_generate(args) -> None:
         raise MiniMindError("give exactly one of --prompt and --prompt-ids")
     if args.prompt is not None and not args.prompt:
         raise MiniMindError("empty prompt")
+    params = _sampling(args)
+    params.validate()
     model, tokenizer = _load_for_inference(args)
     engine = Engine(model, tokenizer)
     prompt = args.prompt_ids if args.prompt is None else [tokenizer.bos_id, *tokenizer.encode(args.prompt)]
     start, tokens = time.perf_counter(), []
-    if args.prompt is not None:
-        print(args.prompt, end="", flush=True)
-    for (delta,) in engine.stream([prompt], _sampling(args)):
-        tokens.append(delta.token_id)
+    for (delta,) in engine.stream([prompt], params):
         if args.prompt is not None:
-            print(delta.text, end="", flush=True)
+            print((args.prompt if not tokens else "") + delta.text, end="", flush=True)
+        tokens.append(delta.token_id)
     print("" if args.prompt is not None else " ".join(map(str, tokens)))
     seconds = time.perf_counter() - start
     print(f"{len(tokens)} tokens in {seconds:.2f} s ({len(tokens) / seconds:.1f} tokens/s)", file=sys.stderr)
@@ -166,7 +166,8 @@ def cmd_train(args) -> None:
 
     config = load_config(args.config, args.overrides, stage=args.command)
     if config.stage != args.command:
-        raise MiniMindError(f"{args.config}: stage is {config.stage!r}, but the command is {args.command!r}")
+        raise MiniMindError(f"{args.config or 'config'}: stage is {config.stage!r}, but the command is "
+                            f"{args.command!r}")
     path = train(config, resume=args.resume)
     print(f"wrote {path}")
 
@@ -279,10 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except MiniMindError as e:
+    except (MiniMindError, OSError) as e:
         print(f"minimind: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        print(f"minimind: {e or 'interrupted'}", file=sys.stderr)
         return 130
     return 0
 

@@ -219,8 +219,10 @@ def parse_rope_scaling(spec: str, max_position_embeddings: int) -> dict:
     factor, _, original = rest.partition(":")
     try:
         factor = float(factor)
+        if not factor >= 1:
+            raise ValueError
         original = int(original) if original else int(max_position_embeddings / factor)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise MiniMindError(f"--rope-scaling {spec!r}: expected yarn:FACTOR or yarn:FACTOR:ORIGINAL") from None
     if kind != "yarn" or factor < 1 or original < 1:
         raise MiniMindError(f"--rope-scaling {spec!r}: expected yarn:FACTOR (≥ 1) or yarn:FACTOR:ORIGINAL")

@@ -105,6 +105,8 @@ def _convert(annotation, value: Any, path: str):
             raise MiniMindError(f"config key '{path}' must be a number, got {value!r}")
         return float(value)
     if annotation is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):     # out=2024 read as JSON
+            return str(value)
         if not isinstance(value, str):
             raise MiniMindError(f"config key '{path}' must be a string, got {value!r}")
         return value

@@ -91,7 +91,7 @@ def test_stream_equals_final_text(engine):
 def test_incremental_detokenisation_never_emits_half_a_character(tokenizer, text):
     ids = tokenizer.encode(text)
     assert len(ids) > len(text) / 3                               # byte-level pieces: characters are split
-    row = _Row(tokenizer, SamplingParams(max_new_tokens=len(ids)), set(), want_logprobs=False)
+    row = _Row(tokenizer, SamplingParams(), set(), want_logprobs=False, max_new_tokens=len(ids))
     deltas = [row.push(t, None, None) for t in ids]
     assert all("\ufffd" not in d for d in deltas)
     assert "".join(deltas) == text and row.out.finish_reason == "length"
@@ -149,3 +149,27 @@ def test_chat_parses_the_reply(tokenizer):
     (completion, parsed), = engine.chat([{"role": "user", "content": "hi"}], SamplingParams(max_new_tokens=6,
                                                                                            temperature=0))
     assert parsed.content == completion.text.strip("\n") or parsed.tool_calls
+
+
+def test_unseeded_identical_prompts_sample_differently(tokenizer):
+    engine = Engine(make_model(), tokenizer)
+    out = engine.generate([PROMPTS[0]] * 3, SamplingParams(max_new_tokens=8, temperature=1.0, ignore_eos=True))
+    assert len({tuple(c.token_ids) for (c,) in out}) > 1
+
+
+def test_each_row_gets_its_own_context_budget(tokenizer):
+    engine = Engine(make_model(), tokenizer)        # context 2048
+    params = SamplingParams(max_new_tokens=20, temperature=0, ignore_eos=True)
+    short, long = engine.generate([[1, 2, 3], [1] * 2040], params)
+    assert len(short[0].token_ids) == 20 and len(long[0].token_ids) == 8
+    assert short[0].token_ids == engine.generate([[1, 2, 3]], params)[0][0].token_ids
+
+
+@pytest.mark.parametrize("params, message", [
+    (SamplingParams(stop=[""]), "stop strings must be non-empty"),
+    (SamplingParams(temperature=float("inf")), "must be finite"),
+    (SamplingParams(seed=2**70), "seed must be in"),
+])
+def test_more_sampling_checks(params, message):
+    with pytest.raises(MiniMindError, match=message):
+        params.validate()

@@ -43,8 +43,10 @@ class Delta:
 class _Row:
     """One sequence's detokenisation and stop logic."""
 
-    def __init__(self, tokenizer: Tokenizer, params: SamplingParams, stop_ids: set[int], want_logprobs: bool):
-        self.tokenizer, self.stops, self.stop_ids, self.params = tokenizer, params.stop, stop_ids, params
+    def __init__(self, tokenizer: Tokenizer, params: SamplingParams, stop_ids: set[int], want_logprobs: bool,
+                 max_new_tokens: int):
+        self.tokenizer, self.stops, self.stop_ids = tokenizer, params.stop, stop_ids
+        self.max_new_tokens = max_new_tokens        # the request's, or what the context leaves this prompt
         self.out = Completion(logprobs=[] if want_logprobs else None, top_logprobs=[] if want_logprobs else None)
         self.emitted = 0                       # characters of the decoded text already handed out
 
@@ -65,7 +67,7 @@ class _Row:
                 out.text = text[:cut]
                 return self._emit(out.text, final=True)
         out.text = text
-        if len(out.token_ids) >= self.params.max_new_tokens:
+        if len(out.token_ids) >= self.max_new_tokens:
             out.finish_reason = "length"
             return self._emit(text, final=True)
         return self._emit(text, final=False)
@@ -128,9 +130,12 @@ class Engine:
                                 f"{config.max_position_embeddings} (leave room for the reply)")
         if any(t < 0 or t >= config.vocab_size for p in prompts for t in p):
             raise MiniMindError(f"prompt token ids must be in 0..{config.vocab_size - 1}")
-        max_new = min(params.max_new_tokens, config.max_position_embeddings - longest)
+        # each row may use what the context leaves its own prompt; the loop runs for the longest budget
+        budgets = [min(params.max_new_tokens, config.max_position_embeddings - len(p)) for p in prompts]
+        max_new = max(budgets)
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else {self.tokenizer.eos_id})
-        rows = [_Row(self.tokenizer, params, stop_ids, params.logprobs is not None) for _ in range(len(prompts) * n)]
+        rows = [_Row(self.tokenizer, params, stop_ids, params.logprobs is not None, budget)
+                for budget in budgets for _ in range(n)]
 
         B, R = len(prompts), len(prompts) * n
         ids = torch.full((B, longest), self.tokenizer.pad_id, dtype=torch.long)
@@ -168,9 +173,6 @@ class Engine:
                 row = rows[r]
                 if row.out.finish_reason is None:
                     text = row.push(token, chosen[r] if chosen else None, top[r] if top else None)
-                    if step == max_new - 1 and row.out.finish_reason is None:
-                        row.out.finish_reason = "length"
-                        text += row._emit(row.out.text, final=True)
                     deltas.append(Delta(r, text, token, row.out.finish_reason))
             yield rows, deltas
             if all(row.out.finish_reason for row in rows):
@@ -185,9 +187,11 @@ class Engine:
     def _generators(self, params: SamplingParams, prompts: int) -> list[torch.Generator | None]:
         if params.temperature == 0:
             return [None] * (prompts * params.n)
-        base = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
-        return [torch.Generator(device=self.device).manual_seed(base + j)
-                for _ in range(prompts) for j in range(params.n)]
+        if params.seed is not None:                 # sample j of every prompt: seed + j
+            seeds = [params.seed + j for _ in range(prompts) for j in range(params.n)]
+        else:                                       # unseeded: every row its own random stream
+            seeds = torch.randint(0, 2**62, (prompts * params.n,)).tolist()
+        return [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
 
     @staticmethod
     def _logprobs(logprobs, tokens, k):

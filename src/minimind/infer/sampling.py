@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +34,14 @@ class SamplingParams:
     n: int = 1                         # samples per prompt, sharing the prompt's prefill
 
     def validate(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
         checks = [
+            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty"),
+            (all(math.isfinite(v) for v in (self.temperature, self.top_p, self.min_p, self.repetition_penalty,
+                                            self.presence_penalty, self.frequency_penalty)),
+             "sampling values must be finite"),
+            (self.seed is None or 0 <= self.seed < 2**62, "seed must be in 0..2**62"),
             (self.max_new_tokens >= 1, "max_new_tokens must be ≥ 1"),
             (self.temperature >= 0, "temperature must be ≥ 0"),
             (self.top_k >= 0, "top_k must be ≥ 0"),

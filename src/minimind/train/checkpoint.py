@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minimind.errors import MiniMindError
 from minimind.fileio import atomic_directory
-from minimind.model.io import save_model
+from minimind.model.io import read_tensors, save_model
 
 PREFIX = "step-"
 
@@ -54,6 +53,12 @@ def save_checkpoint(out: Path, step: int, model, tokenizer, state: dict, trainer
     return path
 
 
+def clear(out: Path) -> None:
+    """Remove an earlier run's checkpoints (a fresh run into the same directory)."""
+    for old in checkpoints(out):
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def checkpoints(out: Path) -> list[Path]:
     """Step directories under OUT/checkpoints, newest first (temporary and partial names excluded)."""
     root = Path(out) / "checkpoints"
@@ -69,8 +74,7 @@ def load_latest(out: Path) -> tuple[Path, dict, dict] | None:
         try:
             trainer = json.loads((path / "trainer.json").read_text())
             state = torch.load(path / "state.pt", weights_only=False)
-            if not (path / "model" / "model.safetensors").is_file():
-                raise MiniMindError("model/model.safetensors is missing")
+            read_tensors(path / "model")                         # the weights must load too
         except Exception as e:                    # any damage: fall back to the previous checkpoint
             warnings.warn(f"skipping checkpoint {path}: it does not load ({e})", stacklevel=2)
             continue

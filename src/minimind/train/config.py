@@ -66,9 +66,17 @@ class TrainConfig:
     def validate(self) -> None:
         if not self.data.train:
             raise MiniMindError("config key 'data.train' must list at least one file")
-        for name in ("batch_size", "log_every"):
+        for name in ("batch_size", "log_every", "keep_last", "eval_batches", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise MiniMindError(f"config key '{name}' must be ≥ 1")
+        for name in ("max_steps", "tokens_per_step", "eval_every", "save_every", "sample_every"):
+            if getattr(self, name) < 0:
+                raise MiniMindError(f"config key '{name}' must be ≥ 0")
+        if self.epochs <= 0:
+            raise MiniMindError("config key 'epochs' must be > 0")
+        if self.optim.warmup_steps < 0 or self.optim.grad_clip < 0 or self.optim.weight_decay < 0:
+            raise MiniMindError("config keys 'optim.warmup_steps', 'optim.grad_clip', 'optim.weight_decay' "
+                                "must be ≥ 0")
         if self.data.seq_len < 8:
             raise MiniMindError("config key 'data.seq_len' must be ≥ 8")
         if self.optim.lr <= 0 or not 0 <= self.optim.min_lr_ratio <= 1:
@@ -83,8 +91,8 @@ def load_config(path: str | Path | None, overrides: list[str], **defaults) -> Tr
         if not path.is_file():
             raise MiniMindError(f"{path}: file not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise MiniMindError(f"{path}: not valid YAML ({e})") from None
         try:
             config = from_dict(TrainConfig, to_dict(config) | data)

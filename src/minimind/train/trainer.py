@@ -89,9 +89,21 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
         tokenizer_dir = Path(source) if (Path(source) / "tokenizer.json").is_file() else DEFAULT_DIR
     model.train()
     tokenizer = load_tokenizer(tokenizer_dir)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise MiniMindError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                            f"{model.config.vocab_size}")
+    if config.data.seq_len > model.config.max_position_embeddings:
+        raise MiniMindError(f"config key 'data.seq_len' ({config.data.seq_len}) exceeds the model's "
+                            f"max_position_embeddings ({model.config.max_position_embeddings})")
+    if resumed is not None:
+        _check_resumable(resumed[2]["config"], config)
     if info.main:
+        if out.exists() and not out.is_dir():
+            raise MiniMindError(f"config key 'out': {out} exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
+        if resumed is None:
+            checkpoint.clear(out)                 # a fresh run: an earlier run's checkpoints must not be resumed
     data = stage.build(config, tokenizer_dir, info.main, lambda: dist.barrier() if info.enabled else None)
 
     seq, batch = config.data.seq_len, config.batch_size
@@ -118,7 +130,10 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
         scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_states(state["rng"])
         step, tokens_seen = trainer_info["step"], trainer_info["tokens_seen"]
-        loader.load_state_dict(_loader_state(trainer_info, info.world_size))
+        if step > total_steps:
+            raise MiniMindError(f"the checkpoint is at step {step}, past this run's {total_steps} steps "
+                                "(raise max_steps or epochs to continue it)")
+        loader.load_state_dict(_loader_state(trainer_info, info.world_size, loader.steps_per_epoch))
 
     # ---- wrappers: activation checkpointing, compile, DDP (FSDP2 shards in place, above) -------------------
     raw = model
@@ -133,8 +148,8 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext())
     logger = RunLogger(out, config.logger, config=_config_dict(config), enabled=info.main)
     logger.truncate_after(step if resumed is not None else -1)     # a fresh run starts a fresh log
-    if resumed is None and info.main:
-        (out / "samples.jsonl").unlink(missing_ok=True)
+    if info.main:
+        _truncate_samples(out / "samples.jsonl", step if resumed is not None else -1)
     progress = Progress(total_steps, initial_step=step, enabled=info.main)
     peak = device_peak_flops(device) or (_measured_peak(dtype, device.type) if info.main else None)
     flops_per_token = raw.flops_per_token(seq)
@@ -151,7 +166,7 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
             logger.log(0, stage.evaluate(raw, evaluation, byte_counts), kind="val")
         raw.train()
 
-    stop = _StopFlag()
+    stop, interrupted = _StopFlag(), False
     bad_steps, window_start, window_tokens = 0, time.perf_counter(), 0
     gc.collect()
     gc.freeze()                      # the objects so far live for the whole run: spare the GC rescanning them
@@ -175,7 +190,7 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
                     with autocast:
                         total, aux = stage.loss(model, batch_data)
                     # DDP averages gradients over ranks; × world_size turns that back into a sum
-                    loss = total / count * info.world_size + aux / accumulation
+                    loss = total / count.clamp(min=1) * info.world_size + aux / accumulation
                     scaler.scale(loss).backward()
                 loss_sum += total.detach() / local_count.clamp(min=1) + aux.detach() / accumulation
             for optimizer in optimizers:
@@ -186,12 +201,13 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
                 grad_norm = grad_norm.full_tensor()
             loss_value, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()    # the one sync
             step_tokens = accumulation * micro_tokens
-            if not math.isfinite(loss_value):
+            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                 bad_steps += 1
                 for optimizer in optimizers:
                     optimizer.zero_grad(set_to_none=True)
                 scaler.update()
-                progress.write(f"step {step}: loss is {loss_value}; update skipped ({bad_steps} in a row)")
+                progress.write(f"step {step}: loss {loss_value}, grad norm {norm_value}; update skipped "
+                               f"({bad_steps} in a row)")
                 if bad_steps >= config.max_bad_steps:
                     raise MiniMindError(f"{bad_steps} consecutive non-finite losses at step {step}; stopping "
                                         "(lower optim.lr, or check the data)")
@@ -232,13 +248,14 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
             if last or interrupted or (config.save_every and step % config.save_every == 0):
                 _save(out, step, raw, tokenizer, optimizers, scaler, loader, tokens_seen, config, info)
             if interrupted:
-                progress.write(f"interrupted: checkpoint saved at step {step}; continue with --resume")
                 break
     finally:
         gc.unfreeze()
         stop.restore()
         progress.close()
         logger.close()
+    if interrupted:
+        raise KeyboardInterrupt(f"interrupted at step {step}; the checkpoint is saved, continue with --resume")
     if step == total_steps:
         plain = gather_for_saving(raw, [])[0] if config.fsdp else raw
         if info.main:
@@ -265,11 +282,26 @@ def _save(out, step, raw, tokenizer, optimizers, scaler, loader, tokens_seen, co
         dist.barrier()
 
 
-def _loader_state(trainer: dict, world_size: int) -> dict:
+def _check_resumable(saved: dict, config: TrainConfig) -> None:
+    """Settings whose change a checkpoint cannot follow."""
+    if saved["optim"]["optimizer"] != config.optim.optimizer:
+        raise MiniMindError(f"the checkpoint was trained with optim.optimizer={saved['optim']['optimizer']}; "
+                            f"it cannot resume with {config.optim.optimizer}")
+
+
+def _truncate_samples(path: Path, step: int) -> None:
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["step"] <= step]
+        path.write_text("".join(kept))
+
+
+def _loader_state(trainer: dict, world_size: int, steps_per_epoch: int) -> dict:
     """The saved loader position, re-expressed for this world size: global batches consumed are kept."""
     state = dict(trainer["loader"])
     if state["world_size"] != world_size:
-        state["step"] = state["step"] * state["world_size"] // world_size
+        step = state["step"] * state["world_size"] // world_size
+        state["epoch"] += step // steps_per_epoch
+        state["step"] = step % steps_per_epoch
         state["world_size"] = world_size
     return state
 
