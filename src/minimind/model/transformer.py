@@ -209,8 +209,8 @@ class Transformer(nn.Module):
         return save_model(self, path, dtype=dtype, tokenizer=tokenizer)
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy in fp32 over targets != -100 (0 if there are none, never NaN)."""
-    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                             ignore_index=IGNORE_INDEX, reduction="sum")
-    return losses / (targets != IGNORE_INDEX).sum().clamp(min=1)
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy in fp32 over targets != -100: their sum, or their mean (0 if there are none, never NaN)."""
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    return total if reduction == "sum" else total / (targets != IGNORE_INDEX).sum().clamp(min=1)

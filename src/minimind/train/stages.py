@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from minimind.data.loader import PackedLoader, TokenData
 from minimind.data.packing import pack_pretrain, pack_sft
 from minimind.data.prepare import prepare
-from minimind.model.transformer import IGNORE_INDEX
+from minimind.model.transformer import IGNORE_INDEX, cross_entropy
 
 
 @dataclass
@@ -80,10 +80,7 @@ class LanguageModelling(Stage):
         """Σ over target tokens of -log p(label | prefix) (targets: every token for pretrain, the assistant's
         for sft, as the labels say), and the MoE aux loss."""
         out = model(batch["input_ids"], position_ids=batch["position_ids"])
-        logits, targets = out.logits[:, :-1], batch["labels"][:, 1:]
-        total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                ignore_index=IGNORE_INDEX, reduction="sum")
-        return total, out.aux_loss
+        return cross_entropy(out.logits[:, :-1], batch["labels"][:, 1:], reduction="sum"), out.aux_loss
 
     @torch.no_grad()
     def evaluate(self, model, batches, token_bytes) -> dict:
