@@ -118,28 +118,25 @@ def test_garbage_weights_file(saved):
         load_model(saved, device="cpu")
 
 
-def test_wrong_shape_names_the_tensor(saved):
+def _set(name, value):
+    def change(tensors):
+        tensors[name] = value
+    return change
+
+
+@pytest.mark.parametrize("change, message", [
+    (_set("model.layers.1.self_attn.k_proj.weight", torch.zeros(16, 64)),
+     r"tensor 'model.layers.1.self_attn.k_proj.weight' has shape \[16, 64\], config.json implies \[32, 64\]"),
+    (lambda tensors: tensors.pop("model.layers.0.mlp.experts.2.up_proj.weight"),
+     r"missing tensor 'model.layers.0.mlp.experts.2.up_proj.weight'"),
+    (_set("model.layers.7.mlp.gate.weight", torch.zeros(4, 64)),
+     r"unexpected tensor 'model.layers.7.mlp.gate.weight'"),
+])
+def test_tensor_problems_are_named(saved, change, message):
     tensors = load_file(saved / "model.safetensors")
-    tensors["model.layers.1.self_attn.k_proj.weight"] = torch.zeros(16, 64)
+    change(tensors)
     save_file(tensors, saved / "model.safetensors")
-    with pytest.raises(MiniMindError, match=r"tensor 'model.layers.1.self_attn.k_proj.weight' has shape "
-                                            r"\[16, 64\], config.json implies \[32, 64\]"):
-        load_model(saved, device="cpu")
-
-
-def test_missing_tensor_is_named(saved):
-    tensors = load_file(saved / "model.safetensors")
-    del tensors["model.layers.0.mlp.experts.2.up_proj.weight"]
-    save_file(tensors, saved / "model.safetensors")
-    with pytest.raises(MiniMindError, match=r"missing tensor 'model.layers.0.mlp.experts.2.up_proj.weight'"):
-        load_model(saved, device="cpu")
-
-
-def test_unexpected_tensor_is_named(saved):
-    tensors = load_file(saved / "model.safetensors")
-    tensors["model.layers.7.mlp.gate.weight"] = torch.zeros(4, 64)
-    save_file(tensors, saved / "model.safetensors")
-    with pytest.raises(MiniMindError, match=r"unexpected tensor 'model.layers.7.mlp.gate.weight'"):
+    with pytest.raises(MiniMindError, match=message):
         load_model(saved, device="cpu")
 
 

@@ -35,6 +35,7 @@ from minimind.errors import MiniMindError
 from minimind.fileio import atomic_directory
 from minimind.infer import Engine, SamplingParams
 from minimind.model import Transformer, load_model
+from minimind.overrides import to_dict
 from minimind.perf import device_peak_flops, measure_matmul_peak
 from minimind.runtime import resolve_device
 from minimind.tokenizer import load_tokenizer
@@ -146,7 +147,7 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext())
-    logger = RunLogger(out, config.logger, config=_config_dict(config), enabled=info.main)
+    logger = RunLogger(out, config.logger, config=to_dict(config), enabled=info.main)
     logger.truncate_after(step if resumed is not None else -1)     # a fresh run starts a fresh log
     if info.main:
         _truncate_samples(out / "samples.jsonl", step if resumed is not None else -1)
@@ -276,7 +277,7 @@ def _save(out, step, raw, tokenizer, optimizers, scaler, loader, tokens_seen, co
     if info.main:
         state = {"optimizers": optimizer_states, "scaler": scaler.state_dict(), "rng": checkpoint.rng_states()}
         trainer = {"step": step, "tokens_seen": tokens_seen, "loader": loader.state_dict(),
-                   "world_size": info.world_size, "config": _config_dict(config)}
+                   "world_size": info.world_size, "config": to_dict(config)}
         checkpoint.save_checkpoint(out, step, raw, tokenizer, state, trainer, config.keep_last)
     if info.enabled:
         dist.barrier()
@@ -348,11 +349,6 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
-
-
-def _config_dict(config: TrainConfig) -> dict:
-    from minimind.overrides import to_dict
-    return to_dict(config)
 
 
 class _StopFlag:
