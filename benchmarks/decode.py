@@ -5,8 +5,9 @@
 
 For each batch size: prefill tokens/s (prompt tokens / time of a 1-token generation), decode tokens/s
 (new tokens / the rest of the time), and memory-bandwidth utilisation: decoding reads every weight once per
-step, so achieved bandwidth = weight bytes · steps / decode time, against the copy rate of a large tensor
+step, so achieved bandwidth = weight bytes · steps / decode time, against the read rate of a large tensor
 measured in the same run. Both engines decode greedily for exactly --new tokens (no early stop).
+At batch 1 a third row, "ours, compiled", uses `Engine(compile=True)` (its compilation is not timed).
 """
 
 from __future__ import annotations
@@ -22,16 +23,16 @@ from minimind import Transformer, load_model, load_tokenizer, preset
 from minimind.infer import Engine, SamplingParams
 
 
-def copy_bandwidth(device, megabytes: int = 512) -> float:
-    """Bytes/s of a large tensor copy (read + write), the reference for memory-bandwidth utilisation."""
-    src = torch.empty(megabytes * 2**20 // 4, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
+def read_bandwidth(device, megabytes: int = 512) -> float:
+    """Bytes/s of summing a large tensor (reading it once), the reference for memory-bandwidth utilisation:
+    decoding reads weights and writes almost nothing."""
+    src = torch.randn(megabytes * 2**20 // 4, device=device)
+    src.sum()
     start, count = time.perf_counter(), 0
     while time.perf_counter() - start < 1.0:
-        dst.copy_(src)
+        src.sum()
         count += 1
-    return 2 * src.numel() * 4 * count / (time.perf_counter() - start)
+    return src.numel() * 4 * count / (time.perf_counter() - start)
 
 
 def timed(fn) -> float:
@@ -40,10 +41,10 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def ours(model, tokenizer, prompts, new: int) -> tuple[float, float]:
-    engine = Engine(model, tokenizer)
+def ours(model, tokenizer, prompts, new: int, compile: bool = False) -> tuple[float, float]:
+    engine = Engine(model, tokenizer, compile=compile)
     run = lambda n: engine.generate(prompts, SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True))  # noqa: E731
-    run(2)                                                                      # warm-up
+    run(new)                                                         # warm-up (and compilation)
     prefill = timed(lambda: run(1))
     return prefill, timed(lambda: run(new)) - prefill
 
@@ -73,9 +74,9 @@ def main() -> None:
             for name in ("mini", "minimind-3"):
                 torch.manual_seed(0)
                 directories.append(Transformer(preset(name)).save(Path(tmp) / name, tokenizer=load_tokenizer()))
-        bandwidth = copy_bandwidth("cpu")
+        bandwidth = read_bandwidth("cpu")
         print(f"torch {torch.__version__} · {torch.get_num_threads()} threads · fp32 · prompt {args.prompt_len} "
-              f"· {args.new} new tokens · copy bandwidth {bandwidth / 1e9:.1f} GB/s\n")
+              f"· {args.new} new tokens · read bandwidth {bandwidth / 1e9:.1f} GB/s\n")
         print("| model | batch | engine | prefill tok/s | decode tok/s | bandwidth use | ours / transformers |")
         print("|---|---|---|---|---|---|---|")
         for directory in map(Path, directories):
@@ -85,13 +86,15 @@ def main() -> None:
             weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
             for batch in args.batches:
                 prompts = [[1 + (i * 7 + t) % 6000 for t in range(args.prompt_len)] for i in range(batch)]
-                rates = {}
-                for name, (prefill, decode) in (("ours", ours(model, tokenizer, prompts, args.new)),
-                                                ("transformers", theirs(hf_model, prompts, args.new))):
-                    steps = args.new - 1
-                    rates[name] = batch * steps / decode
+                runs = {"transformers": theirs(hf_model, prompts, args.new),
+                        "ours": ours(model, tokenizer, prompts, args.new)}
+                if batch == 1:
+                    runs["ours, compiled"] = ours(model, tokenizer, prompts, args.new, compile=True)
+                steps = args.new - 1
+                rates = {name: batch * steps / decode for name, (_, decode) in runs.items()}
+                for name, (prefill, decode) in runs.items():
                     use = weight_bytes * steps / decode / bandwidth
-                    ratio = f"{rates['ours'] / rates['transformers']:.2f}×" if name == "transformers" else ""
+                    ratio = f"{rates[name] / rates['transformers']:.2f}×"
                     print(f"| {directory.name} | {batch} | {name} | {batch * args.prompt_len / prefill:,.0f} "
                           f"| {rates[name]:,.1f} | {use:.0%} | {ratio} |", flush=True)
 

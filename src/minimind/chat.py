@@ -15,18 +15,18 @@ from minimind.tokenizer import parse_output
 DIM, RESET = "\033[2m", "\033[0m"
 
 
-def one_shot(model, tokenizer, prompt: str, params: SamplingParams, system: str | None = None,
+def one_shot(engine: Engine, prompt: str, params: SamplingParams, system: str | None = None,
              thinking: bool = False) -> str:
     """The reply's content only (tool calls, if any, as their <tool_call> text)."""
     if not prompt.strip():
         raise MiniMindError("empty prompt")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    completion, parsed = Engine(model, tokenizer).chat(messages, params, enable_thinking=thinking)[0]
+    completion, parsed = engine.chat(messages, params, enable_thinking=thinking)[0]
     return parsed.content if not parsed.tool_calls else completion.text
 
 
-def repl(model, tokenizer, params: SamplingParams, system: str | None = None, thinking: bool = False) -> None:
-    engine, history = Engine(model, tokenizer), []
+def repl(engine: Engine, params: SamplingParams, system: str | None = None, thinking: bool = False) -> None:
+    history = []
     styled = sys.stdout.isatty()
     print("MiniMind chat — /reset, /system TEXT, /think on|off, /exit", file=sys.stderr)
     while True:

@@ -93,7 +93,7 @@ def cmd_generate(args) -> None:
     params = _sampling(args)
     params.validate()
     model, tokenizer = _load_for_inference(args)
-    engine = Engine(model, tokenizer)
+    engine = Engine(model, tokenizer, compile=args.compile)
     prompt = args.prompt_ids if args.prompt is None else [tokenizer.bos_id, *tokenizer.encode(args.prompt)]
     start, tokens = time.perf_counter(), []
     for (delta,) in engine.stream([prompt], params):
@@ -108,13 +108,14 @@ def cmd_generate(args) -> None:
 def cmd_chat(args) -> None:
     """One-shot (--prompt: print only the reply) or an interactive REPL with history and streaming."""
     from minimind.chat import one_shot, repl
+    from minimind.infer import Engine
 
-    model, tokenizer = _load_for_inference(args)
+    engine = Engine(*_load_for_inference(args), compile=args.compile)
     params = _sampling(args)
     if args.prompt is not None:
-        print(one_shot(model, tokenizer, args.prompt, params, system=args.system, thinking=args.think))
+        print(one_shot(engine, args.prompt, params, system=args.system, thinking=args.think))
     else:
-        repl(model, tokenizer, params, system=args.system, thinking=args.think)
+        repl(engine, params, system=args.system, thinking=args.think)
 
 
 def cmd_train_tokenizer(args) -> None:
@@ -202,6 +203,8 @@ def _inference_args(p: argparse.ArgumentParser, temperature: float, max_new_toke
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: as stored)")
     p.add_argument("--rope-scaling", metavar="yarn:FACTOR", help="extend the context with YaRN, e.g. yarn:4")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the one-sequence decode step (first reply waits for the compilation)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -87,9 +87,14 @@ class _Row:
 
 
 class Engine:
-    def __init__(self, model: Transformer, tokenizer: Tokenizer):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, compile: bool = False):
+        """compile=True decodes a single sequence (one prompt, n = 1) through `torch.compile` of the model's
+        static-shape `decode_step`: it compiles once per power-of-two cache length (tens of seconds the first
+        time), then decodes about twice as fast on CPU (docs/inference.md). Batches, where the compiled step
+        measured slower, and every prefill run eagerly."""
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = model.lm_head.weight.device
+        self._compiled_step = torch.compile(model.decode_step, dynamic=False) if compile else None
 
     # ---- public API -------------------------------------------------------------------------------------------
 
@@ -125,6 +130,7 @@ class Engine:
         if not prompts or any(not p for p in prompts):
             raise MiniMindError("empty prompt")
         longest = max(map(len, prompts))
+        compiled = self._compiled_step is not None and len(prompts) * n == 1
         if longest >= config.max_position_embeddings:
             raise MiniMindError(f"the prompt has {longest} tokens; the model's context is "
                                 f"{config.max_position_embeddings} (leave room for the reply)")
@@ -139,7 +145,10 @@ class Engine:
 
         B, R = len(prompts), len(prompts) * n
         ids = torch.full((B, longest), self.tokenizer.pad_id, dtype=torch.long)
-        mask = torch.zeros((B, longest + max_new), dtype=torch.long)
+        cache_len = longest + max_new
+        if compiled:                             # few distinct shapes → few compilations
+            cache_len = max(128, 1 << (cache_len - 1).bit_length())
+        mask = torch.zeros((B, cache_len), dtype=torch.long)
         for i, p in enumerate(prompts):                           # left padding
             ids[i, longest - len(p):] = torch.tensor(p)
             mask[i, longest - len(p):longest + max_new] = 1
@@ -147,13 +156,17 @@ class Engine:
         padded = any(len(p) != longest for p in prompts)
 
         dtype = self.model.lm_head.weight.dtype
-        cache = KVCache(config, B, longest + max_new, device=device, dtype=dtype)
+        cache = KVCache(config, B, cache_len, device=device, dtype=dtype)
         logits = self.model(ids, attention_mask=mask[:, :longest] if padded else None, cache=cache,
                             logits_to_keep=1).logits[:, -1].float()
         if n > 1:                                                  # share the prefill among the samples
             cache.repeat_rows(n)
             logits, mask, ids = (t.repeat_interleave(n, dim=0) for t in (logits, mask, ids))
 
+        if compiled:
+            cache.write_at = torch.tensor([longest], device=device)
+            positions = torch.tensor([len(p) for p in prompts], device=device).repeat_interleave(n)[:, None]
+            key_mask = mask.bool()
         generators = self._generators(params, B)
         penalties = params.repetition_penalty != 1 or params.presence_penalty or params.frequency_penalty
         if penalties:
@@ -180,9 +193,14 @@ class Engine:
             if penalties:
                 seen.scatter_(1, tokens[:, None], True)
                 counts.scatter_add_(1, tokens[:, None], torch.ones_like(tokens[:, None], dtype=counts.dtype))
-            position = longest + step
-            logits = self.model(tokens[:, None], attention_mask=mask[:, :position + 1] if padded else None,
-                                cache=cache, logits_to_keep=1).logits[:, -1].float()
+            if compiled:
+                logits = self._compiled_step(tokens[:, None], positions, key_mask, cache).float()
+                cache.write_at += 1
+                positions += 1
+            else:
+                position = longest + step
+                logits = self.model(tokens[:, None], attention_mask=mask[:, :position + 1] if padded else None,
+                                    cache=cache, logits_to_keep=1).logits[:, -1].float()
 
     def _generators(self, params: SamplingParams, prompts: int) -> list[torch.Generator | None]:
         if params.temperature == 0:

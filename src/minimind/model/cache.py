@@ -13,6 +13,10 @@ class KVCache:
     All rows share one write position, `length`: a batch of prompts of different lengths is left-padded and
     the padding is hidden by the attention mask the caller passes (covering all `length + T` positions).
     Create it in the dtype the model computes in (e.g. bf16 under autocast).
+
+    Static-shape decoding (what torch.compile wants): set `write_at` to a one-element long tensor; `update`
+    then writes its single new position there and returns the whole cache, whose unwritten positions the
+    caller's mask hides. The caller advances `write_at` in place, so no shape or Python int changes per step.
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device=None,
@@ -21,6 +25,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0            # positions already written (a host int: no device sync to read it)
+        self.write_at: torch.Tensor | None = None
 
     @property
     def max_len(self) -> int:
@@ -28,6 +33,10 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, kv_heads, T, d] at positions length…length+T-1; return all keys/values so far."""
+        if self.write_at is not None:
+            self.k[layer].index_copy_(2, self.write_at, k)
+            self.v[layer].index_copy_(2, self.write_at, v)
+            return self.k[layer], self.v[layer]
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} were requested")

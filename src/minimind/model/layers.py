@@ -15,6 +15,22 @@ from minimind.model.cache import KVCache
 from minimind.model.rope import apply_rope
 
 
+class Linear(nn.Linear):
+    """A bias-free nn.Linear that, under torch.compile on CPU with a single input row (decoding one token of
+    one sequence), computes y = x·Wᵀ as a multiply-reduce. Inductor turns that into one vectorised loop that
+    streams the weight at about twice the bandwidth of the BLAS matrix-vector product (23 vs 12 GB/s measured
+    here); decoding is bound by reading the weights, so this is the decode speed-up (docs/inference.md).
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == x.shape[-1] and x.device.type == "cpu" and torch.compiler.is_compiling():
+            return (x[..., None, :] * self.weight).sum(-1)
+        return F.linear(x, self.weight)
+
+
 class RMSNorm(nn.Module):
     """y = w · x / sqrt(mean(x²) + eps), normalised in fp32 and cast back before the weight (as Qwen3)."""
 
@@ -41,10 +57,10 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                         config.head_dim)
         hidden, q_dim, kv_dim = config.hidden_size, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        self.q_proj = nn.Linear(hidden, q_dim, bias=False)
-        self.k_proj = nn.Linear(hidden, kv_dim, bias=False)
-        self.v_proj = nn.Linear(hidden, kv_dim, bias=False)
-        self.o_proj = nn.Linear(q_dim, hidden, bias=False)
+        self.q_proj = Linear(hidden, q_dim)
+        self.k_proj = Linear(hidden, kv_dim)
+        self.v_proj = Linear(hidden, kv_dim)
+        self.o_proj = Linear(q_dim, hidden)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
@@ -67,9 +83,9 @@ class MLP(nn.Module):
 
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_proj = Linear(hidden, intermediate)
+        self.up_proj = Linear(hidden, intermediate)
+        self.down_proj = Linear(intermediate, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

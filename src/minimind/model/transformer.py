@@ -18,7 +18,7 @@ from torch import nn
 
 from minimind.config import ModelConfig
 from minimind.model.cache import KVCache
-from minimind.model.layers import MLP, Attention, RMSNorm
+from minimind.model.layers import MLP, Attention, Linear, RMSNorm
 from minimind.model.moe import MoE
 from minimind.model.rope import RotaryEmbedding
 
@@ -94,6 +94,20 @@ class Backbone(nn.Module):
         return self.norm(h), aux
 
 
+    def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
+                    cache: KVCache) -> torch.Tensor:
+        """One new token per row with static shapes (see KVCache.write_at): input_ids, positions [B, 1]
+        (rotary positions), key_mask [B, S] (False = padding) → hidden [B, 1, H]. Attends to the positions
+        ≤ cache.write_at that key_mask allows."""
+        written = torch.arange(cache.max_len, device=input_ids.device) <= cache.write_at          # [S]
+        mask = (key_mask & written)[:, None, None, :]
+        h = self.embed_tokens(input_ids)
+        cos, sin = self.rotary(positions, h.dtype)
+        for layer in self.layers:
+            h, _ = layer(h, cos, sin, mask, False, cache)
+        return self.norm(h)
+
+
 def _positions(attention_mask, past: int, T: int, device) -> torch.Tensor:
     """Rotary positions [B or 1, T]: each row counts only its real tokens, so padding never shifts them."""
     if attention_mask is None:
@@ -135,7 +149,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.model = Backbone(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.init_weights()
@@ -161,6 +175,11 @@ class Transformer(nn.Module):
         else:
             logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         return ModelOutput(logits=logits, loss=loss, aux_loss=aux)
+
+    def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
+                    cache: KVCache) -> torch.Tensor:
+        """Backbone.decode_step, then the LM head: next-token logits [B, vocab]."""
+        return self.lm_head(self.model.decode_step(input_ids, positions, key_mask, cache)[:, -1])
 
     # ---- initialisation ------------------------------------------------------------------------------------
 
