@@ -8,7 +8,7 @@ import torch
 from minimind.config import parse_rope_scaling
 from minimind.errors import MiniMindError
 from minimind.infer import Engine, SamplingParams
-from minimind.infer.engine import _Row
+from minimind.infer.engine import _Request, _Row
 from minimind.infer.sampling import apply_penalties, filter_logits
 from minimind.tokenizer import load_tokenizer
 from tests.conftest import make_model
@@ -91,7 +91,7 @@ def test_stream_equals_final_text(engine):
 def test_incremental_detokenisation_never_emits_half_a_character(tokenizer, text):
     ids = tokenizer.encode(text)
     assert len(ids) > len(text) / 3                               # byte-level pieces: characters are split
-    row = _Row(tokenizer, SamplingParams(), set(), want_logprobs=False, max_new_tokens=len(ids))
+    row = _Row(tokenizer, _Request(SamplingParams(), set(), 0), 0, max_new_tokens=len(ids), generator=None)
     deltas = [row.push(t, None, None) for t in ids]
     assert all("\ufffd" not in d for d in deltas)
     assert "".join(deltas) == text and row.out.finish_reason == "length"
@@ -189,7 +189,7 @@ def test_static_decode_step_equals_the_cached_forward(name):
         full = model(torch.cat([ids, nxt], 1), attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1))
         cache = KVCache(model.config, 2, 16)
         model(ids, attention_mask=mask, cache=cache)
-        cache.write_at = torch.tensor([5])
+        cache.write_at, cache.length = torch.tensor([5, 5]), 16
         key_mask = torch.cat([mask, torch.ones(2, 11, dtype=torch.long)], 1).bool()
         logits = model.decode_step(nxt, torch.tensor([[3], [5]]), key_mask, cache)
     torch.testing.assert_close(logits, full.logits[:, -1], atol=1e-5, rtol=1e-5)
@@ -203,3 +203,37 @@ def test_compiled_decoding_equals_eager(tokenizer):
     compiled = Engine(model, tokenizer, compile=True).generate([PROMPTS[0]], params)[0][0]
     assert compiled.token_ids == eager.token_ids
     assert compiled.logprobs == pytest.approx(eager.logprobs, abs=1e-4)
+
+
+def test_requests_joining_and_leaving_a_running_batch_decode_as_if_alone(engine):
+    """Continuous batching: a request that joins after 5 steps, with its own sampling values, and a request
+    cancelled midway leave every other row's output exactly as it is when run alone."""
+    greedy = SamplingParams(max_new_tokens=14, temperature=0, ignore_eos=True)
+    sampled = SamplingParams(max_new_tokens=9, temperature=0.9, top_k=50, seed=3, n=2, ignore_eos=True,
+                             presence_penalty=0.5)
+    alone_a = engine.generate([PROMPTS[0]], greedy)[0]
+    alone_b = engine.generate([PROMPTS[1]], sampled)[0]
+    batch = engine.start([PROMPTS[0], PROMPTS[2]], greedy, handles=["a", "gone"])
+    rows = {}
+    for step in range(30):
+        if step == 5:
+            joining = engine.start([PROMPTS[1]], [sampled], handles=["b"])
+            batch.extend(joining)
+        if step == 3:
+            batch.cancel("gone")
+        for row in batch.rows:
+            rows[(row.request.handle, row.index)] = row
+        if not batch:
+            break
+        batch.step()
+    assert ("gone", 0) in rows and len(rows["gone", 0].out.token_ids) == 3
+    assert rows["a", 0].out.token_ids == alone_a[0].token_ids
+    assert [rows["b", j].out.token_ids for j in range(2)] == [c.token_ids for c in alone_b]
+    assert rows["b", 0].out.token_ids != rows["b", 1].out.token_ids
+
+
+def test_cache_grows_past_its_first_capacity(engine):
+    """The cache starts at 128 positions and doubles; 150 new tokens cross the boundary."""
+    params = SamplingParams(max_new_tokens=150, temperature=0, ignore_eos=True)
+    (completion,) = engine.generate([PROMPTS[1]], params)[0]
+    assert completion.token_ids == naive_greedy(engine.model, PROMPTS[1], 150)

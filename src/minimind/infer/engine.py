@@ -1,16 +1,19 @@
 """The generation engine: every caller (chat, server, evaluation, RL rollouts) generates through it.
 
-    prompts [B] ─ left-pad ─ prefill [B, L] into a static KV cache ─ repeat each row n times (shared prefill)
-    loop: sample the next token of every row ─ detokenise incrementally ─ check stops ─ decode step [B·n, 1]
+    prompts ─ left-pad ─ prefill [B, L] into a KV cache ─ repeat each row n times (shared prefill) → a Batch
+    Batch.step(): sample each request's rows ─ detokenise ─ stops ─ drop finished rows ─ decode step [R, 1]
 
-Rows finish on a stop token, a stop string or max_new_tokens. Text is emitted only when it is complete UTF-8
-and cannot be the beginning of a stop string, so a stream never shows half a character or half a stop.
-One host sync per step (the sampled ids).
+A Batch is the state of the rows being decoded. Every row writes the cache at its own index, so a batch can
+take new requests between steps (`extend`: continuous batching, as the server's scheduler does) and lose
+finished or cancelled ones (`cancel`); `generate` and `stream` run one batch to its end. Text is emitted only
+when it is complete UTF-8 and cannot be the beginning of a stop string, so a stream never shows half a
+character or half a stop. One host sync per step (the sampled ids).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -34,19 +37,32 @@ class Completion:
 @dataclass
 class Delta:
     """What one row produced in one step: new text (possibly empty) and, at the end, the finish reason."""
-    index: int                      # row: prompt i, sample j → i·n + j
+    index: int                      # the row's index: prompt i, sample j → i·n + j (within its request: j)
     text: str
     token_id: int
     finish_reason: str | None = None
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    request: Hashable = None        # the handle the row's request was started with
+
+
+class _Request:
+    """What a prompt's rows share: sampling parameters, stop ids and the caller's handle."""
+
+    def __init__(self, params: SamplingParams, stop_ids: set[int], handle: Hashable):
+        self.params, self.stop_ids, self.handle = params, stop_ids, handle
+        self.penalties = bool(params.repetition_penalty != 1 or params.presence_penalty or params.frequency_penalty)
 
 
 class _Row:
     """One sequence's detokenisation and stop logic."""
 
-    def __init__(self, tokenizer: Tokenizer, params: SamplingParams, stop_ids: set[int], want_logprobs: bool,
-                 max_new_tokens: int):
-        self.tokenizer, self.stops, self.stop_ids = tokenizer, params.stop, stop_ids
+    def __init__(self, tokenizer: Tokenizer, request: _Request, index: int, max_new_tokens: int,
+                 generator: torch.Generator | None):
+        self.tokenizer, self.request, self.index, self.generator = tokenizer, request, index, generator
+        self.stops, self.stop_ids = request.params.stop, request.stop_ids
         self.max_new_tokens = max_new_tokens        # the request's, or what the context leaves this prompt
+        want_logprobs = request.params.logprobs is not None
         self.out = Completion(logprobs=[] if want_logprobs else None, top_logprobs=[] if want_logprobs else None)
         self.emitted = 0                       # characters of the decoded text already handed out
 
@@ -86,12 +102,117 @@ class _Row:
         return delta
 
 
+class Batch:
+    """Rows being decoded. Per row: its cache (written at `write_at`), rotary position, key mask (False on
+    left padding), next-token logits, and the tokens seen so far (for penalties)."""
+
+    def __init__(self, engine: Engine, rows: list[_Row], cache: KVCache, key_mask: torch.Tensor,
+                 positions: torch.Tensor, write_at: list[int], logits: torch.Tensor, seen: torch.Tensor):
+        self.engine, self.rows, self.cache, self.key_mask = engine, rows, cache, key_mask
+        self.positions, self.write_at, self.logits, self.seen = positions, write_at, logits, seen
+        self.counts = torch.zeros_like(logits)
+        cache.write_at = torch.tensor(write_at, device=logits.device)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @torch.inference_mode()
+    def extend(self, other: Batch) -> None:
+        """Add other's rows (new requests joining between steps)."""
+        self.cache.extend(other.cache)
+        capacity = self.cache.max_len
+        pad = lambda m: torch.nn.functional.pad(m, (0, capacity - m.shape[1]), value=True)  # noqa: E731
+        self.key_mask = torch.cat([pad(self.key_mask), pad(other.key_mask)])
+        self.rows += other.rows
+        self.write_at += other.write_at
+        self.cache.write_at = torch.cat([self.cache.write_at, other.cache.write_at])
+        for name in ("positions", "logits", "seen", "counts"):
+            setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
+
+    @torch.inference_mode()
+    def cancel(self, handle: Hashable) -> None:
+        """Drop the rows of the request started with `handle`."""
+        self._keep([r for r, row in enumerate(self.rows) if row.request.handle != handle])
+
+    @torch.inference_mode()
+    def step(self) -> list[Delta]:
+        """Sample every row's next token, then run the model on the rows that are not finished."""
+        tokens = torch.empty(len(self.rows), dtype=torch.long, device=self.logits.device)
+        logprobs = {}
+        for request, group in itertools.groupby(range(len(self.rows)), key=lambda r: self.rows[r].request):
+            group = list(group)
+            rows = slice(group[0], group[-1] + 1)
+            logits, params = self.logits[rows], request.params
+            if params.logprobs is not None:
+                logprobs[rows.start] = (logits.log_softmax(dim=-1), params.logprobs)
+            if request.penalties:
+                logits = apply_penalties(logits, self.seen[rows], self.counts[rows], params)
+            tokens[rows] = sample(logits, params, [self.rows[r].generator for r in group])
+        chosen, top = _logprobs(logprobs, tokens)
+        deltas = []
+        for r, token in enumerate(tokens.tolist()):                     # the step's one host sync
+            row = self.rows[r]
+            text = row.push(token, chosen.get(r), top.get(r))
+            deltas.append(Delta(row.index, text, token, row.out.finish_reason, chosen.get(r), top.get(r),
+                                row.request.handle))
+        self.seen.scatter_(1, tokens[:, None], True)
+        self.counts.scatter_add_(1, tokens[:, None], torch.ones_like(self.counts[:, :1]))
+        live = [r for r, row in enumerate(self.rows) if row.out.finish_reason is None]
+        if len(live) < len(self.rows):
+            self._keep(live)
+            tokens = tokens[live]
+        if self.rows:
+            self._forward(tokens)
+        return deltas
+
+    def _keep(self, rows: list[int]) -> None:
+        index = torch.tensor(rows, dtype=torch.long, device=self.logits.device)
+        self.rows = [self.rows[r] for r in rows]
+        self.write_at = [self.write_at[r] for r in rows]
+        self.cache.select_rows(index)
+        self.cache.write_at = self.cache.write_at[index]
+        for name in ("key_mask", "positions", "logits", "seen", "counts"):
+            setattr(self, name, getattr(self, name)[index])
+
+    def _forward(self, tokens: torch.Tensor) -> None:
+        needed = max(self.write_at) + 1
+        if needed > self.cache.max_len:
+            self.cache.grow(_capacity(needed))
+            self.key_mask = torch.nn.functional.pad(self.key_mask, (0, self.cache.max_len - self.key_mask.shape[1]),
+                                                    value=True)
+        step = self.engine._compiled_step if len(self.rows) == 1 else None
+        self.cache.length = self.cache.max_len if step else needed       # compiled: static shapes
+        step = step or self.engine.model.decode_step
+        self.logits = step(tokens[:, None], self.positions, self.key_mask, self.cache).float()
+        self.cache.write_at += 1
+        self.positions += 1
+        self.write_at = [w + 1 for w in self.write_at]
+
+
+def _capacity(positions: int) -> int:
+    """Cache lengths are powers of two (≥ 128): few distinct shapes, so few compilations and reallocations."""
+    return max(128, 1 << (positions - 1).bit_length())
+
+
+def _logprobs(logprobs: dict, tokens: torch.Tensor) -> tuple[dict, dict]:
+    """Per row (of the groups that asked): log p(chosen) and the top-k (id, log p) pairs."""
+    chosen, top = {}, {}
+    for start, (values, k) in logprobs.items():
+        picked = values.gather(1, tokens[start:start + len(values), None])[:, 0].tolist()
+        best = values.topk(k, dim=-1) if k else None
+        for i, lp in enumerate(picked):
+            chosen[start + i] = lp
+            top[start + i] = ([] if best is None else
+                              list(zip(best.indices[i].tolist(), best.values[i].tolist(), strict=True)))
+    return chosen, top
+
+
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, compile: bool = False):
-        """compile=True decodes a single sequence (one prompt, n = 1) through `torch.compile` of the model's
-        static-shape `decode_step`: it compiles once per power-of-two cache length (tens of seconds the first
-        time), then decodes about twice as fast on CPU (docs/inference.md). Batches, where the compiled step
-        measured slower, and every prefill run eagerly."""
+        """compile=True decodes a single row through `torch.compile` of the model's `decode_step` (static
+        shapes): it compiles once per power-of-two cache length (tens of seconds the first time), then
+        decodes about twice as fast on CPU (docs/inference.md). Batches of several rows, where the compiled
+        step measured slower, and every prefill run eagerly."""
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = model.lm_head.weight.device
         self._compiled_step = torch.compile(model.decode_step, dynamic=False) if compile else None
@@ -100,15 +221,18 @@ class Engine:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """All completions: [prompt][sample]."""
-        for rows, _ in self._steps(prompts, params):       # noqa: B007 — the rows after the last step
-            pass
+        batch = self.start(prompts, params)
+        rows = list(batch.rows)
+        while batch:
+            batch.step()
         completions = [row.out for row in rows]
         return [completions[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
 
     def stream(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[list[Delta]]:
-        """Per step, the rows' new text (empty for rows that emitted nothing or are done)."""
-        for _, deltas in self._steps(prompts, params):
-            yield deltas
+        """Per step, a Delta for every row still running at the start of the step."""
+        batch = self.start(prompts, params)
+        while batch:
+            yield batch.step()
 
     def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
                     enable_thinking: bool = False) -> list[int]:
@@ -121,103 +245,65 @@ class Engine:
         prompt = self.chat_prompt(messages, tools, enable_thinking)
         return [(c, parse_output(c.text)) for c in self.generate([prompt], params)[0]]
 
-    # ---- the loop -----------------------------------------------------------------------------------------------
-
     @torch.inference_mode()
-    def _steps(self, prompts: list[list[int]], params: SamplingParams):
-        params.validate()
-        config, device, n = self.model.config, self.device, params.n
+    def start(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
+              handles: list[Hashable] | None = None) -> Batch:
+        """Prefill the prompts (one left-padded forward) into a Batch of n rows per prompt. Each prompt may
+        have its own params (the server batches requests); rows report `handles[i]` (default: i) and index
+        i·n + j (with handles given: j)."""
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        for p in params:
+            p.validate()
+        self.check_prompts(prompts)
+        config, device = self.model.config, self.device
+        requests = [_Request(p, set(p.stop_token_ids) | (set() if p.ignore_eos else {self.tokenizer.eos_id}),
+                             i if handles is None else handles[i]) for i, p in enumerate(params)]
+        rows = []
+        for i, (prompt, request) in enumerate(zip(prompts, requests, strict=True)):
+            budget = min(request.params.max_new_tokens, config.max_position_embeddings - len(prompt))
+            generators = self._generators(request.params)
+            rows += [_Row(self.tokenizer, request, j if handles is not None else i * request.params.n + j, budget, g)
+                     for j, g in enumerate(generators)]
+
+        B, longest = len(prompts), max(map(len, prompts))
+        ids = torch.full((B, longest), self.tokenizer.pad_id, dtype=torch.long)
+        key_mask = torch.ones((B, _capacity(longest + 1)), dtype=torch.bool)
+        for i, p in enumerate(prompts):                           # left padding
+            ids[i, longest - len(p):] = torch.tensor(p)
+            key_mask[i, :longest - len(p)] = False
+        ids, key_mask = ids.to(device), key_mask.to(device)
+        padded = any(len(p) != longest for p in prompts)
+        cache = KVCache(config, B, key_mask.shape[1], device=device, dtype=self.model.lm_head.weight.dtype)
+        logits = self.model(ids, attention_mask=key_mask[:, :longest].long() if padded else None, cache=cache,
+                            logits_to_keep=1).logits[:, -1].float()
+        seen = torch.zeros((B, config.vocab_size), dtype=torch.bool, device=device)
+        seen.scatter_(1, ids, True)
+        if padded:
+            seen[:, self.tokenizer.pad_id] = seen[:, self.tokenizer.pad_id] & torch.tensor(
+                [self.tokenizer.pad_id in p for p in prompts], device=device)
+        positions = torch.tensor([[len(p)] for p in prompts], device=device)
+        repeats = torch.tensor([p.n for p in params], device=device)
+        if len(rows) != B:                                        # share the prefill among the samples
+            cache.repeat_rows(repeats)
+            key_mask, logits, seen, positions = (t.repeat_interleave(repeats, dim=0)
+                                                 for t in (key_mask, logits, seen, positions))
+        return Batch(self, rows, cache, key_mask, positions, [longest] * len(rows), logits, seen)
+
+    def check_prompts(self, prompts: list[list[int]]) -> None:
+        context, vocab = self.model.config.max_position_embeddings, self.model.config.vocab_size
         if not prompts or any(not p for p in prompts):
             raise MiniMindError("empty prompt")
         longest = max(map(len, prompts))
-        compiled = self._compiled_step is not None and len(prompts) * n == 1
-        if longest >= config.max_position_embeddings:
-            raise MiniMindError(f"the prompt has {longest} tokens; the model's context is "
-                                f"{config.max_position_embeddings} (leave room for the reply)")
-        if any(t < 0 or t >= config.vocab_size for p in prompts for t in p):
-            raise MiniMindError(f"prompt token ids must be in 0..{config.vocab_size - 1}")
-        # each row may use what the context leaves its own prompt; the loop runs for the longest budget
-        budgets = [min(params.max_new_tokens, config.max_position_embeddings - len(p)) for p in prompts]
-        max_new = max(budgets)
-        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else {self.tokenizer.eos_id})
-        rows = [_Row(self.tokenizer, params, stop_ids, params.logprobs is not None, budget)
-                for budget in budgets for _ in range(n)]
+        if longest >= context:
+            raise MiniMindError(f"the prompt has {longest} tokens; the model's context is {context} tokens "
+                                "(leave room for the reply)")
+        if any(t < 0 or t >= vocab for p in prompts for t in p):
+            raise MiniMindError(f"prompt token ids must be in 0..{vocab - 1}")
 
-        B, R = len(prompts), len(prompts) * n
-        ids = torch.full((B, longest), self.tokenizer.pad_id, dtype=torch.long)
-        cache_len = longest + max_new
-        if compiled:                             # few distinct shapes → few compilations
-            cache_len = max(128, 1 << (cache_len - 1).bit_length())
-        mask = torch.zeros((B, cache_len), dtype=torch.long)
-        for i, p in enumerate(prompts):                           # left padding
-            ids[i, longest - len(p):] = torch.tensor(p)
-            mask[i, longest - len(p):longest + max_new] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        padded = any(len(p) != longest for p in prompts)
-
-        dtype = self.model.lm_head.weight.dtype
-        cache = KVCache(config, B, cache_len, device=device, dtype=dtype)
-        logits = self.model(ids, attention_mask=mask[:, :longest] if padded else None, cache=cache,
-                            logits_to_keep=1).logits[:, -1].float()
-        if n > 1:                                                  # share the prefill among the samples
-            cache.repeat_rows(n)
-            logits, mask, ids = (t.repeat_interleave(n, dim=0) for t in (logits, mask, ids))
-
-        if compiled:
-            cache.write_at = torch.tensor([longest], device=device)
-            positions = torch.tensor([len(p) for p in prompts], device=device).repeat_interleave(n)[:, None]
-            key_mask = mask.bool()
-        generators = self._generators(params, B)
-        penalties = params.repetition_penalty != 1 or params.presence_penalty or params.frequency_penalty
-        if penalties:
-            seen = torch.zeros((R, config.vocab_size), dtype=torch.bool, device=device)
-            seen.scatter_(1, ids, True)
-            if padded:
-                seen[:, self.tokenizer.pad_id] = False
-            counts = torch.zeros((R, config.vocab_size), device=device)
-        for step in range(max_new):
-            logprobs = logits.log_softmax(dim=-1) if params.logprobs is not None else None
-            if penalties:
-                logits = apply_penalties(logits, seen, counts, params)
-            tokens = sample(logits, params, generators)
-            chosen, top = self._logprobs(logprobs, tokens, params.logprobs)
-            deltas = []
-            for r, token in enumerate(tokens.tolist()):            # the step's one host sync
-                row = rows[r]
-                if row.out.finish_reason is None:
-                    text = row.push(token, chosen[r] if chosen else None, top[r] if top else None)
-                    deltas.append(Delta(r, text, token, row.out.finish_reason))
-            yield rows, deltas
-            if all(row.out.finish_reason for row in rows):
-                return
-            if penalties:
-                seen.scatter_(1, tokens[:, None], True)
-                counts.scatter_add_(1, tokens[:, None], torch.ones_like(tokens[:, None], dtype=counts.dtype))
-            if compiled:
-                logits = self._compiled_step(tokens[:, None], positions, key_mask, cache).float()
-                cache.write_at += 1
-                positions += 1
-            else:
-                position = longest + step
-                logits = self.model(tokens[:, None], attention_mask=mask[:, :position + 1] if padded else None,
-                                    cache=cache, logits_to_keep=1).logits[:, -1].float()
-
-    def _generators(self, params: SamplingParams, prompts: int) -> list[torch.Generator | None]:
+    def _generators(self, params: SamplingParams) -> list[torch.Generator | None]:
+        """One generator per sample: seed + j when seeded, else an independent random stream."""
         if params.temperature == 0:
-            return [None] * (prompts * params.n)
-        if params.seed is not None:                 # sample j of every prompt: seed + j
-            seeds = [params.seed + j for _ in range(prompts) for j in range(params.n)]
-        else:                                       # unseeded: every row its own random stream
-            seeds = torch.randint(0, 2**62, (prompts * params.n,)).tolist()
+            return [None] * params.n
+        seeds = ([params.seed + j for j in range(params.n)] if params.seed is not None
+                 else torch.randint(0, 2**62, (params.n,)).tolist())
         return [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
-
-    @staticmethod
-    def _logprobs(logprobs, tokens, k):
-        if logprobs is None:
-            return None, None
-        chosen = logprobs.gather(1, tokens[:, None])[:, 0].tolist()
-        if not k:
-            return chosen, [[] for _ in chosen]
-        values, indices = logprobs.topk(k, dim=-1)
-        top = [list(zip(i, v, strict=True)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
-        return chosen, top

@@ -1,4 +1,4 @@
-"""A static (preallocated) key/value cache for incremental decoding."""
+"""A preallocated key/value cache for incremental decoding."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ from minimind.config import ModelConfig
 
 
 class KVCache:
-    """Keys and values of every layer, preallocated as [layers, B, kv_heads, max_len, head_dim].
+    """Keys and values of every layer, preallocated as [layers, B, kv_heads, capacity, head_dim].
 
-    All rows share one write position, `length`: a batch of prompts of different lengths is left-padded and
-    the padding is hidden by the attention mask the caller passes (covering all `length + T` positions).
+    Two ways to write:
+    - Prefill (and plain incremental forwards): all rows share one write position, `length`; a batch of prompts
+      of different lengths is left-padded and the padding is hidden by the attention mask the caller passes.
+    - Decoding (`write_at` set, a [B] long tensor): each row writes its one new position at its own index, and
+      `update` returns the first `length` positions of every row; the caller's mask hides what a row has not
+      written. Rows can then start at different times (continuous batching), and with `length` = capacity no
+      shape changes between steps (what torch.compile wants).
     Create it in the dtype the model computes in (e.g. bf16 under autocast).
-
-    Static-shape decoding (what torch.compile wants): set `write_at` to a one-element long tensor; `update`
-    then writes its single new position there and returns the whole cache, whose unwritten positions the
-    caller's mask hides. The caller advances `write_at` in place, so no shape or Python int changes per step.
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device=None,
@@ -24,7 +25,7 @@ class KVCache:
         shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0            # positions already written (a host int: no device sync to read it)
+        self.length = 0            # positions written (prefill) or attended to (decoding): a host int, no sync
         self.write_at: torch.Tensor | None = None
 
     @property
@@ -32,11 +33,12 @@ class KVCache:
         return self.k.shape[3]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v [B, kv_heads, T, d] at positions length…length+T-1; return all keys/values so far."""
+        """Write k, v [B, kv_heads, T, d]; return the keys/values to attend to [B, kv_heads, S, d]."""
         if self.write_at is not None:
-            self.k[layer].index_copy_(2, self.write_at, k)
-            self.v[layer].index_copy_(2, self.write_at, v)
-            return self.k[layer], self.v[layer]
+            index = self.write_at[:, None, None, None].expand(k.shape)
+            self.k[layer].scatter_(2, index, k)
+            self.v[layer].scatter_(2, index, v)
+            return self.k[layer, :, :, :self.length], self.v[layer, :, :, :self.length]
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} were requested")
@@ -44,11 +46,30 @@ class KVCache:
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def repeat_rows(self, n: int) -> None:
-        """Each row becomes n consecutive rows (n samples continuing one shared prefill)."""
-        self.k = self.k.repeat_interleave(n, dim=1)
-        self.v = self.v.repeat_interleave(n, dim=1)
-
     def advance(self, n: int) -> None:
-        """Called by the model once every layer has written its n new positions."""
-        self.length += n
+        """Called by the model once every layer has written its n new positions (prefill mode)."""
+        if self.write_at is None:
+            self.length += n
+
+    # ---- reshaping the batch (between steps) ----------------------------------------------------------------
+
+    def repeat_rows(self, repeats: torch.Tensor) -> None:
+        """Row i becomes repeats[i] consecutive rows (samples continuing one shared prefill)."""
+        self.k = self.k.repeat_interleave(repeats, dim=1)
+        self.v = self.v.repeat_interleave(repeats, dim=1)
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        self.k, self.v = self.k[:, index], self.v[:, index]
+
+    def grow(self, capacity: int) -> None:
+        """Reallocate to hold `capacity` positions per row, keeping what is written."""
+        if capacity > self.max_len:
+            pad = (0, 0, 0, capacity - self.max_len)
+            self.k, self.v = torch.nn.functional.pad(self.k, pad), torch.nn.functional.pad(self.v, pad)
+
+    def extend(self, other: KVCache) -> None:
+        """Append other's rows (after growing both to the larger capacity)."""
+        capacity = max(self.max_len, other.max_len)
+        self.grow(capacity)
+        other.grow(capacity)
+        self.k, self.v = torch.cat([self.k, other.k], dim=1), torch.cat([self.v, other.v], dim=1)

@@ -96,11 +96,12 @@ class Backbone(nn.Module):
 
     def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
                     cache: KVCache) -> torch.Tensor:
-        """One new token per row with static shapes (see KVCache.write_at): input_ids, positions [B, 1]
-        (rotary positions), key_mask [B, S] (False = padding) → hidden [B, 1, H]. Attends to the positions
-        ≤ cache.write_at that key_mask allows."""
-        written = torch.arange(cache.max_len, device=input_ids.device) <= cache.write_at          # [S]
-        mask = (key_mask & written)[:, None, None, :]
+        """One new token per row, each row at its own cache index (KVCache.write_at): input_ids and rotary
+        positions [B, 1], key_mask [B, capacity] (False = padding) → hidden [B, 1, H]. Row b attends to the
+        positions ≤ write_at[b] among the first cache.length that key_mask allows."""
+        S = cache.length
+        written = torch.arange(S, device=input_ids.device) <= cache.write_at[:, None]        # [B, S]
+        mask = (key_mask[:, :S] & written)[:, None, None, :]
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary(positions, h.dtype)
         for layer in self.layers:
