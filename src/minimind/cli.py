@@ -118,6 +118,19 @@ def cmd_chat(args) -> None:
         repl(engine, params, system=args.system, thinking=args.think)
 
 
+def cmd_serve(args) -> None:
+    """The OpenAI-compatible server and the web chat page."""
+    from minimind.infer import Engine
+    from minimind.serve import serve
+
+    engine = Engine(*_load_for_inference(args), compile=args.compile)
+    name = args.name or Path(args.model).resolve().name
+    where = f"http://{args.host}:{args.port}"
+    print(f"serving {name!r} at {where}/v1 · chat page at {where}/", file=sys.stderr)
+    serve(engine, name, host=args.host, port=args.port, api_key=args.api_key, cors_origins=args.cors_origin or [],
+          max_rows=args.max_batch)
+
+
 def cmd_train_tokenizer(args) -> None:
     from minimind.tokenizer import iter_texts, train_tokenizer
     from minimind.tokenizer.train import chars_per_token
@@ -190,8 +203,17 @@ def _param_summary(model) -> str:
     return f"{_millions(total)} parameters" + (f" ({_millions(active)} active)" if active != total else "")
 
 
-def _inference_args(p: argparse.ArgumentParser, temperature: float, max_new_tokens: int) -> None:
+def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: as stored)")
+    p.add_argument("--rope-scaling", metavar="yarn:FACTOR", help="extend the context with YaRN, e.g. yarn:4")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the one-sequence decode step (first reply waits for the compilation)")
+
+
+def _inference_args(p: argparse.ArgumentParser, temperature: float, max_new_tokens: int) -> None:
+    _model_args(p)
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy (deterministic)")
     p.add_argument("--top-k", type=int, default=0)
@@ -200,11 +222,6 @@ def _inference_args(p: argparse.ArgumentParser, temperature: float, max_new_toke
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: as stored)")
-    p.add_argument("--rope-scaling", metavar="yarn:FACTOR", help="extend the context with YaRN, e.g. yarn:4")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the one-sequence decode step (first reply waits for the compilation)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--think", action="store_true", help="let the model reason in <think> first")
     _inference_args(p, temperature=0.7, max_new_tokens=512)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible API server and web chat page")
+    _model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=8998)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
+    p.add_argument("--name", help="the model id clients send (default: the directory's name)")
+    p.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow browser calls from ORIGIN")
+    p.add_argument("--max-batch", type=int, default=16, help="rows decoded together across requests")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("train-tokenizer", help="train the byte-level BPE tokenizer")
     p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="jsonl (every string) or text files")

@@ -30,6 +30,22 @@ FILES = ("tokenizer.json", "tokenizer_config.json")
 DEFAULT_DIR = resources.files("minimind.tokenizer").joinpath("default")
 
 
+def _byte_of_char() -> dict[str, int]:
+    """Inverse of GPT-2's bytes_to_unicode: printable bytes map to themselves, the rest to U+0100 onwards."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTE_OF_CHAR = _byte_of_char()
+
+
 class Tokenizer:
     """Encode/decode text and render conversations to token ids with their loss mask."""
 
@@ -51,6 +67,16 @@ class Tokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for: byte-level BPE spells each byte as one printable character (GPT-2's
+        table); an added token (e.g. "<think>") is its own UTF-8 text."""
+        token = self.backend.id_to_token(token_id)
+        if token is None:
+            return b""
+        if token_id in self.backend.get_added_tokens_decoder():
+            return token.encode()
+        return bytes(_BYTE_OF_CHAR[c] for c in token)
 
     def chat_text(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = False,
                   enable_thinking: bool = False) -> str:
