@@ -9,10 +9,9 @@ import openai
 import pytest
 
 from minimind.infer import Engine, SamplingParams
-from tests.serve.server import httpx
 from minimind.tokenizer import load_tokenizer
 from tests.conftest import make_model
-from tests.serve.server import ScriptedModel, live_server
+from tests.serve.server import ScriptedModel, httpx, live_server
 
 KEY = "sk-test"
 CALC = {"type": "function", "function": {"name": "calculator", "description": "evaluate arithmetic",
