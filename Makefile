@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-all lint demo bench clean
+.PHONY: install browser test test-all lint demo bench clean
 
 install: $(VENV)/.installed
 
@@ -14,10 +14,20 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-test: install
+# The web page's browser test drives Debian's chromium; install it where apt can (as root or with
+# passwordless sudo). Elsewhere the test skips and says why.
+browser: $(VENV)/.chromium
+$(VENV)/.chromium: | install
+	@command -v chromium >/dev/null \
+	  || { command -v apt-get >/dev/null && SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ) \
+	       && $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "note: chromium could not be installed; the browser test will skip"
+	touch $@
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
-test-all: install
+test-all: install browser
 	$(BIN)/python -m pytest -q -m 'slow or not slow'
 
 lint: install
@@ -33,6 +43,7 @@ bench: install
 	$(BIN)/python benchmarks/data_pipeline.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/decode.py
+	$(BIN)/python benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

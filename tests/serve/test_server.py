@@ -251,3 +251,19 @@ def test_tool_call_round_trip(scripted, stream):
     second = scripted.chat.completions.create(model="scripted", messages=messages, tools=[CALC])
     assert second.choices[0].message.content == "2 + 3 = 5."
     assert second.choices[0].finish_reason == "stop"
+
+
+def test_tool_choice_none_hides_the_tools(scripted):
+    reply = scripted.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "2+3?"}],
+                                             tools=[CALC], tool_choice="none")
+    assert reply.choices[0].message.tool_calls is None
+    assert reply.choices[0].message.content == "The sum is 5." and reply.choices[0].finish_reason == "stop"
+
+
+def test_cors_is_off_by_default_and_configurable(engine, server):
+    preflight = {"Origin": "http://example.test", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in httpx.options(server + "/v1/chat/completions",
+                                                              headers=preflight).headers
+    with live_server(engine, cors_origins=["http://example.test"]) as url:
+        r = httpx.options(url + "/v1/chat/completions", headers=preflight)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://example.test"
