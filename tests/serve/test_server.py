@@ -267,3 +267,21 @@ def test_cors_is_off_by_default_and_configurable(engine, server):
     with live_server(engine, cors_origins=["http://example.test"]) as url:
         r = httpx.options(url + "/v1/chat/completions", headers=preflight)
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://example.test"
+
+
+class BrokenModel(type(make_model("tiny"))):
+    def decode_step(self, *args):
+        raise RuntimeError("the device fell over")
+
+
+def test_a_failing_model_gives_500_or_an_error_event_and_the_server_lives_on(tokenizer):
+    broken = BrokenModel(make_model("tiny").config)
+    body = {"model": "broken", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    with live_server(Engine(broken, tokenizer), name="broken") as url:
+        r = httpx.post(url + "/v1/chat/completions", json=body)
+        assert r.status_code == 500 and "fell over" in r.json()["error"]["message"]
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body | {"stream": True}) as r:
+            events = [line for line in r.iter_lines() if line]
+        assert "fell over" in json.loads(events[-2].removeprefix("data: "))["error"]["message"]
+        assert events[-1] == "data: [DONE]"
+        assert httpx.get(url + "/health").json()["status"] == "ok"

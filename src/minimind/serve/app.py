@@ -140,6 +140,15 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, cors
     def sse(payload) -> str:
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
+    async def guarded(events):
+        """A failure after the stream has started is sent as an error event (the status is already 200)."""
+        try:
+            async for event in events:
+                yield event
+        except APIError as error:
+            yield sse(error.body)
+            yield "data: [DONE]\n\n"
+
     # ---- routes -------------------------------------------------------------------------------------------
 
     @app.get("/", response_class=HTMLResponse)
@@ -214,7 +223,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, cors
                     yield sse(head | {"choices": [], "usage": usage(len(prompt), generated)})
                 yield "data: [DONE]\n\n"
 
-            return StreamingResponse(events(), media_type="text/event-stream",
+            return StreamingResponse(guarded(events()), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
         rows = [[] for _ in range(body.n)]
@@ -295,7 +304,8 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, cors
                     yield sse(head | {"choices": [], "usage": usage(sum(map(len, ids)), generated)})
                 yield "data: [DONE]\n\n"
 
-            return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(guarded(events()), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
 
         async def collect(ticket):
             rows = [[] for _ in range(body.n)]
