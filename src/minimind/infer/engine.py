@@ -111,6 +111,7 @@ class Batch:
         self.engine, self.rows, self.cache, self.key_mask = engine, rows, cache, key_mask
         self.positions, self.write_at, self.logits, self.seen = positions, write_at, logits, seen
         self.counts = torch.zeros_like(logits)
+        self.padded = not bool(key_mask.all())          # any left padding (known at start: no sync in the loop)
         cache.write_at = torch.tensor(write_at, device=logits.device)
 
     def __len__(self) -> int:
@@ -125,6 +126,7 @@ class Batch:
         self.key_mask = torch.cat([pad(self.key_mask), pad(other.key_mask)])
         self.rows += other.rows
         self.write_at += other.write_at
+        self.padded = self.padded or other.padded
         self.cache.write_at = torch.cat([self.cache.write_at, other.cache.write_at])
         for name in ("positions", "logits", "seen", "counts"):
             setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
@@ -139,13 +141,14 @@ class Batch:
         """Sample every row's next token, then run the model on the rows that are not finished."""
         tokens = torch.empty(len(self.rows), dtype=torch.long, device=self.logits.device)
         logprobs = {}
-        for request, group in itertools.groupby(range(len(self.rows)), key=lambda r: self.rows[r].request):
+        # consecutive rows with equal sampling values are processed together (one group for `generate`)
+        for params, group in itertools.groupby(range(len(self.rows)), key=lambda r: self.rows[r].request.params):
             group = list(group)
             rows = slice(group[0], group[-1] + 1)
-            logits, params = self.logits[rows], request.params
+            logits = self.logits[rows]
             if params.logprobs is not None:
                 logprobs[rows.start] = (logits.log_softmax(dim=-1), params.logprobs)
-            if request.penalties:
+            if self.rows[group[0]].request.penalties:
                 logits = apply_penalties(logits, self.seen[rows], self.counts[rows], params)
             tokens[rows] = sample(logits, params, [self.rows[r].generator for r in group])
         chosen, top = _logprobs(logprobs, tokens)
@@ -182,8 +185,9 @@ class Batch:
                                                     value=True)
         step = self.engine._compiled_step if len(self.rows) == 1 else None
         self.cache.length = self.cache.max_len if step else needed       # compiled: static shapes
+        aligned = not step and not self.padded and min(self.write_at) == needed - 1
         step = step or self.engine.model.decode_step
-        self.logits = step(tokens[:, None], self.positions, self.key_mask, self.cache).float()
+        self.logits = step(tokens[:, None], self.positions, None if aligned else self.key_mask, self.cache).float()
         self.cache.write_at += 1
         self.positions += 1
         self.write_at = [w + 1 for w in self.write_at]

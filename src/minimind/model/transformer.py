@@ -94,14 +94,18 @@ class Backbone(nn.Module):
         return self.norm(h), aux
 
 
-    def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
+    def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None,
                     cache: KVCache) -> torch.Tensor:
         """One new token per row, each row at its own cache index (KVCache.write_at): input_ids and rotary
         positions [B, 1], key_mask [B, capacity] (False = padding) → hidden [B, 1, H]. Row b attends to the
-        positions ≤ write_at[b] among the first cache.length that key_mask allows."""
-        S = cache.length
-        written = torch.arange(S, device=input_ids.device) <= cache.write_at[:, None]        # [B, S]
-        mask = (key_mask[:, :S] & written)[:, None, None, :]
+        positions ≤ write_at[b] among the first cache.length that key_mask allows. key_mask None: every row
+        attends to all cache.length positions (no padding, all rows at the same position; SDPA runs faster
+        without a mask)."""
+        mask = None
+        if key_mask is not None:
+            S = cache.length
+            written = torch.arange(S, device=input_ids.device) <= cache.write_at[:, None]        # [B, S]
+            mask = (key_mask[:, :S] & written)[:, None, None, :]
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary(positions, h.dtype)
         for layer in self.layers:
@@ -177,7 +181,7 @@ class Transformer(nn.Module):
             logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         return ModelOutput(logits=logits, loss=loss, aux_loss=aux)
 
-    def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
+    def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None,
                     cache: KVCache) -> torch.Tensor:
         """Backbone.decode_step, then the LM head: next-token logits [B, vocab]."""
         return self.lm_head(self.model.decode_step(input_ids, positions, key_mask, cache)[:, -1])
