@@ -16,19 +16,45 @@ from minimind.model.rope import apply_rope
 
 
 class Linear(nn.Linear):
-    """A bias-free nn.Linear that, under torch.compile on CPU with a single input row (decoding one token of
-    one sequence), computes y = x·Wᵀ as a multiply-reduce. Inductor turns that into one vectorised loop that
-    streams the weight at about twice the bandwidth of the BLAS matrix-vector product (23 vs 12 GB/s measured
-    here); decoding is bound by reading the weights, so this is the decode speed-up (docs/inference.md).
+    """A bias-free nn.Linear, optionally with a LoRA adapter (`minimind.lora`):
+
+        y = x·Wᵀ + (α/r) · dropout(x)·Aᵀ·Bᵀ        A [r, in], B [out, r]; W frozen, B = 0 at the start
+
+    Under torch.compile on CPU with a single input row (decoding one token of one sequence), x·Wᵀ is computed
+    as a multiply-reduce. Inductor turns that into one vectorised loop that streams the weight at about twice
+    the bandwidth of the BLAS matrix-vector product (23 vs 12 GB/s measured here); decoding is bound by
+    reading the weights, so this is the decode speed-up (docs/inference.md).
     """
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
+        self.register_parameter("lora_A", None)
+        self.register_parameter("lora_B", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == x.shape[-1] and x.device.type == "cpu" and torch.compiler.is_compiling():
-            return (x[..., None, :] * self.weight).sum(-1)
-        return F.linear(x, self.weight)
+            y = (x[..., None, :] * self.weight).sum(-1)
+        else:
+            y = F.linear(x, self.weight)
+        if self.lora_A is not None:
+            y = y + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.lora_scale
+        return y
+
+    def add_lora(self, rank: int, alpha: float, dropout: float) -> None:
+        """A ~ Kaiming-uniform (as PEFT), B = 0: the adapted layer starts equal to the base."""
+        self.lora_A = nn.Parameter(self.weight.new_empty(rank, self.in_features))
+        self.lora_B = nn.Parameter(self.weight.new_zeros(self.out_features, rank))
+        nn.init.kaiming_uniform_(self.lora_A, a=5 ** 0.5)
+        self.lora_scale = alpha / rank
+        self.lora_dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+
+    @torch.no_grad()
+    def merge_lora(self) -> None:
+        """W ← W + (α/r)·B·A, then drop the adapter (computed in fp32)."""
+        delta = (self.lora_B.float() @ self.lora_A.float()) * self.lora_scale
+        self.weight.copy_((self.weight.float() + delta).to(self.weight.dtype))
+        self.lora_A = self.lora_B = None
+        del self.lora_dropout
 
 
 class RMSNorm(nn.Module):
