@@ -57,7 +57,7 @@ def cmd_info(args) -> None:
 
 
 def _load_for_inference(args):
-    """(model, tokenizer) from --model, --device, --dtype and --rope-scaling."""
+    """(model, tokenizer) from --model, --adapter, --device, --dtype and --rope-scaling."""
     from minimind.config import ModelConfig, parse_rope_scaling
     from minimind.model import load_model
     from minimind.runtime import resolve_dtype
@@ -68,6 +68,10 @@ def _load_for_inference(args):
         config = ModelConfig.load(Path(args.model) / "config.json")
         rope = parse_rope_scaling(args.rope_scaling, config.max_position_embeddings)
     model = load_model(args.model, device=args.device, dtype=resolve_dtype(args.dtype), rope_scaling=rope)
+    if args.adapter:                    # merged in memory: the adapted model at the base model's speed
+        from minimind.lora import load_adapter, merge
+
+        model = merge(load_adapter(model, args.adapter)).eval()
     if not (Path(args.model) / "tokenizer.json").is_file():
         print(f"note: {args.model} has no tokenizer.json; using the default tokenizer", file=sys.stderr)
         return model, load_tokenizer()
@@ -186,6 +190,21 @@ def cmd_train(args) -> None:
     print(f"wrote {path}")
 
 
+def cmd_lora_merge(args) -> None:
+    """Base + adapter → a plain model directory (W ← W + (α/r)·B·A)."""
+    import torch
+
+    from minimind.lora import load_adapter, merge
+    from minimind.model import load_model
+    from minimind.runtime import resolve_dtype
+    from minimind.tokenizer import load_tokenizer
+
+    model = merge(load_adapter(load_model(args.model, device="cpu", dtype=torch.float32), args.adapter))
+    tokenizer = load_tokenizer(args.model if (Path(args.model) / "tokenizer.json").is_file() else None)
+    path = model.save(args.out, dtype=resolve_dtype(args.dtype), tokenizer=tokenizer)
+    print(f"wrote {path}")
+
+
 def cmd_quickstart(args) -> None:
     from minimind.quickstart import quickstart
 
@@ -205,6 +224,7 @@ def _param_summary(model) -> str:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--adapter", help="a LoRA adapter directory for --model (merged at load)")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: as stored)")
     p.add_argument("--rope-scaling", metavar="yarn:FACTOR", help="extend the context with YaRN, e.g. yarn:4")
@@ -274,12 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_tokenizer)
 
     for stage, description in (("pretrain", "pretrain a model on text (next-token prediction)"),
-                               ("sft", "supervised fine-tuning on conversations (assistant tokens only)")):
+                               ("sft", "supervised fine-tuning on conversations (assistant tokens only)"),
+                               ("lora", "LoRA fine-tuning on conversations (`minimind lora merge` folds it in)")):
         p = sub.add_parser(stage, help=description)
         p.add_argument("--config", help="YAML file, e.g. configs/tiny/pretrain.yaml")
         p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in out/")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-3")
         p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("lora-merge", help="`minimind lora merge`: fold a LoRA adapter into its base model")
+    p.add_argument("--model", required=True, help="the base model directory")
+    p.add_argument("--adapter", required=True, help="the adapter directory (e.g. runs/lora/adapter)")
+    p.add_argument("--out", required=True, help="the merged model directory to write")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: float32)")
+    p.set_defaults(func=cmd_lora_merge)
 
     p = sub.add_parser("quickstart", help="the main job: data → pretrain → SFT → evaluate → report, on a CPU")
     p.add_argument("--out", default="runs/quickstart")
@@ -307,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["lora", "merge"]:                  # `minimind lora merge` is the lora-merge command
+        argv = ["lora-merge", *argv[2:]]
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -34,8 +34,8 @@ class LoRAConfig:
     alpha: float = 16.0                  # the update is scaled by alpha / rank
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))
-    # module-name suffixes (PEFT's list form), e.g. ["q_proj", "o_proj"] as the reference adapts;
-    # one string is a regular expression over full module names, e.g. "model.layers.[0-3].self_attn.q_proj"
+    # module-name suffixes, e.g. ["q_proj", "o_proj"] as the reference adapts, or "re:" + a regular expression
+    # over full module names, e.g. "re:model.layers.[0-3].self_attn.q_proj"
 
     def validate(self) -> None:
         if self.rank < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1 or not self.targets:
@@ -43,10 +43,9 @@ class LoRAConfig:
                                 "targets non-empty")
 
 
-def _matches(name: str, targets: list[str] | str) -> bool:
-    if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    return any(name == t or name.endswith("." + t) for t in targets)
+def _matches(name: str, targets: list[str]) -> bool:
+    return any(re.fullmatch(t[3:], name) if t.startswith("re:") else name == t or name.endswith("." + t)
+               for t in targets)
 
 
 def apply_lora(model: Transformer, cfg: LoRAConfig) -> list[str]:
@@ -83,7 +82,7 @@ def save_adapter(model: Transformer, path: str | Path, base: str | None = None) 
     modules = sorted({name.rsplit(".", 1)[-1] for name, _ in adapted(model)})
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base, "r": cfg.rank,
               "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout, "bias": "none", "fan_in_fan_out": False,
-              "target_modules": cfg.targets if isinstance(cfg.targets, str) else modules,
+              "target_modules": modules,
               "modules_to_save": None, "use_rslora": False, "use_dora": False, "inference_mode": True,
               "init_lora_weights": True}
     with atomic_directory(Path(path), marker=CONFIG) as tmp:

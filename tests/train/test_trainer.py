@@ -242,3 +242,46 @@ def test_loader_position_survives_a_world_size_change():
     assert _loader_state(saved, world_size=1, steps_per_epoch=20) | {} == saved["loader"] | {"step": 8, "world_size": 1}
     moved = _loader_state(saved, world_size=4, steps_per_epoch=2)     # 8 global batches = one epoch of 4 ranks
     assert (moved["epoch"], moved["step"], moved["world_size"]) == (1, 0, 4)
+
+
+def test_lora_run_trains_only_the_adapter_and_resumes_exactly(data, tmp_path, capsys):
+    """A LoRA run on a base directory: the loss falls, the base is untouched, OUT/adapter is an adapter, a
+    checkpoint holds the adapter (not the base), and an interrupted run resumed from it ends identical."""
+    from minimind.cli import main
+    from minimind.lora import load_adapter, merge
+    from tests.conftest import make_model
+
+    base = make_model("tiny").save(tmp_path / "base")
+    sft = {"train": [str(data / "sft.jsonl")], "val": [], "seq_len": 32, "prepared": str(data / "prepared")}
+    common = dict(stage="lora", model=str(base), data=sft, optim={"lr": 1e-2, "warmup_steps": 2},
+                  lora={"rank": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]})
+    adapter = train(config(data, tmp_path / "full", max_steps=16, **common))
+    assert adapter == tmp_path / "full" / "adapter" and (adapter / "adapter_config.json").is_file()
+    losses = [m["loss"] for m in metrics(tmp_path / "full")]
+    assert losses[-1] < losses[0]
+    assert torch.equal(weights(base)["model.layers.0.self_attn.q_proj.weight"],
+                       make_model("tiny").state_dict()["model.layers.0.self_attn.q_proj.weight"])
+
+    import shutil
+
+    train(config(data, tmp_path / "part", max_steps=16, save_every=8, **common))
+    shutil.rmtree(tmp_path / "part" / "checkpoints" / "step-000016")      # as if stopped after step 8
+    (step,) = (tmp_path / "part" / "checkpoints").iterdir()
+    assert sorted(p.name for p in step.iterdir()) == ["adapter", "state.pt", "trainer.json"]
+    resumed = train(config(data, tmp_path / "part", max_steps=16, save_every=8, **common), resume=True)
+    got, want = (load_file(d / "adapter_model.safetensors") for d in (resumed, adapter))
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value)
+
+    assert main(["lora", "merge", "--model", str(base), "--adapter", str(adapter), "--out",
+                 str(tmp_path / "merged")]) == 0
+    expected = merge(load_adapter(make_model("tiny"), adapter))
+    assert torch.equal(weights(tmp_path / "merged")["model.layers.0.self_attn.q_proj.weight"],
+                       expected.state_dict()["model.layers.0.self_attn.q_proj.weight"])
+    ask = ["--prompt", "add 3 and 4", "--temperature", "0", "--max-new-tokens", "6"]
+    capsys.readouterr()
+    assert main(["chat", "--model", str(base), "--adapter", str(adapter), *ask]) == 0
+    with_adapter = capsys.readouterr().out
+    assert main(["chat", "--model", str(tmp_path / "merged"), *ask]) == 0
+    assert capsys.readouterr().out == with_adapter

@@ -1,6 +1,7 @@
 """Checkpoints: the model directory (the standard format) beside the training state, written atomically.
 
     OUT/checkpoints/step-000200/model/        config.json, model.safetensors, tokenizer … (fp32 master weights)
+    OUT/checkpoints/step-000200/adapter/      instead of model/ in a LoRA run (the base is not copied)
     OUT/checkpoints/step-000200/state.pt      optimiser and grad-scaler states, RNG states
     OUT/checkpoints/step-000200/trainer.json  step, loader position, tokens seen, world size, the config
 
@@ -18,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from minimind.fileio import atomic_directory
+from minimind.lora import WEIGHTS as ADAPTER_WEIGHTS
+from minimind.lora import adapted, save_adapter
 from minimind.model.io import read_tensors, save_model
 
 PREFIX = "step-"
@@ -45,7 +49,10 @@ def save_checkpoint(out: Path, step: int, model, tokenizer, state: dict, trainer
     root = Path(out) / "checkpoints"
     path = root / f"{PREFIX}{step:06d}"
     with atomic_directory(path, marker="trainer.json") as tmp:
-        save_model(model, tmp / "model", tokenizer=tokenizer)
+        if adapted(model):
+            save_adapter(model, tmp / "adapter")
+        else:
+            save_model(model, tmp / "model", tokenizer=tokenizer)
         torch.save(state, tmp / "state.pt")
         (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2, ensure_ascii=False) + "\n")
     for old in checkpoints(out)[keep_last:]:
@@ -69,14 +76,18 @@ def checkpoints(out: Path) -> list[Path]:
 
 
 def load_latest(out: Path) -> tuple[Path, dict, dict] | None:
-    """(model directory, state, trainer info) of the newest checkpoint that loads; None if there is none."""
+    """(model or adapter directory, state, trainer info) of the newest checkpoint that loads; None if none."""
     for path in checkpoints(out):
         try:
             trainer = json.loads((path / "trainer.json").read_text())
             state = torch.load(path / "state.pt", weights_only=False)
-            read_tensors(path / "model")                         # the weights must load too
+            weights = path / "adapter" if (path / "adapter").is_dir() else path / "model"
+            if weights.name == "adapter":                        # the weights must load too
+                load_file(weights / ADAPTER_WEIGHTS)
+            else:
+                read_tensors(weights)
         except Exception as e:                    # any damage: fall back to the previous checkpoint
             warnings.warn(f"skipping checkpoint {path}: it does not load ({e})", stacklevel=2)
             continue
-        return path / "model", state, trainer
+        return weights, state, trainer
     return None

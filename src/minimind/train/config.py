@@ -10,6 +10,7 @@ from typing import Literal
 import yaml
 
 from minimind.errors import MiniMindError
+from minimind.lora import LoRAConfig
 from minimind.overrides import apply_overrides, from_dict, to_dict
 
 
@@ -38,11 +39,12 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    stage: Literal["pretrain", "sft"] = "pretrain"
+    stage: Literal["pretrain", "sft", "lora"] = "pretrain"
     model: str = "tiny"                  # a preset name (fresh weights) or a model directory to continue from
     out: str = "runs/train"              # run directory: model/, checkpoints/, metrics.jsonl, config.yaml
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)   # stage lora: adapters on a frozen base (sft data)
     batch_size: int = 8                  # packed rows per micro-batch (per process)
     tokens_per_step: int = 0             # tokens per optimiser step (all processes); 0 = one micro-batch each
     max_steps: int = 0                   # optimiser steps; 0 = `epochs` over the training rows
@@ -77,6 +79,8 @@ class TrainConfig:
         if self.optim.warmup_steps < 0 or self.optim.grad_clip < 0 or self.optim.weight_decay < 0:
             raise MiniMindError("config keys 'optim.warmup_steps', 'optim.grad_clip', 'optim.weight_decay' "
                                 "must be ≥ 0")
+        if self.stage == "lora":
+            self.lora.validate()
         if self.data.seq_len < 8:
             raise MiniMindError("config key 'data.seq_len' must be ≥ 8")
         if self.optim.lr <= 0 or not 0 <= self.optim.min_lr_ratio <= 1:

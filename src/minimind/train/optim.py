@@ -28,13 +28,14 @@ def param_groups(model: Transformer) -> dict[str, list[nn.Parameter]]:
               [E, out, in], MoE routers                                      weight decay; Muon's share
     head      the untied lm_head (empty when tied)                           weight decay
     no_decay  the embedding (and tied head), norm weights
+    Frozen parameters (a LoRA run's base) are left out; LoRA's A and B are hidden matrices.
     """
-    hidden = [p for p in model.model.layers.parameters() if p.ndim >= 2]
+    hidden = [p for p in model.model.layers.parameters() if p.ndim >= 2 and p.requires_grad]
     groups = {"hidden": hidden, "head": [], "no_decay": []}
     taken = {id(p) for p in hidden}
     embedding = model.model.embed_tokens.weight
     for p in model.parameters():
-        if id(p) not in taken:
+        if id(p) not in taken and p.requires_grad:
             groups["head" if p.ndim >= 2 and p is not embedding else "no_decay"].append(p)
     return groups
 

@@ -109,6 +109,7 @@ class LanguageModelling(Stage):
 STAGES: dict[str, Stage] = {
     "pretrain": LanguageModelling("pretrain", pack_pretrain),
     "sft": LanguageModelling("sft", pack_sft),
+    "lora": LanguageModelling("sft", pack_sft),        # SFT data and loss; the trainer adds the adapters
 }
 
 

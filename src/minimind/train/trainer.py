@@ -34,6 +34,7 @@ from minimind.data.loader import PackedLoader
 from minimind.errors import MiniMindError
 from minimind.fileio import atomic_directory
 from minimind.infer import Engine, SamplingParams
+from minimind.lora import apply_lora, load_adapter, save_adapter
 from minimind.model import Transformer, load_model
 from minimind.overrides import to_dict
 from minimind.perf import device_peak_flops, measure_matmul_peak
@@ -60,7 +61,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
-    """Run `config`; returns the final model directory OUT/model."""
+    """Run `config`; returns the final model directory OUT/model (a LoRA run: the adapter, OUT/adapter)."""
     stage = STAGES[config.stage]
     device = resolve_device(None if config.device == "auto" else config.device)
     info = init_distributed(device.type)
@@ -79,8 +80,9 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
 
     # ---- model, tokenizer, data ------------------------------------------------------------------------------
     resumed = checkpoint.load_latest(out) if resume else None
-    source = resumed[0] if resumed else config.model
-    if resumed is None and config.model in PRESETS:
+    lora = config.stage == "lora"                 # the checkpoint then holds the adapter; the base is config.model
+    source = resumed[0] if resumed and not lora else config.model
+    if source in PRESETS:
         model, tokenizer_dir = Transformer(preset(config.model)).to(device), DEFAULT_DIR
     else:
         if not Path(source).is_dir():
@@ -88,6 +90,8 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
                                 "nor a model directory")
         model = load_model(source, device=device, dtype=torch.float32)
         tokenizer_dir = Path(source) if (Path(source) / "tokenizer.json").is_file() else DEFAULT_DIR
+    if lora:
+        load_adapter(model, resumed[0]) if resumed else apply_lora(model, config.lora)
     model.train()
     tokenizer = load_tokenizer(tokenizer_dir)
     if tokenizer.vocab_size > model.config.vocab_size:
@@ -257,14 +261,17 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
         logger.close()
     if interrupted:
         raise KeyboardInterrupt(f"interrupted at step {step}; the checkpoint is saved, continue with --resume")
+    final = out / ("adapter" if lora else "model")
     if step == total_steps:
         plain = gather_for_saving(raw, [])[0] if config.fsdp else raw
-        if info.main:
-            with atomic_directory(out / "model", marker="config.json") as tmp:
+        if info.main and lora:
+            save_adapter(plain, final, base=config.model)
+        elif info.main:
+            with atomic_directory(final, marker="config.json") as tmp:
                 plain.save(tmp, tokenizer=tokenizer)
     if info.enabled:
         dist.barrier()
-    return out / "model"
+    return final
 
 
 def _save(out, step, raw, tokenizer, optimizers, scaler, loader, tokens_seen, config, info: Dist) -> None:
