@@ -61,7 +61,6 @@ def _load_for_inference(args):
     from minimind.config import ModelConfig, parse_rope_scaling
     from minimind.model import load_model
     from minimind.runtime import resolve_dtype
-    from minimind.tokenizer import load_tokenizer
 
     rope = None
     if args.rope_scaling:
@@ -72,10 +71,17 @@ def _load_for_inference(args):
         from minimind.lora import load_adapter, merge
 
         model = merge(load_adapter(model, args.adapter)).eval()
-    if not (Path(args.model) / "tokenizer.json").is_file():
-        print(f"note: {args.model} has no tokenizer.json; using the default tokenizer", file=sys.stderr)
-        return model, load_tokenizer()
-    return model, load_tokenizer(args.model)
+    return model, _tokenizer_of(args.model)
+
+
+def _tokenizer_of(model_dir: str):
+    """The model directory's tokenizer, or (with a note) the default one when it has none."""
+    from minimind.tokenizer import load_tokenizer
+
+    if not (Path(model_dir) / "tokenizer.json").is_file():
+        print(f"note: {model_dir} has no tokenizer.json; using the default tokenizer", file=sys.stderr)
+        return load_tokenizer()
+    return load_tokenizer(model_dir)
 
 
 def _sampling(args, **overrides):
@@ -197,11 +203,9 @@ def cmd_lora_merge(args) -> None:
     from minimind.lora import load_adapter, merge
     from minimind.model import load_model
     from minimind.runtime import resolve_dtype
-    from minimind.tokenizer import load_tokenizer
 
     model = merge(load_adapter(load_model(args.model, device="cpu", dtype=torch.float32), args.adapter))
-    tokenizer = load_tokenizer(args.model if (Path(args.model) / "tokenizer.json").is_file() else None)
-    path = model.save(args.out, dtype=resolve_dtype(args.dtype), tokenizer=tokenizer)
+    path = model.save(args.out, dtype=resolve_dtype(args.dtype), tokenizer=_tokenizer_of(args.model))
     print(f"wrote {path}")
 
 

@@ -119,7 +119,6 @@ def load_adapter(model: Transformer, path: str | Path) -> Transformer:
                 raise MiniMindError(f"{path / WEIGHTS}: tensor {key}: {found}, expected {tuple(target.shape)}")
             with torch.no_grad():
                 target.copy_(tensors[key].to(device))
-    model.lora_config.targets = cfg.targets
     return model
 
 

@@ -106,12 +106,12 @@ class Batch:
     """Rows being decoded. Per row: its cache (written at `write_at`), rotary position, key mask (False on
     left padding), next-token logits, and the tokens seen so far (for penalties)."""
 
-    def __init__(self, engine: Engine, rows: list[_Row], cache: KVCache, key_mask: torch.Tensor,
+    def __init__(self, engine: Engine, rows: list[_Row], cache: KVCache, key_mask: torch.Tensor, padded: bool,
                  positions: torch.Tensor, write_at: list[int], logits: torch.Tensor, seen: torch.Tensor):
         self.engine, self.rows, self.cache, self.key_mask = engine, rows, cache, key_mask
         self.positions, self.write_at, self.logits, self.seen = positions, write_at, logits, seen
         self.counts = torch.zeros_like(logits)
-        self.padded = not bool(key_mask.all())          # any left padding (known at start: no sync in the loop)
+        self.padded = padded                             # any row has left padding (a host bool: no sync)
         cache.write_at = torch.tensor(write_at, device=logits.device)
 
     def __len__(self) -> int:
@@ -121,9 +121,8 @@ class Batch:
     def extend(self, other: Batch) -> None:
         """Add other's rows (new requests joining between steps)."""
         self.cache.extend(other.cache)
-        capacity = self.cache.max_len
-        pad = lambda m: torch.nn.functional.pad(m, (0, capacity - m.shape[1]), value=True)  # noqa: E731
-        self.key_mask = torch.cat([pad(self.key_mask), pad(other.key_mask)])
+        self.key_mask = torch.cat([_pad_mask(self.key_mask, self.cache.max_len),
+                                   _pad_mask(other.key_mask, self.cache.max_len)])
         self.rows += other.rows
         self.write_at += other.write_at
         self.padded = self.padded or other.padded
@@ -181,8 +180,7 @@ class Batch:
         needed = max(self.write_at) + 1
         if needed > self.cache.max_len:
             self.cache.grow(_capacity(needed))
-            self.key_mask = torch.nn.functional.pad(self.key_mask, (0, self.cache.max_len - self.key_mask.shape[1]),
-                                                    value=True)
+            self.key_mask = _pad_mask(self.key_mask, self.cache.max_len)
         step = self.engine._compiled_step if len(self.rows) == 1 else None
         self.cache.length = self.cache.max_len if step else needed       # compiled: static shapes
         aligned = not step and not self.padded and min(self.write_at) == needed - 1
@@ -191,6 +189,11 @@ class Batch:
         self.cache.write_at += 1
         self.positions += 1
         self.write_at = [w + 1 for w in self.write_at]
+
+
+def _pad_mask(key_mask: torch.Tensor, capacity: int) -> torch.Tensor:
+    """The key mask [rows, capacity]: positions beyond the old capacity are not padding (True)."""
+    return torch.nn.functional.pad(key_mask, (0, capacity - key_mask.shape[1]), value=True)
 
 
 def _capacity(positions: int) -> int:
@@ -291,7 +294,7 @@ class Engine:
             cache.repeat_rows(repeats)
             key_mask, logits, seen, positions = (t.repeat_interleave(repeats, dim=0)
                                                  for t in (key_mask, logits, seen, positions))
-        return Batch(self, rows, cache, key_mask, positions, [longest] * len(rows), logits, seen)
+        return Batch(self, rows, cache, key_mask, padded, positions, [longest] * len(rows), logits, seen)
 
     def check_prompts(self, prompts: list[list[int]]) -> None:
         context, vocab = self.model.config.max_position_embeddings, self.model.config.vocab_size

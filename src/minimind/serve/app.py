@@ -76,10 +76,13 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, cors
     async def wrong_method(request: Request, _):
         return JSONResponse(error_body(f"{request.method} is not allowed on {request.url.path}"), 405)
 
-    async def read(request: Request, model: type[BaseModel]):
+    def authorize(request: Request) -> None:
         if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
             raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')",
                            "authentication_error", code="invalid_api_key")
+
+    async def read(request: Request, model: type[BaseModel]):
+        authorize(request)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_body_bytes:
             raise APIError(413, f"request body over {max_body_bytes} bytes")
@@ -161,8 +164,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, cors
 
     @app.get("/v1/models")
     async def models(request: Request):
-        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
-            raise APIError(401, "invalid or missing API key", "authentication_error", code="invalid_api_key")
+        authorize(request)
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
                                              "owned_by": "minimind", "max_model_len": context}]}
 

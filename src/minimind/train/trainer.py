@@ -90,8 +90,10 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
                                 "nor a model directory")
         model = load_model(source, device=device, dtype=torch.float32)
         tokenizer_dir = Path(source) if (Path(source) / "tokenizer.json").is_file() else DEFAULT_DIR
-    if lora:
-        load_adapter(model, resumed[0]) if resumed else apply_lora(model, config.lora)
+    if lora and resumed:
+        load_adapter(model, resumed[0])
+    elif lora:
+        apply_lora(model, config.lora)
     model.train()
     tokenizer = load_tokenizer(tokenizer_dir)
     if tokenizer.vocab_size > model.config.vocab_size:
