@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from minimind.errors import MiniMindError
 from minimind.train.config import TrainConfig, load_config
-from minimind.train.stages import STAGES
+from minimind.train.registry import STAGES
+from minimind.train.stages import LanguageModelling, Loss
 from minimind.train.trainer import train
 
 WORDS = "the king speaks of love and war while the queen sings of night and day".split()
@@ -78,8 +79,9 @@ def test_sft_loss_counts_only_assistant_tokens(data):
     x = torch.tensor([ids])
     labels = torch.where(torch.tensor([mask]) == 1, x, -100)
     batch = {"input_ids": x, "labels": labels, "position_ids": torch.arange(len(ids))[None]}
-    total, _ = STAGES["sft"].loss(model, batch)
-    loss = total / STAGES["sft"].count(batch)
+    sft = STAGES["sft"](None)
+    total, _, _ = sft.loss(model, batch)
+    loss = total / sft.count(batch)
     logits = model(x).logits[0]
     targets = [t for t in range(1, len(ids)) if mask[t]]                 # by hand: assistant tokens only
     expected = torch.stack([torch.nn.functional.cross_entropy(logits[t - 1], x[0, t]) for t in targets]).mean()
@@ -181,14 +183,14 @@ def test_config_typos_are_named(tmp_path):
 
 def test_nan_guard_skips_then_stops(data, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = STAGES["pretrain"].loss
+    real = LanguageModelling.loss
 
-    def poisoned(model, batch):
+    def poisoned(self, model, batch):
         calls["n"] += 1
-        total, aux = real(model, batch)
-        return (total * float("nan") if calls["n"] > 2 else total), aux
+        total, aux, _ = real(self, model, batch)
+        return Loss(total * float("nan") if calls["n"] > 2 else total, aux)
 
-    monkeypatch.setattr(STAGES["pretrain"], "loss", poisoned)
+    monkeypatch.setattr(LanguageModelling, "loss", poisoned)
     with pytest.raises(MiniMindError, match="3 consecutive non-finite losses"):
         train(config(data, tmp_path / "nan", max_steps=10, max_bad_steps=3))
 

@@ -15,6 +15,8 @@ A packed row (see `minimind.data.packing`) becomes three arrays of seq_len (`bui
                    t is trained on labels[t+1], so no position ever predicts across a piece boundary or padding.
     position_ids   0, 1, 2, … restarting at every piece; the padding is one more run from 0. The model reads
                    the document boundaries (block-diagonal attention) off position_ids == 0.
+    doc_ids        (with_docs=True) the document each token comes from, -1 on padding: stages that look up
+                   per-document values (DPO's precomputed reference log-probs) read it.
 """
 
 from __future__ import annotations
@@ -106,11 +108,14 @@ def _map(file: Path, dtype: str, count: int) -> np.ndarray:
     return np.memmap(file, dtype=dtype, mode="r", shape=(count,))
 
 
-def build_row(data: TokenData, pieces: Row, seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
-    """One packed row → {"input_ids", "labels", "position_ids"}, each int64 [seq_len] (see the module docstring)."""
+def build_row(data: TokenData, pieces: Row, seq_len: int, pad_id: int,
+              with_docs: bool = False) -> dict[str, np.ndarray]:
+    """One packed row → {"input_ids", "labels", "position_ids"[, "doc_ids"]}, each int64 [seq_len] (see the
+    module docstring)."""
     input_ids = np.full(seq_len, pad_id, dtype=np.int64)
     labels = np.full(seq_len, IGNORE_INDEX, dtype=np.int64)
     position_ids = np.empty(seq_len, dtype=np.int64)
+    doc_ids = np.full(seq_len, -1, dtype=np.int64)
     t = 0
     for doc, start, length in pieces:
         if t + length > seq_len:
@@ -124,9 +129,31 @@ def build_row(data: TokenData, pieces: Row, seq_len: int, pad_id: int) -> dict[s
         labels[t:t + length] = np.where(data.mask[a:a + length] != 0, ids, IGNORE_INDEX)
         labels[t] = IGNORE_INDEX
         position_ids[t:t + length] = np.arange(length)
+        doc_ids[t:t + length] = doc
         t += length
     position_ids[t:] = np.arange(seq_len - t)
-    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    row = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    return row | {"doc_ids": doc_ids} if with_docs else row
+
+
+def collate(rows: list[dict[str, np.ndarray]], device: torch.device) -> dict[str, torch.Tensor]:
+    """Built rows → a batch of LongTensors [B, seq_len] on `device` (on CUDA copied from freshly allocated
+    pinned memory with non_blocking=True; the host buffers are never reused, so the copy cannot race)."""
+    out = {}
+    for key in rows[0]:
+        t = torch.from_numpy(np.stack([r[key] for r in rows]))
+        out[key] = t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+    return out
+
+
+def row_batches(data: TokenData, rows: list[Row], batch_size: int, seq_len: int, pad_id: int = 0,
+                device: str | torch.device = "cpu", with_docs: bool = False):
+    """Every row once, in order, `batch_size` at a time (the last batch may be smaller): for one pass over a
+    whole data set, such as precomputing a frozen model's outputs."""
+    device = torch.device(device)
+    for first in range(0, len(rows), batch_size):
+        yield collate([build_row(data, row, seq_len, pad_id, with_docs) for row in rows[first:first + batch_size]],
+                      device)
 
 
 class PackedLoader:
@@ -140,13 +167,12 @@ class PackedLoader:
     The loader is its own iterator and runs forever (epochs=None) or for `epochs` epochs. Its position is
     (epoch, step): state_dict() after n batches, given to load_state_dict() of a fresh loader built with the same
     arguments, makes it yield exactly what this one yields next. The state is the same on every rank.
-    On CUDA each batch is copied from freshly allocated pinned memory with non_blocking=True; the host buffers
-    are never reused, so the asynchronous copy cannot race with the next batch.
+    Batches reach the device through `collate`; with_docs=True adds "doc_ids".
     """
 
     def __init__(self, data: TokenData, rows: list[Row], batch_size: int, seq_len: int, seed: int,
                  rank: int = 0, world_size: int = 1, pad_id: int = 0, device: str | torch.device = "cpu",
-                 epochs: int | None = None):
+                 epochs: int | None = None, with_docs: bool = False):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.steps_per_epoch = len(rows) // (batch_size * world_size)
@@ -155,6 +181,7 @@ class PackedLoader:
                                 f"{batch_size} × {world_size}: use more data, or a smaller batch or seq_len")
         self.data, self.rows, self.batch_size, self.seq_len, self.seed = data, rows, batch_size, seq_len, seed
         self.rank, self.world_size, self.pad_id, self.epochs = rank, world_size, pad_id, epochs
+        self.with_docs = with_docs
         self.device = torch.device(device)
         self.epoch, self.step = 0, 0
         self._order_epoch, self._order = -1, None
@@ -169,18 +196,12 @@ class PackedLoader:
             self._order = np.random.default_rng(self.seed + self.epoch).permutation(len(self.rows))
             self._order_epoch = self.epoch
         first = (self.step * self.world_size + self.rank) * self.batch_size
-        rows = [build_row(self.data, self.rows[i], self.seq_len, self.pad_id)
+        rows = [build_row(self.data, self.rows[i], self.seq_len, self.pad_id, self.with_docs)
                 for i in self._order[first:first + self.batch_size]]
         self.step += 1
         if self.step == self.steps_per_epoch:
             self.epoch, self.step = self.epoch + 1, 0
-        return {key: self._to_device(np.stack([r[key] for r in rows])) for key in rows[0]}
-
-    def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(array)
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
+        return collate(rows, self.device)
 
     def state_dict(self) -> dict:
         """The position of the next batch, and what it depends on (checked on load)."""

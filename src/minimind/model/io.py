@@ -4,6 +4,8 @@
     model.safetensors        tensors under transformers' names; a tied lm_head is not stored;
                              MoE experts one by one: model.layers.{i}.mlp.experts.{e}.{gate,up,down}_proj.weight
     generation_config.json   special token ids and default sampling
+    A reward model (`RewardModel`) is the same directory with architectures = [Qwen3ForSequenceClassification],
+    one label, and a `score.weight` [1, hidden] in place of the LM head.
 
     tokenizer.json, tokenizer_config.json   the tokenizer and chat template (when saved with one)
 
@@ -24,6 +26,7 @@ from safetensors.torch import save_file
 from minimind.config import ModelConfig
 from minimind.errors import MiniMindError
 from minimind.fileio import atomic_directory
+from minimind.model.reward import SEQUENCE_CLASSIFICATION, RewardModel
 from minimind.model.transformer import Transformer
 from minimind.runtime import resolve_device
 from minimind.tokenizer import Tokenizer
@@ -71,7 +74,7 @@ def from_checkpoint(tensors: dict[str, torch.Tensor], config: ModelConfig) -> di
     return out
 
 
-def save_model(model: Transformer, path: str | Path, dtype: torch.dtype | None = None,
+def save_model(model: Transformer | RewardModel, path: str | Path, dtype: torch.dtype | None = None,
                tokenizer: Tokenizer | None = None) -> Path:
     """Write `model` (and its tokenizer's files) as a model directory at `path`, replacing one that is there,
     atomically."""
@@ -81,7 +84,10 @@ def save_model(model: Transformer, path: str | Path, dtype: torch.dtype | None =
         raise MiniMindError(f"the tokenizer has {tokenizer.vocab_size} tokens; the model's vocab_size is "
                             f"{model.config.vocab_size}")
     with atomic_directory(path, marker="config.json") as tmp:
-        model.config.save(tmp / "config.json", dtype=saved_dtype)
+        config = model.config.to_hf_dict(saved_dtype)
+        if isinstance(model, RewardModel):
+            config |= SEQUENCE_CLASSIFICATION
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_file(to_checkpoint(state, model.config), tmp / WEIGHTS, metadata={"format": "pt"})
         (tmp / "generation_config.json").write_text(json.dumps(generation_config(model.config), indent=2) + "\n")
         if tokenizer is not None:
@@ -122,6 +128,31 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
     eval mode, on `device` (default: the best available) in `dtype` (default: as stored, fp32 on CPU for
     half-precision files). `rope_scaling` (e.g. `minimind.config.yarn(16, 2048)`) replaces the config's, to
     extend the context at inference."""
+    if is_reward_model(path):
+        raise MiniMindError(f"{path}: a reward model (Qwen3ForSequenceClassification), not a language model")
+    return _load(path, Transformer, device, dtype, rope_scaling)
+
+
+def load_reward_model(path: str | Path, device: str | torch.device | None = None,
+                      dtype: torch.dtype | None = None) -> RewardModel:
+    """Read a reward model directory (Qwen3ForSequenceClassification, one label) into a RewardModel in eval
+    mode; see `load_model` for `device` and `dtype`."""
+    if not is_reward_model(path):
+        raise MiniMindError(f"{path}: not a reward model (config.json's architectures is not "
+                            f"{SEQUENCE_CLASSIFICATION['architectures']})")
+    return _load(path, RewardModel, device, dtype, None)
+
+
+def is_reward_model(path: str | Path) -> bool:
+    """Whether the model directory at `path` holds a sequence-classification (reward) model."""
+    try:
+        architectures = json.loads((Path(path) / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return False
+    return any(str(a).endswith("ForSequenceClassification") for a in architectures)
+
+
+def _load(path, build, device, dtype, rope_scaling):
     path = Path(path)
     if not path.is_dir():
         raise MiniMindError(f"{path}: not a model directory")
@@ -137,10 +168,10 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
         raise MiniMindError(f"{weights_file}: {e}") from None
 
     with torch.device("meta"):
-        model = Transformer(config)
+        model = build(config)
     expected = model.state_dict()
     if config.tie_word_embeddings:
-        expected.pop("lm_head.weight")
+        expected.pop("lm_head.weight", None)
     for name, ref in expected.items():
         if name not in state:
             raise MiniMindError(f"{weights_file}: missing tensor '{_disk_name(name)}'")
@@ -156,7 +187,8 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
         dtype = torch.float32 if device.type == "cpu" and stored in (torch.float16, torch.bfloat16) else stored
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
-    model.tie_weights()
+    if isinstance(model, Transformer):
+        model.tie_weights()
     return model.eval()
 
 

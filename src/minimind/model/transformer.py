@@ -219,18 +219,24 @@ class Transformer(nn.Module):
         return total
 
     def flops_per_token(self, seq_len: int) -> int:
-        """Training FLOPs per token (forward + backward), PaLM's estimate: 6·N + 12·L·(H·d)·T, where N counts
-        the active parameters that take part in matmuls (the LM head, not the embedding lookup)."""
+        """Training FLOPs per token (forward + backward); the LM head is a matmul, the embedding a lookup
+        (unless the two are tied: then the one matrix counts once, as the head)."""
         c = self.config
-        norms = sum(p.numel() for p in self.parameters() if p.ndim == 1)
-        embedding = 0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size
-        matmul = self.num_params(active=True) - norms - embedding
-        return 6 * matmul + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len
+        return training_flops(self, seq_len, lookup=0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size)
 
     def save(self, path: str | Path, dtype: torch.dtype | None = None, tokenizer=None) -> Path:
         """Write a Hugging Face Qwen3 model directory atomically; see `minimind.model.io.save_model`."""
         from minimind.model.io import save_model
         return save_model(self, path, dtype=dtype, tokenizer=tokenizer)
+
+
+def training_flops(model, seq_len: int, lookup: int) -> int:
+    """PaLM's estimate of training FLOPs per token: 6·N + 12·L·(H·d)·T, where N counts the active parameters
+    that take part in matmuls: all but the norms' and `lookup` (the embedding table's)."""
+    c = model.config
+    norms = sum(p.numel() for p in model.parameters() if p.ndim == 1)
+    matmul = model.num_params(active=True) - norms - lookup
+    return 6 * matmul + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from minimind.fileio import atomic_directory
 from minimind.lora import WEIGHTS as ADAPTER_WEIGHTS
 from minimind.lora import adapted, save_adapter
-from minimind.model.io import read_tensors, save_model
+from minimind.model.io import read_tensors
 
 PREFIX = "step-"
 
@@ -52,7 +52,7 @@ def save_checkpoint(out: Path, step: int, model, tokenizer, state: dict, trainer
         if adapted(model):
             save_adapter(model, tmp / "adapter")
         else:
-            save_model(model, tmp / "model", tokenizer=tokenizer)
+            model.save(tmp / "model", tokenizer=tokenizer)
         torch.save(state, tmp / "state.pt")
         (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2, ensure_ascii=False) + "\n")
     for old in checkpoints(out)[keep_last:]:

@@ -1,11 +1,15 @@
-"""Training stages. A stage contributes its data and its loss; the trainer owns everything else.
+"""Training stages. A stage contributes its data, its model and its loss; the trainer owns everything else.
 
     pretrain   documents packed edge to edge (best fit with cropping)    next-token cross-entropy
     sft        whole conversations packed, padding at row ends          cross-entropy on assistant tokens
+    lora       sft's data and loss; the trainer adds the adapters
+    dpo        preference pairs packed a pair at a time                 DPO / IPO / SimPO (train/preference.py)
+    reward     preference pairs, a reward model                         Bradley–Terry (train/preference.py)
+    distill    sft's data, a frozen teacher                             α·CE + (1-α)·divergence (train/distill.py)
 
-Both read prepared data (tokenized once by `minimind.data.prepare`); the loss mask lives in the labels
-(-100 = not a target), so both losses are the model's own shifted cross-entropy over packed rows with
-document-aware attention. A later stage (DPO, distillation, RL) subclasses `Stage`.
+All read prepared data (tokenized once by `minimind.data.prepare`); the loss mask lives in the labels (-100 = not
+a target) and documents are told apart by position_ids restarting at 0 (document-aware attention). The
+registry of stages is `minimind.train.registry.STAGES`.
 """
 
 from __future__ import annotations
@@ -14,14 +18,17 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from minimind.config import PRESETS, preset
 from minimind.data.loader import PackedLoader, TokenData
-from minimind.data.packing import pack_pretrain, pack_sft
 from minimind.data.prepare import prepare
+from minimind.errors import MiniMindError
+from minimind.model import Transformer, load_model
 from minimind.model.transformer import IGNORE_INDEX, cross_entropy
 
 
@@ -33,33 +40,31 @@ class StageData:
     val_rows: list
 
 
+class Loss(NamedTuple):
+    total: torch.Tensor                                  # Σ of the per-unit losses
+    aux: torch.Tensor                                    # a regulariser already averaged over the batch, or 0
+    metrics: dict[str, torch.Tensor] = {}                # Σ over units of per-unit figures (logged as means)
+
+
 class Stage:
     """A stage's loss is a *sum* over its units (target tokens, preference pairs, …) with the units counted
     separately, so that the trainer divides by the count of the whole optimiser step: k accumulated
     micro-batches, or N DDP ranks, then give exactly the step one big batch would."""
-    name: str
+    name: str                        # the prepared data format it reads (minimind.data.formats.STAGES)
+    pack: Callable                   # document lengths, seq_len → rows (minimind.data.packing)
+    generative: bool = True          # the trainer samples generations from the model
+    with_docs: bool = False          # batches carry "doc_ids"
+
+    def build_model(self, source: str, device: torch.device) -> torch.nn.Module:
+        """The model to train: fresh weights of a preset, or a model directory."""
+        if source in PRESETS:
+            return Transformer(preset(source)).to(device)
+        return load_model(_model_dir(source), device=device, dtype=torch.float32)
+
+    def setup(self, model, data: StageData, config, device: torch.device, autocast) -> None:
+        """Anything frozen the loss needs beside the model (a reference model, a teacher), made once."""
 
     def build(self, config, tokenizer_dir: Path, main: bool, barrier: Callable[[], None]) -> StageData:
-        raise NotImplementedError
-
-    def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Units the loss of `batch` sums over (a 0-d tensor on the batch's device)."""
-        raise NotImplementedError
-
-    def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Σ of the per-unit losses, a regulariser already averaged over the batch — the MoE aux loss — or 0)."""
-        raise NotImplementedError
-
-    def evaluate(self, model, batches: list[dict[str, torch.Tensor]], token_bytes: torch.Tensor) -> dict:
-        raise NotImplementedError
-
-
-@dataclass
-class LanguageModelling(Stage):
-    name: str
-    pack: Callable
-
-    def build(self, config, tokenizer_dir, main, barrier) -> StageData:
         """Prepare (rank 0; a cache hit when unchanged) and pack the train and validation files."""
         root = Path(config.data.prepared or Path(config.out).parent / "prepared") / self.name
         sets = {"train": config.data.train, "val": config.data.val}
@@ -73,6 +78,33 @@ class LanguageModelling(Stage):
         seq = config.data.seq_len
         return StageData(train, self.pack(train.doc_lengths, seq), val, self.pack(val.doc_lengths, seq) if val else [])
 
+    def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Units the loss of `batch` sums over (a 0-d tensor on the batch's device)."""
+        raise NotImplementedError
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> Loss:
+        raise NotImplementedError
+
+    def evaluate(self, model, batches: list[dict[str, torch.Tensor]], token_bytes: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def flops_per_token(self, model, seq_len: int) -> int:
+        """Training FLOPs per token of the whole step (frozen forwards included), for MFU."""
+        return model.flops_per_token(seq_len)
+
+
+def _model_dir(source: str) -> str:
+    if not Path(source).is_dir():
+        raise MiniMindError(f"config key 'model': {source!r} is neither a preset ({', '.join(PRESETS)}) "
+                            "nor a model directory")
+    return source
+
+
+@dataclass
+class LanguageModelling(Stage):
+    name: str
+    pack: Callable
+
     def count(self, batch):
         return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
 
@@ -80,7 +112,7 @@ class LanguageModelling(Stage):
         """Σ over target tokens of -log p(label | prefix) (targets: every token for pretrain, the assistant's
         for sft, as the labels say), and the MoE aux loss."""
         out = model(batch["input_ids"], position_ids=batch["position_ids"])
-        return cross_entropy(out.logits[:, :-1], batch["labels"][:, 1:], reduction="sum"), out.aux_loss
+        return Loss(cross_entropy(out.logits[:, :-1], batch["labels"][:, 1:], reduction="sum"), out.aux_loss)
 
     @torch.no_grad()
     def evaluate(self, model, batches, token_bytes) -> dict:
@@ -106,13 +138,6 @@ class LanguageModelling(Stage):
                 "bpb": (text_nats / (math.log(2) * text_bytes.clamp(min=1))).item()}
 
 
-STAGES: dict[str, Stage] = {
-    "pretrain": LanguageModelling("pretrain", pack_pretrain),
-    "sft": LanguageModelling("sft", pack_sft),
-    "lora": LanguageModelling("sft", pack_sft),        # SFT data and loss; the trainer adds the adapters
-}
-
-
 def token_bytes(tokenizer) -> torch.Tensor:
     """UTF-8 bytes of each token id [vocab]: a byte-level BPE token's string has one character per byte;
     special tokens count 0."""
@@ -125,10 +150,11 @@ def token_bytes(tokenizer) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def val_batches(data: StageData, config, device) -> list[dict[str, torch.Tensor]]:
+def val_batches(data: StageData, config, device, with_docs: bool = False) -> list[dict[str, torch.Tensor]]:
     """The first eval_batches batches of the validation rows, in a fixed order (the same every evaluation)."""
     if data.val is None or not data.val_rows:
         return []
     batch = min(config.batch_size, len(data.val_rows))
-    loader = PackedLoader(data.val, data.val_rows, batch, config.data.seq_len, seed=0, device=device, epochs=1)
+    loader = PackedLoader(data.val, data.val_rows, batch, config.data.seq_len, seed=0, device=device, epochs=1,
+                          with_docs=with_docs)
     return [b for _, b in zip(range(config.eval_batches), loader, strict=False)]

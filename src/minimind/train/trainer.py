@@ -29,13 +29,12 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from minimind.config import PRESETS, preset
 from minimind.data.loader import PackedLoader
 from minimind.errors import MiniMindError
 from minimind.fileio import atomic_directory
 from minimind.infer import Engine, SamplingParams
 from minimind.lora import apply_lora, load_adapter, save_adapter
-from minimind.model import Transformer, load_model
+from minimind.model import Transformer
 from minimind.overrides import to_dict
 from minimind.perf import device_peak_flops, measure_matmul_peak
 from minimind.runtime import resolve_device
@@ -54,15 +53,16 @@ from minimind.train.distributed import (
 )
 from minimind.train.logging import Progress, RunLogger
 from minimind.train.optim import build_optimizers
+from minimind.train.registry import STAGES
 from minimind.train.schedule import lr_multiplier, set_lr
-from minimind.train.stages import STAGES, token_bytes, val_batches
+from minimind.train.stages import token_bytes, val_batches
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Run `config`; returns the final model directory OUT/model (a LoRA run: the adapter, OUT/adapter)."""
-    stage = STAGES[config.stage]
+    stage = STAGES[config.stage](config)
     device = resolve_device(None if config.device == "auto" else config.device)
     info = init_distributed(device.type)
     if info.enabled and device.type == "cuda":
@@ -81,15 +81,9 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
     # ---- model, tokenizer, data ------------------------------------------------------------------------------
     resumed = checkpoint.load_latest(out) if resume else None
     lora = config.stage == "lora"                 # the checkpoint then holds the adapter; the base is config.model
-    source = resumed[0] if resumed and not lora else config.model
-    if source in PRESETS:
-        model, tokenizer_dir = Transformer(preset(config.model)).to(device), DEFAULT_DIR
-    else:
-        if not Path(source).is_dir():
-            raise MiniMindError(f"config key 'model': {source!r} is neither a preset ({', '.join(PRESETS)}) "
-                                "nor a model directory")
-        model = load_model(source, device=device, dtype=torch.float32)
-        tokenizer_dir = Path(source) if (Path(source) / "tokenizer.json").is_file() else DEFAULT_DIR
+    source = str(resumed[0]) if resumed and not lora else config.model
+    model = stage.build_model(source, device)
+    tokenizer_dir = Path(source) if (Path(source) / "tokenizer.json").is_file() else DEFAULT_DIR
     if lora and resumed:
         load_adapter(model, resumed[0])
     elif lora:
@@ -112,12 +106,15 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
         if resumed is None:
             checkpoint.clear(out)                 # a fresh run: an earlier run's checkpoints must not be resumed
     data = stage.build(config, tokenizer_dir, info.main, lambda: dist.barrier() if info.enabled else None)
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext())
+    stage.setup(model, data, config, device, autocast)
 
     seq, batch = config.data.seq_len, config.batch_size
     micro_tokens = batch * seq * info.world_size
     accumulation = max(1, round(config.tokens_per_step / micro_tokens)) if config.tokens_per_step else 1
     loader = PackedLoader(data.train, data.rows, batch, seq, seed=config.seed, rank=info.rank,
-                          world_size=info.world_size, pad_id=tokenizer.pad_id, device=device)
+                          world_size=info.world_size, pad_id=tokenizer.pad_id, device=device,
+                          with_docs=stage.with_docs)
     total_steps = config.max_steps or max(1, math.floor(config.epochs * loader.steps_per_epoch / accumulation))
     if config.fsdp:
         if not info.enabled:
@@ -152,15 +149,14 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
     if ddp:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext())
     logger = RunLogger(out, config.logger, config=to_dict(config), enabled=info.main)
     logger.truncate_after(step if resumed is not None else -1)     # a fresh run starts a fresh log
     if info.main:
         _truncate_samples(out / "samples.jsonl", step if resumed is not None else -1)
     progress = Progress(total_steps, initial_step=step, enabled=info.main)
     peak = device_peak_flops(device) or (_measured_peak(dtype, device.type) if info.main else None)
-    flops_per_token = raw.flops_per_token(seq)
-    evaluation = val_batches(data, config, device)
+    flops_per_token = stage.flops_per_token(raw, seq)
+    evaluation = val_batches(data, config, device, with_docs=stage.with_docs)
     byte_counts = token_bytes(tokenizer).to(device)
     if info.main:
         progress.write(f"{config.stage}: {raw.num_params() / 1e6:.2f}M parameters · {total_steps} steps of "
@@ -187,7 +183,7 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
             local_count = count.clone()
             if info.enabled:
                 dist.all_reduce(count)               # units of the whole step, on the device: no host sync
-            loss_sum = torch.zeros((), device=device)
+            loss_sum, metric_sums = torch.zeros((), device=device), {}
             for micro, batch_data in enumerate(batches):
                 sync = micro == accumulation - 1
                 if config.fsdp:
@@ -195,18 +191,21 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
                 no_sync = model.no_sync() if ddp and not sync else contextlib.nullcontext()
                 with no_sync:
                     with autocast:
-                        total, aux = stage.loss(model, batch_data)
+                        total, aux, metrics = stage.loss(model, batch_data)
                     # DDP averages gradients over ranks; × world_size turns that back into a sum
                     loss = total / count.clamp(min=1) * info.world_size + aux / accumulation
                     scaler.scale(loss).backward()
                 loss_sum += total.detach() / local_count.clamp(min=1) + aux.detach() / accumulation
+                for name, value in metrics.items():
+                    metric_sums[name] = metric_sums.get(name, 0) + value.float() / local_count.clamp(min=1)
             for optimizer in optimizers:
                 scaler.unscale_(optimizer)
             grad_norm = (torch.nn.utils.clip_grad_norm_(raw.parameters(), config.optim.grad_clip)
                          if config.optim.grad_clip > 0 else torch.zeros((), device=device))
             if isinstance(grad_norm, DTensor):              # FSDP2: the norm of the sharded gradients
                 grad_norm = grad_norm.full_tensor()
-            loss_value, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()    # the one sync
+            loss_value, norm_value, *metric_values = torch.stack(
+                [loss_sum, grad_norm.float(), *metric_sums.values()]).tolist()            # the one sync
             step_tokens = accumulation * micro_tokens
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                 bad_steps += 1
@@ -239,6 +238,7 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
                 lr = config.optim.lr * multiplier
                 metrics = {"loss": loss_value, "lr": lr, "grad_norm": norm_value, "tokens": tokens_seen,
                            "tokens_per_s": tokens_per_s} | ({"mfu": mfu} if mfu is not None else {})
+                metrics |= dict(zip(metric_sums, metric_values, strict=True))
                 logger.log(step, metrics)
                 progress.update(step, loss_value, lr, tokens_per_s, mfu)
                 window_start, window_tokens = time.perf_counter(), 0
@@ -248,8 +248,10 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
                     result = stage.evaluate(raw, evaluation, byte_counts)
                 raw.train()
                 logger.log(step, result, kind="val")
-                progress.write(f"step {step}: val loss {result['loss']:.4f} · val bpb {result['bpb']:.4f}")
-            if (info.main or config.fsdp) and ((config.sample_every and step % config.sample_every == 0) or last):
+                progress.write(f"step {step}: " + " · ".join(f"val {k} {v:.4f}" if isinstance(v, float) else
+                                                             f"val {k} {v}" for k, v in result.items()))
+            if stage.generative and (info.main or config.fsdp) and \
+                    ((config.sample_every and step % config.sample_every == 0) or last):
                 _samples(raw, tokenizer, config, progress, out, step, write=info.main)
             interrupted = stop.agreed(device, info) if (not info.enabled or step % config.log_every == 0) else False
             if last or interrupted or (config.save_every and step % config.save_every == 0):
@@ -329,7 +331,7 @@ def _samples(model, tokenizer, config, progress, out: Path, step: int, write: bo
     every rank generates, since each forward gathers parameters from all of them)."""
     model.eval()
     for prompt in config.samples:
-        text = sample(model, tokenizer, prompt, chat=config.stage == "sft")
+        text = sample(model, tokenizer, prompt, chat=config.stage != "pretrain")
         if write:
             progress.write(f"  {prompt!r} → {text!r}")
             with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
