@@ -188,12 +188,31 @@ def cmd_train(args) -> None:
     from minimind.train.config import load_config
     from minimind.train.trainer import train
 
-    config = load_config(args.config, args.overrides, stage=args.command)
-    if config.stage != args.command:
+    if getattr(args, "generate", False):
+        return _distill_generate(args)
+    config = load_config(args.config, args.overrides, stage=args.stage)
+    if config.stage != args.stage:
         raise MiniMindError(f"{args.config or 'config'}: stage is {config.stage!r}, but the command is "
                             f"{args.command!r}")
     path = train(config, resume=args.resume)
     print(f"wrote {path}")
+
+
+def _distill_generate(args) -> None:
+    """Black-box distillation: the teacher's answers to the prompts, as an sft file."""
+    from minimind.infer import SamplingParams
+    from minimind.train.distill import generate_answers
+
+    missing = [f"--{name}" for name in ("teacher", "prompts", "out") if not getattr(args, name)]
+    if missing or args.overrides or args.config:
+        raise MiniMindError("distill --generate takes --teacher DIR --prompts FILE --out FILE (and sampling "
+                            f"options), not a config{'; missing ' + ', '.join(missing) if missing else ''}")
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                            n=args.n, seed=args.seed)
+    counts = generate_answers(args.teacher, args.prompts, args.out, params, batch_size=args.batch_size,
+                              device=args.device)
+    print(f"wrote {args.out}: {counts['answers']} answers to {counts['prompts']} prompts "
+          f"({counts['truncated']} cut at --max-new-tokens and left out)")
 
 
 def cmd_lora_merge(args) -> None:
@@ -297,14 +316,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", nargs="*", metavar="FILE", help="held-out files to report characters per token on")
     p.set_defaults(func=cmd_train_tokenizer)
 
-    for stage, description in (("pretrain", "pretrain a model on text (next-token prediction)"),
-                               ("sft", "supervised fine-tuning on conversations (assistant tokens only)"),
-                               ("lora", "LoRA fine-tuning on conversations (`minimind lora merge` folds it in)")):
-        p = sub.add_parser(stage, help=description)
+    for command, stage, description in (
+            ("pretrain", "pretrain", "pretrain a model on text (next-token prediction)"),
+            ("sft", "sft", "supervised fine-tuning on conversations (assistant tokens only)"),
+            ("lora", "lora", "LoRA fine-tuning on conversations (`minimind lora merge` folds it in)"),
+            ("dpo", "dpo", "preference tuning on chosen/rejected pairs: DPO, IPO or SimPO (dpo.loss=…)"),
+            ("reward-model", "reward", "train a Bradley–Terry reward model on chosen/rejected pairs"),
+            ("distill", "distill", "distil a teacher into a student: logits (white-box), or --generate answers")):
+        p = sub.add_parser(command, help=description)
         p.add_argument("--config", help="YAML file, e.g. configs/tiny/pretrain.yaml")
         p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in out/")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-3")
-        p.set_defaults(func=cmd_train)
+        p.set_defaults(func=cmd_train, stage=stage)
+    g = p.add_argument_group("black-box distillation (--generate)")
+    g.add_argument("--generate", action="store_true", help="write the teacher's answers to --prompts as sft data")
+    g.add_argument("--teacher", help="the teacher's model directory")
+    g.add_argument("--prompts", help="a jsonl of prompts (sft or rl records; a final assistant turn is dropped)")
+    g.add_argument("--out", help="the sft jsonl file to write")
+    g.add_argument("--n", type=int, default=1, help="answers per prompt")
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
+    g.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
 
     p = sub.add_parser("lora-merge", help="`minimind lora merge`: fold a LoRA adapter into its base model")
     p.add_argument("--model", required=True, help="the base model directory")
