@@ -210,7 +210,7 @@ def _distill_generate(args) -> None:
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             n=args.n, seed=args.seed)
     counts = generate_answers(args.teacher, args.prompts, args.out, params, batch_size=args.batch_size,
-                              device=args.device)
+                              device=args.device, keep_truncated=args.keep_truncated)
     print(f"wrote {args.out}: {counts['answers']} answers to {counts['prompts']} prompts "
           f"({counts['truncated']} cut at --max-new-tokens and left out)")
 
@@ -339,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
+    g.add_argument("--keep-truncated", action="store_true", help="keep answers cut at --max-new-tokens too")
     g.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
 
     p = sub.add_parser("lora-merge", help="`minimind lora merge`: fold a LoRA adapter into its base model")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from minimind.data.loader import TokenData, build_row, collate
 from minimind.data.prepare import _tokenize
-from minimind.model import RewardModel, load_reward_model
+from minimind.model import RewardModel, load_model, load_reward_model
 from minimind.model.reward import Scorer
 from minimind.tokenizer import load_tokenizer
 from minimind.train.config import load_config
@@ -45,7 +45,8 @@ def packed_batch(records, seq_len: int = 128) -> tuple[dict, TokenData]:
 
 
 def dpo_stage(**options) -> DPO:
-    config = load_config(None, ["stage=dpo", "data.train=[\"x\"]", *(f"dpo.{k}={json.dumps(v)}" for k, v in options.items())])
+    overrides = [f"dpo.{k}={json.dumps(v)}" for k, v in options.items()]
+    config = load_config(None, ["stage=dpo", 'data.train=["x"]', *overrides])
     return DPO(config)
 
 
@@ -120,13 +121,14 @@ def test_packed_sequence_logps_equal_each_conversation_alone():
 
 
 @pytest.mark.parametrize("precompute", [False, True])
-def test_dpo_loss_at_step_0_is_ln2(precompute):
+def test_dpo_loss_at_step_0_is_ln2(precompute, tmp_path):
     """With the policy equal to its reference every margin is 0: the loss is -log σ(0) = ln 2 per pair, and
     the precomputed reference log-probs give exactly what the live reference does."""
     batch, data = packed_batch(PAIRS)
-    model = make_model()
+    start = make_model().save(tmp_path / "start")
+    model = load_model(start)
     stage = dpo_stage(precompute_reference=precompute, beta=0.5)
-    config = load_config(None, ["data.train=[\"x\"]", "batch_size=3", "data.seq_len=128"])
+    config = load_config(None, ['data.train=["x"]', "batch_size=3", "data.seq_len=128", f"model={start}"])
     stage.setup(model, StageData(data, pack_pairs(data.doc_lengths, 128), None, []), config, torch.device("cpu"),
                 contextlib.nullcontext())
     assert (stage.reference is None) == precompute
@@ -217,3 +219,30 @@ def test_precomputed_reference_trains_to_the_same_weights(preference_files, tmp_
                              dpo={"beta": 0.5, "precompute_reference": pre})) for pre in (False, True)]
     a, b = (load_file(run / "model.safetensors") for run in runs)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+@pytest.mark.parametrize("command,stage,extra", [("reward-model", "reward", []),
+                                                 ("dpo", "dpo", ["dpo.beta=0.5"])])
+def test_cli_runs_checkpoint_and_resume_exactly(preference_files, tmp_path, command, stage, extra):
+    """`minimind dpo` / `minimind reward-model` through the one trainer: a run stopped after its step-4
+    checkpoint and resumed ends with the weights of the uninterrupted run."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from minimind.cli import main
+    from minimind.overrides import to_dict
+
+    def argv(out):
+        config = run_config(preference_files, out, stage, max_steps=8, save_every=4, eval_batches=1)
+        flat = [f"{k}={json.dumps(v)}" for k, v in to_dict(config).items() if k != "stage"]
+        return [command, *flat, *extra]
+
+    assert main(argv(tmp_path / "full")) == 0
+    assert main(argv(tmp_path / "part")) == 0
+    shutil.rmtree(tmp_path / "part" / "checkpoints" / "step-000008")
+    assert main([*argv(tmp_path / "part"), "--resume"]) == 0
+    a, b = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("full", "part"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if stage == "reward":
+        assert "score.weight" in a and "lm_head.weight" not in a

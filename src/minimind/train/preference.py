@@ -20,7 +20,6 @@ and the implicit reward of a response is β·(logp_θ - logp_ref) (SimPO: β·lo
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,7 +31,7 @@ from minimind.config import PRESETS
 from minimind.data.loader import row_batches
 from minimind.data.packing import Row, pack_sft
 from minimind.errors import MiniMindError
-from minimind.model import RewardModel, Transformer, is_reward_model, load_model, load_reward_model
+from minimind.model import RewardModel, Transformer, is_reward_model, load_reward_model
 from minimind.model.transformer import IGNORE_INDEX
 from minimind.train.stages import Loss, Stage, StageData
 
@@ -146,12 +145,15 @@ class DPO(PreferenceStage):
         self.reference_logps: torch.Tensor | None = None          # [documents] when precomputed
 
     def setup(self, model, data: StageData, config, device, autocast) -> None:
-        """The frozen reference: a copy of the starting model (or `dpo.reference`); with precompute_reference,
-        its summed log-probs of every train and validation sequence, computed once, and the model freed."""
+        """The frozen reference: the starting model (`model`, rebuilt the same way when the run resumes), or
+        `dpo.reference`; with precompute_reference, its summed log-probs of every train and validation
+        sequence, computed once, and the model freed."""
         if self.options.loss == "simpo":
             return
-        source = self.options.reference
-        reference = load_model(source, device=device, dtype=torch.float32) if source else copy.deepcopy(model)
+        source = self.options.reference or config.model
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)             # a preset's fresh weights: as the trainer made them
+            reference = self.build_model(source, device)
         if reference.config.vocab_size != model.config.vocab_size:
             raise MiniMindError(f"config key 'dpo.reference': {source} has a vocabulary of "
                                 f"{reference.config.vocab_size}, the policy {model.config.vocab_size}")
