@@ -350,7 +350,7 @@ def test_build_without_packages_writes_every_file_deterministically(tmp_path, mo
     build_default(tmp_path / "b", seed=3, fetch=False)
     build_default(tmp_path / "c", seed=4, fetch=False)
     names = ["pretrain.jsonl", "sft.jsonl", "dpo.jsonl", "rl.jsonl", "eval/pretrain.jsonl", "eval/sft.jsonl",
-             "eval/rl.jsonl"]
+             "eval/rl.jsonl", "eval/dpo.jsonl"]
     assert list(manifest["files"]) == names and manifest["packages"] == {} and manifest["fetch_error"] is None
     assert manifest["files"]["sft.jsonl"]["records"] == 130 and manifest["files"]["rl.jsonl"]["records"] == 50
     assert json.loads((tmp_path / "a" / "manifest.json").read_text()) == manifest
@@ -364,9 +364,12 @@ def test_build_without_packages_writes_every_file_deterministically(tmp_path, mo
         assert len(records) == manifest["files"][name]["records"] > 0
     train = {m["content"] for name in ("sft.jsonl", "rl.jsonl") for line in (tmp_path / "a" / name).open()
              for m in json.loads(line)["conversations"] if m["role"] == "user"}
-    for name in ("eval/sft.jsonl", "eval/rl.jsonl"):
+    train |= {m["content"] for line in (tmp_path / "a" / "dpo.jsonl").open()
+              for m in json.loads(line)["chosen"] if m["role"] == "user"}
+    for name in ("eval/sft.jsonl", "eval/rl.jsonl", "eval/dpo.jsonl"):
         for line in (tmp_path / "a" / name).open():
-            prompt = [m["content"] for m in json.loads(line)["conversations"] if m["role"] == "user"]
+            record = json.loads(line)
+            prompt = [m["content"] for m in record.get("conversations") or record["chosen"] if m["role"] == "user"]
             assert not set(prompt) <= train
     for line in (tmp_path / "a" / "eval" / "pretrain.jsonl").open():        # a worked problem's question
         question = re.match(r"(?:Question: |问题：)(.*)\n", json.loads(line)["text"])

@@ -246,3 +246,31 @@ def test_cli_runs_checkpoint_and_resume_exactly(preference_files, tmp_path, comm
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     if stage == "reward":
         assert "score.weight" in a and "lm_head.weight" not in a
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_dpo_two_processes_match_one_process(preference_files, tmp_path):
+    """2 DDP ranks × 1 micro-batch = 1 process × 2 accumulated micro-batches: the loss is normalised by the
+    pairs of the whole step, so the weights agree."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from minimind.overrides import to_dict
+
+    def run(out, **changes):
+        return run_config(preference_files, out, "dpo", batch_size=2, tokens_per_step=1024, max_steps=3,
+                          dpo={"beta": 0.5}, eval_batches=1, **changes)
+
+    single = train(run(tmp_path / "single"))
+    flat = [f"{k}={json.dumps(v)}" for k, v in to_dict(run(tmp_path / "ddp")).items() if k != "stage"]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", "29537", "-m", "minimind", "dpo", *flat],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = load_file(single / "model.safetensors"), load_file(tmp_path / "ddp" / "model" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5

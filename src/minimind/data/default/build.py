@@ -10,6 +10,7 @@
     OUT/eval/pretrain.jsonl  held out: Julius Caesar, A Lover's Complaint, 500 idioms, arithmetic problems
     OUT/eval/sft.jsonl       held out: the 500 idioms' Q&A, 5% of the chatterbot conversations, generated records
     OUT/eval/rl.jsonl        arithmetic prompts
+    OUT/eval/dpo.jsonl       held-out preference pairs (the held-out idioms, prompts unseen in training)
     OUT/manifest.json        {"seed", "packages": {name: {"version", "file", "sha256"}}, "fetch_error",
                               "files": {path: {"records", "chars"}}}
 
@@ -37,7 +38,7 @@ EVAL_CHATTERBOT_FRACTION = 0.05
 PRETRAIN_PROBLEMS, EVAL_PRETRAIN_PROBLEMS = 3000, 100
 SFT_RECORDS = {"arithmetic": 4000, "tool_use": 2000, "reasoning": 3000, "idioms": 6000}
 EVAL_SFT_RECORDS = {"arithmetic": 100, "tool_use": 100, "reasoning": 100, "idioms": 300}
-DPO_PAIRS = 3000
+DPO_PAIRS, EVAL_DPO_PAIRS = 3000, 300
 RL_PROMPTS, EVAL_RL_PROMPTS = 3000, 300
 
 
@@ -89,6 +90,7 @@ def build_default(out_dir: str | Path, seed: int = 0, fetch: bool = True,
             + generators.arithmetic_texts(EVAL_PRETRAIN_PROBLEMS, part("eval/pretrain/arithmetic"))),
         "eval/sft.jsonl": _sft(EVAL_SFT_RECORDS, eval_idioms, eval_chats, part("eval/sft")),
         "eval/rl.jsonl": generators.arithmetic_rl(EVAL_RL_PROMPTS, part("eval/rl")),
+        "eval/dpo.jsonl": generators.preference_pairs(EVAL_DPO_PAIRS, part("eval/dpo"), eval_idioms),
     }
     evaluation = {name: [r for r in records if _prompt(r) not in seen] for name, records in evaluation.items()}
 
