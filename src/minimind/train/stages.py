@@ -64,6 +64,25 @@ class Stage:
     def setup(self, model, data: StageData, config, device: torch.device, autocast) -> None:
         """Anything frozen the loss needs beside the model (a reference model, a teacher), made once."""
 
+    def loader(self, model, tokenizer, data: StageData, config, info, device: torch.device):
+        """The iterator of training micro-batches (with `steps_per_epoch`, `state_dict`, `load_state_dict`):
+        packed rows, shuffled per epoch and split across ranks."""
+        return PackedLoader(data.train, data.rows, config.batch_size, config.data.seq_len, seed=config.seed,
+                            rank=info.rank, world_size=info.world_size, pad_id=tokenizer.pad_id, device=device,
+                            with_docs=self.with_docs)
+
+    def validation(self, data: StageData, config, device: torch.device) -> list:
+        """What `evaluate` runs on: the first eval_batches validation batches, the same every evaluation."""
+        return val_batches(data, config, device, with_docs=self.with_docs)
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Token slots the batch trains on (for tokens/s and MFU)."""
+        return batch["input_ids"].numel()
+
+    def step_log(self) -> dict:
+        """Figures of the stage's own (e.g. of the latest rollout) added to each logged step."""
+        return {}
+
     def build(self, config, tokenizer_dir: Path, main: bool, barrier: Callable[[], None]) -> StageData:
         """Prepare (rank 0; a cache hit when unchanged) and pack the train and validation files."""
         root = Path(config.data.prepared or Path(config.out).parent / "prepared") / self.name

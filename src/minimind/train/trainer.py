@@ -29,7 +29,6 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from minimind.data.loader import PackedLoader
 from minimind.errors import MiniMindError
 from minimind.fileio import atomic_directory
 from minimind.infer import Engine, SamplingParams
@@ -55,7 +54,7 @@ from minimind.train.logging import Progress, RunLogger
 from minimind.train.optim import build_optimizers
 from minimind.train.registry import STAGES
 from minimind.train.schedule import lr_multiplier, set_lr
-from minimind.train.stages import token_bytes, val_batches
+from minimind.train.stages import token_bytes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -112,9 +111,7 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
     seq, batch = config.data.seq_len, config.batch_size
     micro_tokens = batch * seq * info.world_size
     accumulation = max(1, round(config.tokens_per_step / micro_tokens)) if config.tokens_per_step else 1
-    loader = PackedLoader(data.train, data.rows, batch, seq, seed=config.seed, rank=info.rank,
-                          world_size=info.world_size, pad_id=tokenizer.pad_id, device=device,
-                          with_docs=stage.with_docs)
+    loader = stage.loader(model, tokenizer, data, config, info, device)
     total_steps = config.max_steps or max(1, math.floor(config.epochs * loader.steps_per_epoch / accumulation))
     if config.fsdp:
         if not info.enabled:
@@ -156,7 +153,7 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
     progress = Progress(total_steps, initial_step=step, enabled=info.main)
     peak = device_peak_flops(device) or (_measured_peak(dtype, device.type) if info.main else None)
     flops_per_token = stage.flops_per_token(raw, seq)
-    evaluation = val_batches(data, config, device, with_docs=stage.with_docs)
+    evaluation = stage.validation(data, config, device)
     byte_counts = token_bytes(tokenizer).to(device)
     if info.main:
         progress.write(f"{config.stage}: {raw.num_params() / 1e6:.2f}M parameters · {total_steps} steps of "
@@ -206,7 +203,7 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
                 grad_norm = grad_norm.full_tensor()
             loss_value, norm_value, *metric_values = torch.stack(
                 [loss_sum, grad_norm.float(), *metric_sums.values()]).tolist()            # the one sync
-            step_tokens = accumulation * micro_tokens
+            step_tokens = sum(stage.tokens(b) for b in batches) * info.world_size
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                 bad_steps += 1
                 for optimizer in optimizers:
@@ -238,7 +235,7 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
                 lr = config.optim.lr * multiplier
                 metrics = {"loss": loss_value, "lr": lr, "grad_norm": norm_value, "tokens": tokens_seen,
                            "tokens_per_s": tokens_per_s} | ({"mfu": mfu} if mfu is not None else {})
-                metrics |= dict(zip(metric_sums, metric_values, strict=True))
+                metrics |= dict(zip(metric_sums, metric_values, strict=True)) | stage.step_log()
                 logger.log(step, metrics)
                 progress.update(step, loss_value, lr, tokens_per_s, mfu)
                 window_start, window_tokens = time.perf_counter(), 0

@@ -1,0 +1,133 @@
+"""Rewards for RL: rule-based verifiers, the reward model, and user functions, combined with weights.
+
+Every reward has the batch signature
+
+    reward(completions: list[str], records: list[dict]) -> list[float]
+
+where completions are the generated assistant texts and records the prompts' records ({"messages", "tools",
+"answer"}). The configuration names rewards with weights, e.g. {"accuracy": 1.0, "repetition": 0.5,
+"mypackage.rewards:brevity": 0.2}; the total is Σ weight · reward. Built in:
+
+    accuracy     1 if the answer equals the record's: the number after "####", else the last number in the text
+    think_format 1 if the text has one "</think>" with reasoning before it and an answer after, else 0
+    length       0 inside [min_chars, max_chars] of answer text, else -1
+    repetition   -(fraction of repeated word 3-grams), in [-1, 0]
+    reward_model the score of a reward model directory (config key rl.reward_model), the conversation with the
+                 completion appended
+
+A name with a colon, "module:function", imports a user function with the signature above.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from collections.abc import Callable
+
+from minimind.errors import MiniMindError
+
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+FINAL = re.compile(r"####\s*(-?\d[\d,]*(?:\.\d+)?)")
+Reward = Callable[[list[str], list[dict]], list[float]]
+
+
+def extract_answer(text: str) -> str | None:
+    """The final numeric answer: after the last "####", else the last number in the text (commas dropped)."""
+    final = FINAL.findall(text)
+    numbers = final or NUMBER.findall(text.split("</think>")[-1])
+    return numbers[-1].replace(",", "") if numbers else None
+
+
+def same_number(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return False
+    try:
+        x, y = float(a), float(b)
+    except ValueError:
+        return a.strip() == b.strip()
+    return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def accuracy(completions: list[str], records: list[dict]) -> list[float]:
+    return [float(same_number(extract_answer(c), r.get("answer"))) for c, r in zip(completions, records, strict=True)]
+
+
+def think_format(completions: list[str], records: list[dict]) -> list[float]:
+    out = []
+    for text in completions:
+        reasoning, _, answer = text.partition("</think>")
+        ok = text.count("</think>") == 1 and reasoning.replace("<think>", "").strip() and answer.strip()
+        out.append(float(bool(ok)))
+    return out
+
+
+def length(completions: list[str], records: list[dict], min_chars: int = 5, max_chars: int = 800) -> list[float]:
+    return [0.0 if min_chars <= len(c.split("</think>")[-1].strip()) <= max_chars else -1.0 for c in completions]
+
+
+def repetition(completions: list[str], records: list[dict], n: int = 3) -> list[float]:
+    out = []
+    for text in completions:
+        words = text.split()
+        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        out.append(-(1 - len(set(grams)) / len(grams)) if grams else 0.0)
+    return out
+
+
+BUILT_IN: dict[str, Reward] = {"accuracy": accuracy, "think_format": think_format, "length": length,
+                               "repetition": repetition}
+
+
+def reward_model(directory: str, device=None) -> Reward:
+    """The reward model at `directory` as a reward: its score of the prompt's conversation plus the answer."""
+    from minimind.model.reward import Scorer
+
+    scorer = Scorer.load(directory, device=device)
+
+    def score(completions: list[str], records: list[dict]) -> list[float]:
+        conversations = [[*r["messages"], {"role": "assistant", "content": c}]
+                         for c, r in zip(completions, records, strict=True)]
+        return scorer.score(conversations, tools=[r.get("tools") for r in records])
+    return score
+
+
+def resolve(name: str, reward_model_dir: str = "", device=None) -> Reward:
+    """A reward by its configured name (see the module docstring)."""
+    if name in BUILT_IN:
+        return BUILT_IN[name]
+    if name == "reward_model":
+        if not reward_model_dir:
+            raise MiniMindError("reward 'reward_model' needs config key 'rl.reward_model' (a reward model directory)")
+        return reward_model(reward_model_dir, device)
+    if ":" in name:
+        module, _, function = name.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), function)
+        except (ImportError, AttributeError) as e:
+            raise MiniMindError(f"reward {name!r}: cannot import {function} from {module} ({e})") from None
+        if not callable(fn):
+            raise MiniMindError(f"reward {name!r} is not callable")
+        return fn
+    raise MiniMindError(f"unknown reward {name!r}: use one of {', '.join([*BUILT_IN, 'reward_model'])} "
+                        "or 'module:function'")
+
+
+class Rewards:
+    """Weighted rewards: `Rewards({"accuracy": 1.0, …})(completions, records)` → (totals, {name: values})."""
+
+    def __init__(self, weights: dict[str, float], reward_model_dir: str = "", device=None):
+        if not weights:
+            raise MiniMindError("config key 'rl.rewards' must name at least one reward")
+        self.weights = weights
+        self.functions = {name: resolve(name, reward_model_dir, device) for name in weights}
+
+    def __call__(self, completions: list[str], records: list[dict]) -> tuple[list[float], dict[str, list[float]]]:
+        parts = {}
+        for name, fn in self.functions.items():
+            values = [float(v) for v in fn(completions, records)]
+            if len(values) != len(completions):
+                raise MiniMindError(f"reward {name!r} returned {len(values)} values for {len(completions)} completions")
+            parts[name] = values
+        totals = [sum(self.weights[name] * parts[name][i] for name in parts) for i in range(len(completions))]
+        return totals, parts
