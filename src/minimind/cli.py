@@ -322,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("lora", "lora", "LoRA fine-tuning on conversations (`minimind lora merge` folds it in)"),
             ("dpo", "dpo", "preference tuning on chosen/rejected pairs: DPO, IPO or SimPO (dpo.loss=…)"),
             ("reward-model", "reward", "train a Bradley–Terry reward model on chosen/rejected pairs"),
+            ("grpo", "grpo", "RL with verifiable rewards: GRPO, Dr. GRPO, DAPO options, CISPO (rl.loss=cispo)"),
             ("distill", "distill", "distil a teacher into a student: logits (white-box), or --generate answers")):
         p = sub.add_parser(command, help=description)
         p.add_argument("--config", help="YAML file, e.g. configs/tiny/pretrain.yaml")

@@ -226,14 +226,16 @@ class Engine:
 
     # ---- public API -------------------------------------------------------------------------------------------
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
-        """All completions: [prompt][sample]."""
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
+                 ) -> list[list[Completion]]:
+        """All completions: [prompt][sample] (params: one for all prompts, or one per prompt)."""
         batch = self.start(prompts, params)
         rows = list(batch.rows)
         while batch:
             batch.step()
-        completions = [row.out for row in rows]
-        return [completions[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
+        outs = (row.out for row in rows)
+        return [list(itertools.islice(outs, p.n)) for p in (params if isinstance(params, list)
+                                                           else [params] * len(prompts))]
 
     def stream(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[list[Delta]]:
         """Per step, a Delta for every row still running at the start of the step."""

@@ -36,8 +36,8 @@ class KVCache:
         """Write k, v [B, kv_heads, T, d]; return the keys/values to attend to [B, kv_heads, S, d]."""
         if self.write_at is not None:
             index = self.write_at[:, None, None, None].expand(k.shape)
-            self.k[layer].scatter_(2, index, k)
-            self.v[layer].scatter_(2, index, v)
+            self.k[layer].scatter_(2, index, k.to(self.k.dtype))      # under autocast k, v may be bf16
+            self.v[layer].scatter_(2, index, v.to(self.v.dtype))
             return self.k[layer, :, :, :self.length], self.v[layer, :, :, :self.length]
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_len:

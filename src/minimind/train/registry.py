@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from minimind.data.packing import pack_pretrain, pack_sft
 from minimind.train.distill import Distill
+from minimind.train.grpo import GRPO
 from minimind.train.preference import DPO, RewardModelling
 from minimind.train.stages import LanguageModelling
 
@@ -15,4 +16,5 @@ STAGES = {
     "dpo": DPO,
     "reward": RewardModelling,
     "distill": Distill,
+    "grpo": GRPO,
 }

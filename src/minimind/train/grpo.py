@@ -1,0 +1,313 @@
+"""GRPO and its family (Dr. GRPO, DAPO, CISPO) as a stage of the one trainer.
+
+A rollout samples `rl.group_size` answers to each of `rl.prompts_per_rollout` prompts (per rank) with the
+inference engine — a prompt's samples share its prefill — scores them with the configured rewards, and turns
+the rewards into group-normalised advantages. Log-probabilities recorded while sampling are compared, as a
+diagnostic, with the "old" log-probs the loss uses, which are recomputed (in fp32 from the logits) by the same
+forward — same dtype, same autocast — as the loss's, so that ρ = 1 exactly before the first update. The rollout
+is then trained on `rl.num_iterations` times, each pass split into `rl.mini_batches` optimiser steps, so from the
+second step on the policy has moved, ρ ≠ 1 and the clip acts. Then the next rollout.
+
+    per token  ℓ_t = clip or cispo policy loss (minimind.rl.losses) + kl_coef · k3(π_θ, π_ref)
+    per step   aggregated by token, sequence or Dr. GRPO's constant (rl.aggregation)
+
+DAPO's pieces are options: asymmetric clip (eps_low, eps_high), dynamic sampling (groups whose rewards are all
+equal carry no signal; up to `max_refills` extra draws of prompts replace them), and the soft overlong penalty
+(answers within `overlong_buffer` tokens of max_new_tokens lose up to `overlong_penalty`).
+
+Resuming: the loader's position (epoch, rollout, step within the rollout) is saved with each checkpoint and
+every rollout's sampling is seeded by its index, so a checkpoint taken between rollouts resumes exactly; one
+taken inside a rollout resumes by re-sampling that rollout from the saved policy.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from minimind.data.loader import TokenData
+from minimind.errors import MiniMindError
+from minimind.infer import Engine, SamplingParams
+from minimind.rl.losses import aggregate, group_advantages, k3, policy_loss
+from minimind.rl.rewards import Rewards, accuracy
+from minimind.train.stages import Loss, Stage, StageData
+
+
+@dataclass
+class RLConfig:
+    rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0})   # name → weight
+    reward_model: str = ""             # directory of a reward model, for the reward "reward_model"
+    prompts_per_rollout: int = 8       # per process
+    group_size: int = 8                # G: samples per prompt
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    num_iterations: int = 2            # passes over each rollout (μ); > 1 lets the ratio and the clip act
+    mini_batches: int = 2              # optimiser steps per pass
+    loss: Literal["clip", "cispo"] = "clip"
+    eps_low: float = 0.2
+    eps_high: float = 0.28             # DAPO's clip-higher
+    cispo_eps_high: float = 5.0        # CISPO: the importance weight is capped at 1 + this
+    aggregation: Literal["token", "sequence", "constant"] = "token"
+    scale_std: bool = True             # divide advantages by the group's std (off: Dr. GRPO)
+    kl_coef: float = 0.0               # β of the k3 KL to the reference (0: no reference model)
+    dynamic_sampling: bool = False     # refill groups whose rewards are all equal (DAPO)
+    max_refills: int = 2
+    overlong_buffer: int = 0           # soft overlong penalty over the last this-many tokens (0: off)
+    overlong_penalty: float = 1.0
+    eval_prompts: int = 100            # held-out prompts answered greedily at each evaluation
+
+    def validate(self) -> None:
+        for name in ("prompts_per_rollout", "group_size", "max_new_tokens", "num_iterations", "mini_batches",
+                     "eval_prompts"):
+            if getattr(self, name) < 1:
+                raise MiniMindError(f"config key 'rl.{name}' must be ≥ 1")
+        if self.group_size < 2:
+            raise MiniMindError("config key 'rl.group_size' must be ≥ 2 (advantages are relative to the group)")
+        if self.prompts_per_rollout * self.group_size < self.mini_batches:
+            raise MiniMindError("config key 'rl.mini_batches' exceeds the samples of a rollout")
+        if not 0 <= self.overlong_buffer < self.max_new_tokens:
+            raise MiniMindError("config key 'rl.overlong_buffer' must be in [0, rl.max_new_tokens)")
+
+
+def token_logps(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] → [B, T]: log p(input_ids[t] | < t) in fp32 (0 at t = 0)."""
+    logits = model(input_ids).logits[:, :-1].float()
+    logps = torch.gather(F.log_softmax(logits, dim=-1), 2, input_ids[:, 1:, None])[..., 0]
+    return F.pad(logps, (1, 0))
+
+
+def overlong(lengths: list[int], max_new_tokens: int, buffer: int, penalty: float) -> list[float]:
+    """DAPO's soft overlong penalty: 0 up to max - buffer tokens, then falling linearly to -penalty at max."""
+    if buffer == 0:
+        return [0.0] * len(lengths)
+    start = max_new_tokens - buffer
+    return [-penalty * min(1.0, max(0, n - start) / buffer) for n in lengths]
+
+
+class GRPO(Stage):
+    name = "rl"
+    generative = True
+
+    def __init__(self, config):
+        self.config = config
+        self.options: RLConfig = config.rl
+        self.rewards: Rewards | None = None
+        self.reference = None
+        self.records: dict[str, list[dict]] = {}
+        self.log: dict = {}
+
+    @staticmethod
+    def pack(doc_lengths, seq_len):
+        return list(range(len(doc_lengths)))          # a "row" is one prompt
+
+    def build(self, config, tokenizer_dir, main, barrier) -> StageData:
+        data = super().build(config, tokenizer_dir, main, barrier)
+        root = Path(config.data.prepared or Path(config.out).parent / "prepared") / self.name
+        for split in ("train", "val") if data.val is not None else ("train",):
+            with open(root / split / "records.jsonl", encoding="utf-8") as f:
+                self.records[split] = [json.loads(line) for line in f]
+        return data
+
+    def setup(self, model, data, config, device, autocast) -> None:
+        self.autocast = autocast
+        self.rewards = Rewards(self.options.rewards, self.options.reward_model, device)
+        if self.options.kl_coef > 0:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                self.reference = self.build_model(config.model, device).eval().requires_grad_(False)
+
+    def loader(self, model, tokenizer, data, config, info, device):
+        return RolloutLoader(self, model, tokenizer, data.train, self.records["train"], config, info, device)
+
+    def validation(self, data, config, device) -> list:
+        return self.records.get("val", [])[:self.options.eval_prompts]
+
+    # ---- the loss -----------------------------------------------------------------------------------------
+
+    def count(self, batch):
+        o = self.options
+        return aggregate(torch.zeros_like(batch["old_logps"]), batch["mask"], o.aggregation, o.max_new_tokens)[1]
+
+    def tokens(self, batch) -> int:
+        return batch["input_ids"].numel()
+
+    def loss(self, model, batch):
+        o = self.options
+        logps = token_logps(model, batch["input_ids"])
+        mask = batch["mask"]
+        per_token, clipped = policy_loss(logps, batch["old_logps"], batch["advantages"][:, None], o.loss,
+                                         o.eps_low, o.eps_high, o.cispo_eps_high)
+        kl = k3(logps, batch["ref_logps"]) if o.kl_coef > 0 else torch.zeros_like(logps)
+        total, units = aggregate(per_token + o.kl_coef * kl, mask, o.aggregation, o.max_new_tokens)
+        tokens = mask.sum().clamp(min=1)
+        metrics = {name: (value * mask).sum() / tokens * units for name, value in
+                   (("clip_fraction", clipped.float()), ("kl", kl.detach()),
+                    ("ratio", torch.exp(logps - batch["old_logps"]).detach()))}
+        return Loss(total, torch.zeros((), device=total.device), metrics)
+
+    def step_log(self) -> dict:
+        return self.log
+
+    # ---- evaluation ---------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, model, records, token_bytes) -> dict:
+        """Greedy answers to the held-out prompts: exact accuracy, the configured reward, the answer length."""
+        engine = Engine(model, self.tokenizer)
+        params = SamplingParams(max_new_tokens=self.options.max_new_tokens, temperature=0.0)
+        texts, lengths = [], []
+        for first in range(0, len(records), 32):
+            chunk = records[first:first + 32]
+            prompts = [engine.chat_prompt(r["messages"], r["tools"]) for r in chunk]
+            for (completion,) in engine.generate(prompts, params):
+                texts.append(completion.text)
+                lengths.append(len(completion.token_ids))
+        model.train()
+        totals, _ = self.rewards(texts, records)
+        return {"accuracy": float(np.mean(accuracy(texts, records))), "reward": float(np.mean(totals)),
+                "length": float(np.mean(lengths))}
+
+
+class RolloutLoader:
+    """Training micro-batches made from rollouts: {"input_ids", "mask", "old_logps", "ref_logps",
+    "advantages"}. Prompts are visited in a seeded order per epoch, each rank taking its own share."""
+
+    def __init__(self, stage: GRPO, model, tokenizer, prompts: TokenData, records: list[dict], config, info,
+                 device):
+        o = stage.options
+        self.stage, self.model, self.tokenizer, self.prompts, self.records = stage, model, tokenizer, prompts, records
+        stage.tokenizer = tokenizer
+        self.options, self.seed, self.rank, self.world_size, self.device = o, config.seed, info.rank, \
+            info.world_size, device
+        self.steps_per_rollout = o.num_iterations * o.mini_batches
+        self.rollouts_per_epoch = len(records) // (o.prompts_per_rollout * info.world_size)
+        if self.rollouts_per_epoch == 0:
+            raise MiniMindError(f"{len(records)} prompts are fewer than rl.prompts_per_rollout × processes")
+        self.steps_per_epoch = self.rollouts_per_epoch * self.steps_per_rollout
+        self.epoch, self.rollout, self.position, self.buffer = 0, 0, 0, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self.buffer is None:
+            self.buffer = self._rollout()
+        o = self.options
+        iteration, part = divmod(self.position, o.mini_batches)
+        n = len(self.buffer["advantages"])
+        order = torch.from_numpy(np.random.default_rng([self.seed, self.epoch, self.rollout, iteration])
+                                 .permutation(n))
+        rows = order[part::o.mini_batches].to(self.device)
+        batch = {k: v[rows] for k, v in self.buffer.items()}
+        self.position += 1
+        if self.position == self.steps_per_rollout:
+            self.position, self.buffer = 0, None
+            self.rollout += 1
+            if self.rollout == self.rollouts_per_epoch:
+                self.epoch, self.rollout = self.epoch + 1, 0
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "rollout": self.rollout, "position": self.position, "seed": self.seed,
+                "world_size": self.world_size, "num_prompts": len(self.records)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "world_size", "num_prompts"):
+            if state.get(key) != self.state_dict()[key]:
+                raise MiniMindError(f"loader state: {key} = {state.get(key)!r}, but this run has "
+                                    f"{self.state_dict()[key]!r}")
+        self.epoch, self.rollout, self.position, self.buffer = state["epoch"], state["rollout"], state["position"], None
+
+    # ---- one rollout --------------------------------------------------------------------------------------
+
+    def _prompt_ids(self, epoch: int, rollout: int, draw: int) -> list[int]:
+        """This rank's prompts of (epoch, rollout): a slice of the epoch's seeded order; dynamic sampling's
+        extra draws (draw > 0) come from an order of their own."""
+        P = self.options.prompts_per_rollout
+        if draw:
+            order = np.random.default_rng([self.seed, epoch, rollout, draw]).permutation(len(self.records))
+            return order[self.rank * P:(self.rank + 1) * P].tolist()
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.records))
+        first = (rollout * self.world_size + self.rank) * P
+        return order[first:first + P].tolist()
+
+    @torch.no_grad()
+    def _sample(self, prompt_ids: list[int], draw: int) -> list[dict]:
+        """Each prompt's group: {"prompt", "completions" (token ids), "texts", "sampled_logps", "rewards"}."""
+        o = self.options
+        engine = Engine(self.model, self.tokenizer)
+        prompts = [self.prompts.doc(d)[0].astype(np.int64).tolist() for d in prompt_ids]
+        params = [SamplingParams(max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_p=o.top_p,
+                                 n=o.group_size, logprobs=0,
+                                 seed=hash((self.seed, self.epoch, self.rollout, draw, d)) % 2**31)
+                  for d in prompt_ids]
+        with self.stage.autocast:
+            completions = engine.generate(prompts, params)
+        self.model.train()
+        groups = []
+        for d, prompt, samples in zip(prompt_ids, prompts, completions, strict=True):
+            texts = [c.text for c in samples]
+            rewards, parts = self.stage.rewards(texts, [self.records[d]] * len(samples))
+            penalty = overlong([len(c.token_ids) for c in samples], o.max_new_tokens, o.overlong_buffer,
+                               o.overlong_penalty)
+            groups.append({"prompt": prompt, "completions": [c.token_ids for c in samples], "texts": texts,
+                           "sampled_logps": [c.logprobs for c in samples], "parts": parts,
+                           "rewards": [r + p for r, p in zip(rewards, penalty, strict=True)]})
+        return groups
+
+    @torch.no_grad()
+    def _rollout(self) -> dict[str, torch.Tensor]:
+        o = self.options
+        start = time.perf_counter()
+        groups = self._sample(self._prompt_ids(self.epoch, self.rollout, 0), 0)
+        zero_variance = float(np.mean([len(set(g["rewards"])) == 1 for g in groups]))
+        all_groups = list(groups)
+        if o.dynamic_sampling:
+            groups = [g for g in groups if len(set(g["rewards"])) > 1]
+            for draw in range(1, o.max_refills + 1):
+                if len(groups) >= o.prompts_per_rollout:
+                    break
+                extra = self._sample(self._prompt_ids(self.epoch, self.rollout, draw), draw)
+                all_groups += extra
+                groups += [g for g in extra if len(set(g["rewards"])) > 1]
+            groups = groups[:o.prompts_per_rollout] or all_groups[:o.prompts_per_rollout]
+        sample_seconds = time.perf_counter() - start
+
+        samples = [(g["prompt"], c, lp) for g in groups
+                   for c, lp in zip(g["completions"], g["sampled_logps"], strict=True)]
+        width = max(len(p) + len(c) for p, c, _ in samples)
+        input_ids = torch.full((len(samples), width), self.tokenizer.pad_id, dtype=torch.long)
+        mask, sampled = torch.zeros((len(samples), width)), torch.zeros((len(samples), width))
+        for i, (prompt, completion, logps) in enumerate(samples):
+            input_ids[i, :len(prompt) + len(completion)] = torch.tensor(prompt + completion)
+            mask[i, len(prompt):len(prompt) + len(completion)] = 1
+            sampled[i, len(prompt):len(prompt) + len(completion)] = torch.tensor(logps)
+        input_ids, mask, sampled = input_ids.to(self.device), mask.to(self.device), sampled.to(self.device)
+        rewards = torch.tensor([r for g in groups for r in g["rewards"]], device=self.device)
+        advantages = group_advantages(rewards, o.group_size, o.scale_std)
+        with self.stage.autocast:                         # the loss's own forward: ρ = 1 before any update
+            old_logps = torch.cat([token_logps(self.model, input_ids[i:i + 16])
+                                   for i in range(0, len(input_ids), 16)])
+            ref_logps = (torch.cat([token_logps(self.stage.reference, input_ids[i:i + 16])
+                                    for i in range(0, len(input_ids), 16)]) if self.stage.reference is not None
+                         else torch.zeros_like(old_logps))
+
+        lengths = mask.sum(dim=1)
+        tokens = int(lengths.sum())
+        self.stage.log = {
+            "reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
+            "zero_variance_groups": zero_variance, "response_length": lengths.mean().item(),
+            "rollout_tokens_per_s": tokens / max(sample_seconds, 1e-9),
+            "sampled_logp_error": ((sampled - old_logps).abs() * mask).sum().item() / max(tokens, 1),
+        } | {f"reward_{name}": float(np.mean([v for g in groups for v in g["parts"][name]]))
+             for name in o.rewards}
+        return {"input_ids": input_ids, "mask": mask, "old_logps": old_logps, "ref_logps": ref_logps,
+                "advantages": advantages}
