@@ -190,7 +190,8 @@ def cmd_train(args) -> None:
 
     if getattr(args, "generate", False):
         return _distill_generate(args)
-    config = load_config(args.config, args.overrides, stage=args.stage)
+    overrides = args.overrides + (["rl.agent=true"] if getattr(args, "agent", False) else [])
+    config = load_config(args.config, overrides, stage=args.stage)
     if config.stage != args.stage:
         raise MiniMindError(f"{args.config or 'config'}: stage is {config.stage!r}, but the command is "
                             f"{args.command!r}")
@@ -323,12 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
             ("dpo", "dpo", "preference tuning on chosen/rejected pairs: DPO, IPO or SimPO (dpo.loss=…)"),
             ("reward-model", "reward", "train a Bradley–Terry reward model on chosen/rejected pairs"),
             ("grpo", "grpo", "RL with verifiable rewards: GRPO, Dr. GRPO, DAPO options, CISPO (rl.loss=cispo)"),
+            ("ppo", "ppo", "RL with a learned value function: PPO with GAE, clipped policy and value losses"),
             ("distill", "distill", "distil a teacher into a student: logits (white-box), or --generate answers")):
         p = sub.add_parser(command, help=description)
         p.add_argument("--config", help="YAML file, e.g. configs/tiny/pretrain.yaml")
         p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in out/")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-3")
         p.set_defaults(func=cmd_train, stage=stage)
+        if command == "grpo":
+            p.add_argument("--agent", action="store_true",
+                           help="agentic RL: multi-turn rollouts calling rl.tools (the same as rl.agent=true)")
     g = p.add_argument_group("black-box distillation (--generate)")
     g.add_argument("--generate", action="store_true", help="write the teacher's answers to --prompts as sft data")
     g.add_argument("--teacher", help="the teacher's model directory")

@@ -42,7 +42,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    stage: Literal["pretrain", "sft", "lora", "dpo", "reward", "distill", "grpo"] = "pretrain"
+    stage: Literal["pretrain", "sft", "lora", "dpo", "reward", "distill", "grpo", "ppo"] = "pretrain"
     model: str = "tiny"                  # a preset name (fresh weights) or a model directory to continue from
     out: str = "runs/train"              # run directory: model/, checkpoints/, metrics.jsonl, config.yaml
     data: DataConfig = field(default_factory=DataConfig)
@@ -50,7 +50,7 @@ class TrainConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)   # stage lora: adapters on a frozen base (sft data)
     dpo: DPOConfig = field(default_factory=DPOConfig)      # stage dpo: loss, β, the reference (dpo data)
     distill: DistillConfig = field(default_factory=DistillConfig)   # stage distill: the teacher, D, τ, α (sft data)
-    rl: RLConfig = field(default_factory=RLConfig)                  # stage grpo: rollouts, rewards, loss (rl data)
+    rl: RLConfig = field(default_factory=RLConfig)            # stages grpo, ppo: rollouts, rewards, loss (rl data)
     batch_size: int = 8                  # packed rows per micro-batch (per process)
     tokens_per_step: int = 0             # tokens per optimiser step (all processes); 0 = one micro-batch each
     max_steps: int = 0                   # optimiser steps; 0 = `epochs` over the training rows
@@ -91,8 +91,8 @@ class TrainConfig:
             self.dpo.validate()
         if self.stage == "distill":
             self.distill.validate()
-        if self.stage == "grpo":
-            self.rl.validate()
+        if self.stage in ("grpo", "ppo"):
+            self.rl.validate(self.stage)
         if self.data.seq_len < 8:
             raise MiniMindError("config key 'data.seq_len' must be ≥ 8")
         if self.optim.lr <= 0 or not 0 <= self.optim.min_lr_ratio <= 1:

@@ -37,6 +37,9 @@ from minimind.errors import MiniMindError
 from minimind.infer import Engine, SamplingParams
 from minimind.rl.losses import aggregate, group_advantages, k3, policy_loss
 from minimind.rl.rewards import Rewards, accuracy
+from minimind.rl.tools import TOOLS, run_tool
+from minimind.tokenizer import parse_output
+from minimind.tokenizer.template import THINK_OFF
 from minimind.train.stages import Loss, Stage, StageData
 
 
@@ -63,24 +66,42 @@ class RLConfig:
     overlong_buffer: int = 0           # soft overlong penalty over the last this-many tokens (0: off)
     overlong_penalty: float = 1.0
     eval_prompts: int = 100            # held-out prompts answered greedily at each evaluation
+    agent: bool = False                # multi-turn rollouts with tool calls (rl.tools), tool results masked out
+    tools: list[str] = field(default_factory=lambda: ["calculator"])   # whitelisted tools (minimind.rl.tools)
+    max_turns: int = 3                 # assistant turns per trajectory in agent mode
+    tool_timeout: float = 2.0          # seconds per tool call
+    critic: Literal["separate", "shared"] = "separate"   # ppo: the value model's own trunk, or a head on the policy's
+    gamma: float = 1.0                 # ppo: GAE discount
+    lam: float = 0.95                  # ppo: GAE λ
+    whiten: bool = True                # ppo: whiten advantages over the rollout's tokens
+    vf_coef: float = 0.5               # ppo: weight of the value loss
+    vf_clip: float = 0.2               # ppo: value clip range around the rollout's values
+    kl_in_reward: bool = False         # ppo: the KL penalty in the per-token reward instead of the loss
 
-    def validate(self) -> None:
+    def validate(self, stage: str = "grpo") -> None:
         for name in ("prompts_per_rollout", "group_size", "max_new_tokens", "num_iterations", "mini_batches",
                      "eval_prompts"):
             if getattr(self, name) < 1:
                 raise MiniMindError(f"config key 'rl.{name}' must be ≥ 1")
-        if self.group_size < 2:
+        if stage == "grpo" and self.group_size < 2:
             raise MiniMindError("config key 'rl.group_size' must be ≥ 2 (advantages are relative to the group)")
         if self.prompts_per_rollout * self.group_size < self.mini_batches:
             raise MiniMindError("config key 'rl.mini_batches' exceeds the samples of a rollout")
+        unknown = [name for name in self.tools if name not in TOOLS]
+        if self.agent and unknown:
+            raise MiniMindError(f"config key 'rl.tools': unknown tool {unknown[0]!r}; known: {', '.join(TOOLS)}")
         if not 0 <= self.overlong_buffer < self.max_new_tokens:
             raise MiniMindError("config key 'rl.overlong_buffer' must be in [0, rl.max_new_tokens)")
 
 
 def token_logps(model, input_ids: torch.Tensor) -> torch.Tensor:
     """[B, T] → [B, T]: log p(input_ids[t] | < t) in fp32 (0 at t = 0)."""
-    logits = model(input_ids).logits[:, :-1].float()
-    logps = torch.gather(F.log_softmax(logits, dim=-1), 2, input_ids[:, 1:, None])[..., 0]
+    return token_logps_of(model(input_ids).logits, input_ids)
+
+
+def token_logps_of(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """logits [B, T, V] of input_ids [B, T] → [B, T]: log p(input_ids[t] | < t) in fp32 (0 at t = 0)."""
+    logps = torch.gather(F.log_softmax(logits[:, :-1].float(), dim=-1), 2, input_ids[:, 1:, None])[..., 0]
     return F.pad(logps, (1, 0))
 
 
@@ -122,10 +143,15 @@ class GRPO(Stage):
         if self.options.kl_coef > 0:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)
-                self.reference = self.build_model(config.model, device).eval().requires_grad_(False)
+                self.reference = Stage.build_model(self, config.model, device).eval().requires_grad_(False)
 
     def loader(self, model, tokenizer, data, config, info, device):
-        return RolloutLoader(self, model, tokenizer, data.train, self.records["train"], config, info, device)
+        return RolloutLoader(self, self.policy(model), tokenizer, data.train, self.records["train"], config, info,
+                             device)
+
+    def advantages(self, rewards: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the loss needs beyond the rollout's tokens and log-probs: here group-normalised advantages [N]."""
+        return {"advantages": group_advantages(rewards, self.options.group_size, self.options.scale_std)}
 
     def validation(self, data, config, device) -> list:
         return self.records.get("val", [])[:self.options.eval_prompts]
@@ -160,20 +186,29 @@ class GRPO(Stage):
 
     @torch.no_grad()
     def evaluate(self, model, records, token_bytes) -> dict:
-        """Greedy answers to the held-out prompts: exact accuracy, the configured reward, the answer length."""
+        """Greedy answers to the held-out prompts (in agent mode with the tools, over several turns): exact
+        accuracy, the configured reward, the generated length; in agent mode also the tool calls per answer
+        and the rate of correct answers reached through error-free tool calls."""
+        o = self.options
         engine = Engine(model, self.tokenizer)
-        params = SamplingParams(max_new_tokens=self.options.max_new_tokens, temperature=0.0)
-        texts, lengths = [], []
+        params = SamplingParams(max_new_tokens=o.max_new_tokens, temperature=0.0)
+        schemas = [TOOLS[name].schema for name in o.tools] if o.agent else None
+        samples = []
         for first in range(0, len(records), 32):
             chunk = records[first:first + 32]
-            prompts = [engine.chat_prompt(r["messages"], r["tools"]) for r in chunk]
-            for (completion,) in engine.generate(prompts, params):
-                texts.append(completion.text)
-                lengths.append(len(completion.token_ids))
+            prompts = [engine.chat_prompt(r["messages"], schemas or r["tools"]) for r in chunk]
+            samples += [g[0] for g in trajectories(engine, prompts, [params] * len(chunk), lambda t, i: params, o)]
         model.train()
+        texts = [s.texts[-1] for s in samples]
         totals, _ = self.rewards(texts, records)
-        return {"accuracy": float(np.mean(accuracy(texts, records))), "reward": float(np.mean(totals)),
-                "length": float(np.mean(lengths))}
+        correct = accuracy(texts, records)
+        out = {"accuracy": float(np.mean(correct)), "reward": float(np.mean(totals)),
+               "length": float(np.mean([s.generated for s in samples]))}
+        if o.agent:
+            out |= {"tool_calls": float(np.mean([s.calls for s in samples])),
+                    "correct_with_tool": float(np.mean([c > 0 and s.calls > 0 and s.errors == 0
+                                                        for c, s in zip(correct, samples, strict=True)]))}
+        return out
 
 
 class RolloutLoader:
@@ -241,27 +276,37 @@ class RolloutLoader:
 
     @torch.no_grad()
     def _sample(self, prompt_ids: list[int], draw: int) -> list[dict]:
-        """Each prompt's group: {"prompt", "completions" (token ids), "texts", "sampled_logps", "rewards"}."""
+        """Each prompt's group: {"samples": [Sample] × G, "rewards", "parts"}. In agent mode a sample whose
+        turn ends with tool calls gets the tools' results (masked out of the loss) and continues, up to
+        rl.max_turns turns; all samples waiting for a turn decode together."""
         o = self.options
         engine = Engine(self.model, self.tokenizer)
-        prompts = [self.prompts.doc(d)[0].astype(np.int64).tolist() for d in prompt_ids]
-        params = [SamplingParams(max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_p=o.top_p,
-                                 n=o.group_size, logprobs=0,
-                                 seed=hash((self.seed, self.epoch, self.rollout, draw, d)) % 2**31)
-                  for d in prompt_ids]
+        records = [self.records[d] for d in prompt_ids]
+        if o.agent:
+            schemas = [TOOLS[name].schema for name in o.tools]
+            prompts = [engine.chat_prompt(r["messages"], schemas) for r in records]
+        else:
+            prompts = [self.prompts.doc(d)[0].astype(np.int64).tolist() for d in prompt_ids]
+        key = (self.seed, self.epoch, self.rollout, draw)
         with self.stage.autocast:
-            completions = engine.generate(prompts, params)
+            groups = trajectories(engine, prompts, [self._params(o.group_size, hash((*key, d)) % 2**31)
+                                                    for d in prompt_ids],
+                                  lambda turn, i: self._params(1, hash((*key, turn, i)) % 2**31), o)
         self.model.train()
-        groups = []
-        for d, prompt, samples in zip(prompt_ids, prompts, completions, strict=True):
-            texts = [c.text for c in samples]
-            rewards, parts = self.stage.rewards(texts, [self.records[d]] * len(samples))
-            penalty = overlong([len(c.token_ids) for c in samples], o.max_new_tokens, o.overlong_buffer,
+        out = []
+        for record, samples in zip(records, groups, strict=True):
+            rewards, parts = self.stage.rewards([s.texts[-1] for s in samples], [record] * len(samples))
+            penalty = overlong([s.generated for s in samples], o.max_new_tokens, o.overlong_buffer,
                                o.overlong_penalty)
-            groups.append({"prompt": prompt, "completions": [c.token_ids for c in samples], "texts": texts,
-                           "sampled_logps": [c.logprobs for c in samples], "parts": parts,
-                           "rewards": [r + p for r, p in zip(rewards, penalty, strict=True)]})
-        return groups
+            out.append({"samples": samples, "parts": parts,
+                        "rewards": [r + p for r, p in zip(rewards, penalty, strict=True)]})
+        return out
+
+    def _params(self, n: int, seed: int) -> SamplingParams:
+        o = self.options
+        return SamplingParams(max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_p=o.top_p, n=n,
+                              logprobs=0, seed=seed)
+
 
     @torch.no_grad()
     def _rollout(self) -> dict[str, torch.Tensor]:
@@ -281,18 +326,17 @@ class RolloutLoader:
             groups = groups[:o.prompts_per_rollout] or all_groups[:o.prompts_per_rollout]
         sample_seconds = time.perf_counter() - start
 
-        samples = [(g["prompt"], c, lp) for g in groups
-                   for c, lp in zip(g["completions"], g["sampled_logps"], strict=True)]
-        width = max(len(p) + len(c) for p, c, _ in samples)
+        samples = [sample for g in groups for sample in g["samples"]]
+        width = max(len(s.tokens) for s in samples)
         input_ids = torch.full((len(samples), width), self.tokenizer.pad_id, dtype=torch.long)
         mask, sampled = torch.zeros((len(samples), width)), torch.zeros((len(samples), width))
-        for i, (prompt, completion, logps) in enumerate(samples):
-            input_ids[i, :len(prompt) + len(completion)] = torch.tensor(prompt + completion)
-            mask[i, len(prompt):len(prompt) + len(completion)] = 1
-            sampled[i, len(prompt):len(prompt) + len(completion)] = torch.tensor(logps)
+        for i, sample in enumerate(samples):
+            n = len(sample.tokens)
+            input_ids[i, :n] = torch.tensor(sample.tokens)
+            mask[i, :n] = torch.tensor(sample.mask, dtype=torch.float32)
+            sampled[i, :n] = torch.tensor(sample.logps)
         input_ids, mask, sampled = input_ids.to(self.device), mask.to(self.device), sampled.to(self.device)
         rewards = torch.tensor([r for g in groups for r in g["rewards"]], device=self.device)
-        advantages = group_advantages(rewards, o.group_size, o.scale_std)
         with self.stage.autocast:                         # the loss's own forward: ρ = 1 before any update
             old_logps = torch.cat([token_logps(self.model, input_ids[i:i + 16])
                                    for i in range(0, len(input_ids), 16)])
@@ -309,5 +353,67 @@ class RolloutLoader:
             "sampled_logp_error": ((sampled - old_logps).abs() * mask).sum().item() / max(tokens, 1),
         } | {f"reward_{name}": float(np.mean([v for g in groups for v in g["parts"][name]]))
              for name in o.rewards}
-        return {"input_ids": input_ids, "mask": mask, "old_logps": old_logps, "ref_logps": ref_logps,
-                "advantages": advantages}
+        if o.agent:
+            correct = [v for g in groups for v in g["parts"].get("accuracy", [0.0] * len(g["samples"]))]
+            self.stage.log |= {
+                "tool_calls": float(np.mean([s.calls for s in samples])),
+                "tool_errors": float(np.mean([s.errors for s in samples])),
+                "correct_with_tool": float(np.mean([c > 0 and s.calls > 0 and s.errors == 0
+                                                    for c, s in zip(correct, samples, strict=True)]))}
+        batch = {"input_ids": input_ids, "mask": mask, "old_logps": old_logps, "ref_logps": ref_logps}
+        return batch | self.stage.advantages(rewards, batch)
+
+
+def trajectories(engine: Engine, prompts: list[list[int]], params: list[SamplingParams], next_params,
+                 options: RLConfig) -> list[list[Sample]]:
+    """Sample each prompt's group ([prompt][sample]). In agent mode a sample whose turn ends with tool calls
+    gets the tools' results and continues, up to options.max_turns turns; the samples waiting for a turn
+    decode together, turn t's i-th of them with next_params(t, i)."""
+    groups = [[Sample(prompt, c, options.agent) for c in completions]
+              for prompt, completions in zip(prompts, engine.generate(prompts, params), strict=True)]
+    for turn in range(1, options.max_turns if options.agent else 1):
+        waiting = [s for group in groups for s in group if s.pending]
+        if not waiting:
+            break
+        for sample in waiting:
+            results = [run_tool(call, options.tools, options.tool_timeout) for call in sample.pending]
+            sample.add_tool_results(results, engine.tokenizer)
+        outputs = engine.generate([s.tokens for s in waiting], [next_params(turn, i) for i in range(len(waiting))])
+        for sample, (completion,) in zip(waiting, outputs, strict=True):
+            sample.add(completion, options.agent)
+    return groups
+
+
+class Sample:
+    """One sampled trajectory: its tokens (prompt included), which of them are trained (the model's own:
+    mask 1; prompt and tool results: 0), the sampler's log-probs, and each turn's text."""
+
+    def __init__(self, prompt: list[int], completion, agent: bool):
+        self.tokens, self.mask, self.logps = list(prompt), [0] * len(prompt), [0.0] * len(prompt)
+        self.texts, self.pending, self.calls, self.errors = [], [], 0, 0
+        self.add(completion, agent)
+
+    @property
+    def generated(self) -> int:
+        return sum(self.mask)
+
+    def add(self, completion, agent: bool) -> None:
+        self.tokens += completion.token_ids
+        self.mask += [1] * len(completion.token_ids)
+        self.logps += completion.logprobs or [0.0] * len(completion.token_ids)
+        self.texts.append(completion.text)
+        ended = completion.finish_reason == "stop"
+        self.pending = parse_output(completion.text).tool_calls if agent and ended else []
+
+    def add_tool_results(self, results: list[str], tokenizer) -> None:
+        """The template's tool turn and the next generation prompt, appended as tokens (masked out): the
+        sequence stays exactly what was sampled, with no re-rendering."""
+        self.calls += len(results)
+        self.errors += sum(r.startswith("error:") for r in results)
+        text = ("\n<|im_start|>user" + "".join(f"\n<tool_response>\n{r}\n</tool_response>" for r in results)
+                + "<|im_end|>\n<|im_start|>assistant\n" + THINK_OFF)
+        ids = tokenizer.encode(text)
+        self.tokens += ids
+        self.mask += [0] * len(ids)
+        self.logps += [0.0] * len(ids)
+        self.pending = []

@@ -138,6 +138,39 @@ class RunLogger:
         self._file.close()
         self._file = None
         plot_losses(self.metrics_path, self.out_dir / "loss_curve.png")
+        plot_rewards(self.metrics_path, self.out_dir / "reward_curve.png")
+
+
+def plot_rewards(metrics_path: str | Path, png_path: str | Path) -> bool:
+    """RL runs: the rollouts' mean reward per step (and its running mean over 10 logged steps), with the
+    held-out accuracy as markers on a second axis. Returns False, writing nothing, without a logged reward."""
+    records = _read_lines(Path(metrics_path)) if Path(metrics_path).is_file() else []
+    train = [(r["step"], r["reward_mean"]) for r in records if r.get("kind") == "train" and "reward_mean" in r]
+    val = [(r["step"], r["accuracy"]) for r in records if r.get("kind") == "val" and "accuracy" in r]
+    if not train:
+        return False
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    steps, rewards = zip(*train, strict=True)
+    running = [sum(rewards[max(0, i - 9):i + 1]) / len(rewards[max(0, i - 9):i + 1]) for i in range(len(rewards))]
+    ax.plot(steps, rewards, linewidth=0.8, alpha=0.4, label="rollout reward")
+    ax.plot(steps, running, linewidth=1.5, label="running mean (10)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward")
+    ax.grid(alpha=0.3)
+    if val:
+        twin = ax.twinx()
+        twin.plot(*zip(*val, strict=True), "o-", color="tab:red", markersize=4, label="held-out accuracy")
+        twin.set_ylabel("held-out accuracy")
+        twin.legend(loc="lower right")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    return True
 
 
 def plot_losses(metrics_path: str | Path, png_path: str | Path) -> bool:

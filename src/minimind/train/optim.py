@@ -16,6 +16,7 @@ from torch import nn
 
 from minimind.errors import MiniMindError
 from minimind.model import Transformer
+from minimind.model.transformer import Backbone
 from minimind.train.config import OptimConfig
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -28,15 +29,18 @@ def param_groups(model: Transformer) -> dict[str, list[nn.Parameter]]:
               [E, out, in], MoE routers                                      weight decay; Muon's share
     head      the untied lm_head (empty when tied)                           weight decay
     no_decay  the embedding (and tied head), norm weights
-    Frozen parameters (a LoRA run's base) are left out; LoRA's A and B are hidden matrices.
+    Frozen parameters (a LoRA run's base) are left out; LoRA's A and B are hidden matrices. A model with several
+    backbones (PPO's policy and critic) has the blocks of each in `hidden`, its scalar heads in `head`.
     """
-    hidden = [p for p in model.model.layers.parameters() if p.ndim >= 2 and p.requires_grad]
+    backbones = [m for m in model.modules() if isinstance(m, Backbone)]     # two in PPO's actor-critic pair
+    hidden = list({id(p): p for b in backbones for p in b.layers.parameters()
+                   if p.ndim >= 2 and p.requires_grad}.values())
     groups = {"hidden": hidden, "head": [], "no_decay": []}
     taken = {id(p) for p in hidden}
-    embedding = model.model.embed_tokens.weight
+    embeddings = {id(b.embed_tokens.weight) for b in backbones}
     for p in model.parameters():
         if id(p) not in taken and p.requires_grad:
-            groups["head" if p.ndim >= 2 and p is not embedding else "no_decay"].append(p)
+            groups["head" if p.ndim >= 2 and id(p) not in embeddings else "no_decay"].append(p)
     return groups
 
 

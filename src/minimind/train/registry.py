@@ -6,6 +6,7 @@ from __future__ import annotations
 from minimind.data.packing import pack_pretrain, pack_sft
 from minimind.train.distill import Distill
 from minimind.train.grpo import GRPO
+from minimind.train.ppo import PPO
 from minimind.train.preference import DPO, RewardModelling
 from minimind.train.stages import LanguageModelling
 
@@ -17,4 +18,5 @@ STAGES = {
     "reward": RewardModelling,
     "distill": Distill,
     "grpo": GRPO,
+    "ppo": PPO,
 }

@@ -79,6 +79,11 @@ class Stage:
         """Token slots the batch trains on (for tokens/s and MFU)."""
         return batch["input_ids"].numel()
 
+    def policy(self, model):
+        """The generating model inside `model` (for samples and rollouts): the model itself, but for PPO's
+        actor-critic pair."""
+        return model
+
     def step_log(self) -> dict:
         """Figures of the stage's own (e.g. of the latest rollout) added to each logged step."""
         return {}

@@ -249,7 +249,7 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
                                                              f"val {k} {v}" for k, v in result.items()))
             if stage.generative and (info.main or config.fsdp) and \
                     ((config.sample_every and step % config.sample_every == 0) or last):
-                _samples(raw, tokenizer, config, progress, out, step, write=info.main)
+                _samples(stage.policy(raw), tokenizer, config, progress, out, step, write=info.main)
             interrupted = stop.agreed(device, info) if (not info.enabled or step % config.log_every == 0) else False
             if last or interrupted or (config.save_every and step % config.save_every == 0):
                 _save(out, step, raw, tokenizer, optimizers, scaler, loader, tokens_seen, config, info)
