@@ -242,7 +242,8 @@ def test_agent_rollout_runs_the_tool_and_masks_its_tokens(prompts, tmp_path, mon
 
     monkeypatch.setattr(grpo, "Engine", ScriptedEngine)
     model_dir = make_model(seed=3).save(tmp_path / "start")
-    config = grpo_config(prompts, tmp_path / "agent", model_dir, agent=True, rewards={"accuracy": 1.0})
+    config = grpo_config(prompts, tmp_path / "agent", model_dir, agent=True,
+                         rewards={"accuracy": 1.0, "tool_use": 0.5})
     from minimind.tokenizer import load_tokenizer
     from minimind.train.distributed import Dist
 
@@ -261,8 +262,11 @@ def test_agent_rollout_runs_the_tool_and_masks_its_tokens(prompts, tmp_path, mon
     assert trained == ('<tool_call>\n{"name": "calculator", "arguments": {"expression": "3 + 4"}}\n</tool_call>'
                        "<|im_end|>3 + 4 = 7.\n#### 7<|im_end|>")
     assert "<tool_response>\n7\n</tool_response>" in untrained and "# Tools" in untrained
-    assert stage.log["tool_calls"] == 1.0 and stage.log["tool_errors"] == 0.0
+    assert stage.log["tool_calls"] == 1.0 and stage.log["tool_errors"] == 0.0 and stage.log["reward_tool_use"] == 1.0
     assert stage.log["correct_with_tool"] == stage.log["reward_accuracy"]     # every answer came via the tool
+    from minimind.rl.rewards import tool_use
+    assert tool_use(["", "", ""], [{"tool_calls": 1, "tool_errors": 0}, {"tool_calls": 2, "tool_errors": 1},
+                                   {"tool_calls": 0, "tool_errors": 0}]) == [1.0, 0.0, 0.0]
 
 
 def test_tools_convert_look_up_and_fail_as_text():

@@ -12,6 +12,8 @@ where completions are the generated assistant texts and records the prompts' rec
     think_format 1 if the text has one "</think>" with reasoning before it and an answer after, else 0
     length       0 inside [min_chars, max_chars] of answer text, else -1
     repetition   -(fraction of repeated word 3-grams), in [-1, 0]
+    tool_use     agent rollouts: 1 if the trajectory called a tool and no call failed, else 0 (the record
+                 carries "tool_calls" and "tool_errors")
     reward_model the score of a reward model directory (config key rl.reward_model), the conversation with the
                  completion appended
 
@@ -75,8 +77,12 @@ def repetition(completions: list[str], records: list[dict], n: int = 3) -> list[
     return out
 
 
+def tool_use(completions: list[str], records: list[dict]) -> list[float]:
+    return [float(r.get("tool_calls", 0) > 0 and r.get("tool_errors", 0) == 0) for r in records]
+
+
 BUILT_IN: dict[str, Reward] = {"accuracy": accuracy, "think_format": think_format, "length": length,
-                               "repetition": repetition}
+                               "repetition": repetition, "tool_use": tool_use}
 
 
 def reward_model(directory: str, device=None) -> Reward:

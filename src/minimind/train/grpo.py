@@ -200,7 +200,7 @@ class GRPO(Stage):
             samples += [g[0] for g in trajectories(engine, prompts, [params] * len(chunk), lambda t, i: params, o)]
         model.train()
         texts = [s.texts[-1] for s in samples]
-        totals, _ = self.rewards(texts, records)
+        totals, _ = self.rewards(texts, [r | s.tool_record() for r, s in zip(records, samples, strict=True)])
         correct = accuracy(texts, records)
         out = {"accuracy": float(np.mean(correct)), "reward": float(np.mean(totals)),
                "length": float(np.mean([s.generated for s in samples]))}
@@ -295,7 +295,8 @@ class RolloutLoader:
         self.model.train()
         out = []
         for record, samples in zip(records, groups, strict=True):
-            rewards, parts = self.stage.rewards([s.texts[-1] for s in samples], [record] * len(samples))
+            rewards, parts = self.stage.rewards([s.texts[-1] for s in samples],
+                                                [record | s.tool_record() for s in samples])
             penalty = overlong([s.generated for s in samples], o.max_new_tokens, o.overlong_buffer,
                                o.overlong_penalty)
             out.append({"samples": samples, "parts": parts,
@@ -396,6 +397,10 @@ class Sample:
     @property
     def generated(self) -> int:
         return sum(self.mask)
+
+    def tool_record(self) -> dict:
+        """What rewards may read of the trajectory besides its final text."""
+        return {"tool_calls": self.calls, "tool_errors": self.errors}
 
     def add(self, completion, agent: bool) -> None:
         self.tokens += completion.token_ids
