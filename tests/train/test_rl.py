@@ -335,3 +335,17 @@ def test_ppo_runs_saves_its_critic_beside_the_policy_and_resumes_exactly(prompts
         a = load_file(resumed.parent / name / "model.safetensors")
         b = load_file(tmp_path / "whole" / name / "model.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_ppo_activation_checkpointing_covers_the_critic_and_computes_the_same_steps(prompts, tmp_path):
+    from safetensors.torch import load_file
+
+    model_dir = make_model(seed=3).save(tmp_path / "start")
+    runs = []
+    for recompute in (False, True):
+        config = grpo_config(prompts, tmp_path / str(recompute), model_dir, group_size=2)
+        config.stage, config.activation_checkpointing = "ppo", recompute
+        runs.append(train(config).parent)
+    for name in ("model", "critic"):
+        a, b = (load_file(run / name / "model.safetensors") for run in runs)
+        assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5, name

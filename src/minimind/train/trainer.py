@@ -33,7 +33,7 @@ from minimind.errors import MiniMindError
 from minimind.fileio import atomic_directory
 from minimind.infer import Engine, SamplingParams
 from minimind.lora import apply_lora, load_adapter, save_adapter
-from minimind.model import Transformer
+from minimind.model.transformer import Backbone
 from minimind.overrides import to_dict
 from minimind.perf import device_peak_flops, measure_matmul_peak
 from minimind.runtime import resolve_device
@@ -336,11 +336,12 @@ def _samples(model, tokenizer, config, progress, out: Path, step: int, write: bo
     model.train()
 
 
-def _checkpoint_blocks(model: Transformer) -> None:
-    """Recompute each block's activations in the backward pass instead of storing them."""
+def _checkpoint_blocks(model) -> None:
+    """Recompute each block's activations in the backward pass instead of storing them (in every backbone:
+    PPO's critic has its own)."""
     from torch.utils.checkpoint import checkpoint as recompute
 
-    for block in model.model.layers:
+    for block in (b for m in model.modules() if isinstance(m, Backbone) for b in m.layers):
         forward = block.forward
         block.forward = lambda *args, _f=forward, **kwargs: recompute(_f, *args, use_reentrant=False, **kwargs)
 
