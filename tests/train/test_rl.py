@@ -349,3 +349,65 @@ def test_ppo_activation_checkpointing_covers_the_critic_and_computes_the_same_st
     for name in ("model", "critic"):
         a, b = (load_file(run / name / "model.safetensors") for run in runs)
         assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5, name
+
+
+def test_vllm_rollout_backend_against_a_stand_in_vllm(prompts, tmp_path, monkeypatch):
+    """vLLM cannot run here; a stand-in module with vLLM's API checks our side: the policy's weights reach
+    the model under transformers' names before each rollout, prompts go in as token ids with the sampling
+    values, and outputs come back as Completions ending with <|im_end|> — then GRPO trains on them."""
+    import sys
+    import types
+
+    from minimind.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    answer = tokenizer.encode("#### 7")
+    loaded, calls = [], []
+
+    class Logprob:
+        def __init__(self, value):
+            self.logprob = value
+
+    class Output:
+        def __init__(self, seed):
+            self.token_ids = answer if seed % 2 else answer[:1]          # vLLM leaves the stop id out
+            self.logprobs = [{t: Logprob(-0.1)} for t in self.token_ids]
+            self.finish_reason = "stop"
+
+    class FakeLLM:
+        def __init__(self, model, **kwargs):
+            assert (Path(model) / "config.json").is_file() and kwargs["enable_prefix_caching"]
+            runner = types.SimpleNamespace(model=types.SimpleNamespace(load_weights=lambda w: loaded.append(dict(w))))
+            self.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(
+                driver_worker=types.SimpleNamespace(model_runner=runner)))
+
+        def generate(self, prompts, params, use_tqdm):
+            calls.append((prompts, params))
+            return [types.SimpleNamespace(outputs=[Output(p.seed + j) for j in range(p.n)]) for p in params]
+
+    class FakeParams:
+        def __init__(self, **kwargs):
+            self.__dict__.update(kwargs)
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM, SamplingParams=FakeParams))
+    from pathlib import Path
+
+    model_dir = make_model(seed=3).save(tmp_path / "start")
+    config = grpo_config(prompts, tmp_path / "run", model_dir, rollout_backend="vllm")
+    config.eval_every = config.max_steps = 4
+    train(config)
+    assert len(loaded) == 1 and "model.layers.0.self_attn.q_proj.weight" in loaded[0]
+    assert "lm_head.weight" not in loaded[0] or not make_model(seed=3).config.tie_word_embeddings
+    prompts_sent, params_sent = calls[0]
+    assert all(isinstance(p["prompt_token_ids"], list) for p in prompts_sent)
+    assert params_sent[0].n == 4 and params_sent[0].max_tokens == 12 and params_sent[0].logprobs == 0
+    assert tokenizer.eos_id in params_sent[0].stop_token_ids
+    log = train_log(tmp_path / "run")
+    assert log[0]["reward_std"] > 0 and math.isfinite(log[-1]["loss"])
+    from minimind.rl.vllm_rollouts import VLLMEngine
+
+    engine = VLLMEngine.__new__(VLLMEngine)            # only the output conversion, without starting vLLM
+    engine.tokenizer = tokenizer
+    done = engine._completion(Output(1), tokenizer.eos_id)
+    assert done.token_ids == answer + [tokenizer.eos_id] and done.text == "#### 7" and done.finish_reason == "stop"
+    assert done.logprobs == [-0.1] * len(answer) + [0.0]

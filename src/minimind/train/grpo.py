@@ -70,6 +70,8 @@ class RLConfig:
     tools: list[str] = field(default_factory=lambda: ["calculator"])   # whitelisted tools (minimind.rl.tools)
     max_turns: int = 3                 # assistant turns per trajectory in agent mode
     tool_timeout: float = 2.0          # seconds per tool call
+    rollout_backend: Literal["engine", "vllm"] = "engine"   # vllm: colocated vLLM on the GPU (rl/vllm_rollouts.py)
+    vllm_gpu_memory: float = 0.3       # the fraction of GPU memory vLLM may take
     critic: Literal["separate", "shared"] = "separate"   # ppo: the value model's own trunk, or a head on the policy's
     gamma: float = 1.0                 # ppo: GAE discount
     lam: float = 0.95                  # ppo: GAE λ
@@ -228,6 +230,7 @@ class RolloutLoader:
             raise MiniMindError(f"{len(records)} prompts are fewer than rl.prompts_per_rollout × processes")
         self.steps_per_epoch = self.rollouts_per_epoch * self.steps_per_rollout
         self.epoch, self.rollout, self.position, self.buffer = 0, 0, 0, None
+        self.out, self.vllm = Path(config.out), None
 
     def __iter__(self):
         return self
@@ -280,7 +283,7 @@ class RolloutLoader:
         turn ends with tool calls gets the tools' results (masked out of the loss) and continues, up to
         rl.max_turns turns; all samples waiting for a turn decode together."""
         o = self.options
-        engine = Engine(self.model, self.tokenizer)
+        engine = self._engine()
         records = [self.records[d] for d in prompt_ids]
         if o.agent:
             schemas = [TOOLS[name].schema for name in o.tools]
@@ -302,6 +305,20 @@ class RolloutLoader:
             out.append({"samples": samples, "parts": parts,
                         "rewards": [r + p for r, p in zip(rewards, penalty, strict=True)]})
         return out
+
+    def _engine(self):
+        """The built-in engine on the policy; or vLLM, started once from the policy saved under OUT/vllm-init-rank{r}
+        and given the policy's current weights before every rollout."""
+        if self.options.rollout_backend == "engine":
+            return Engine(self.model, self.tokenizer)
+        if self.vllm is None:
+            from minimind.rl.vllm_rollouts import VLLMEngine
+
+            start = self.model.save(self.out / f"vllm-init-rank{self.rank}", tokenizer=self.tokenizer)
+            self.vllm = VLLMEngine(start, self.tokenizer, self.options.vllm_gpu_memory,
+                                   self.model.config.max_position_embeddings)
+        self.vllm.sync(self.model)
+        return self.vllm
 
     def _params(self, n: int, seed: int) -> SamplingParams:
         o = self.options
