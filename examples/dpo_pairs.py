@@ -18,11 +18,11 @@ import json
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 
 from minimind.data.formats import read_records
 from minimind.model import load_model
 from minimind.model.reward import Scorer
+from minimind.model.transformer import IGNORE_INDEX, token_logprobs
 from minimind.tokenizer import load_tokenizer
 
 
@@ -40,10 +40,9 @@ def kind(pair: dict) -> str:
 @torch.no_grad()
 def answer_logp(model, tokenizer, messages) -> tuple[float, int]:
     ids, mask = tokenizer.render_chat(messages)
-    x = torch.tensor([ids])
-    logps = F.log_softmax(model(x).logits[0, :-1].float(), -1).gather(1, x[0, 1:, None])[:, 0]
-    targets = torch.tensor(mask[1:], dtype=torch.float32)
-    return (logps * targets).sum().item(), int(targets.sum())
+    x, mask = torch.tensor([ids]), torch.tensor([mask])
+    labels = torch.where(mask == 1, x, IGNORE_INDEX)
+    return token_logprobs(model(x).logits, labels)[:, 1:].sum().item(), int(mask[:, 1:].sum())
 
 
 def main() -> None:

@@ -76,12 +76,12 @@ def _load_for_inference(args):
 
 def _tokenizer_of(model_dir: str):
     """The model directory's tokenizer, or (with a note) the default one when it has none."""
-    from minimind.tokenizer import load_tokenizer
+    from minimind.tokenizer import load_tokenizer, tokenizer_dir
 
-    if not (Path(model_dir) / "tokenizer.json").is_file():
+    directory = tokenizer_dir(model_dir)
+    if directory != Path(model_dir):
         print(f"note: {model_dir} has no tokenizer.json; using the default tokenizer", file=sys.stderr)
-        return load_tokenizer()
-    return load_tokenizer(model_dir)
+    return load_tokenizer(directory)
 
 
 def _sampling(args, **overrides):

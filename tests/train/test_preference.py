@@ -108,7 +108,8 @@ def test_packed_sequence_logps_equal_each_conversation_alone():
     model = make_model()
     stage = dpo_stage()
     stage.reference = copy.deepcopy(model)
-    _, _, _, chosen, rejected, valid, _ = stage._pairs(model, batch, "train")
+    scores = stage._pairs(model, batch, "train")
+    chosen, rejected, valid = scores.policy_chosen, scores.policy_rejected, scores.valid
     got = sorted(torch.cat([chosen[valid], rejected[valid]]).tolist())
     expected = []
     for d in range(data.num_docs):

@@ -71,8 +71,8 @@ class Scorer:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None, batch_size: int = 16) -> Scorer:
         from minimind.model.io import load_reward_model
-        from minimind.tokenizer import load_tokenizer
-        return cls(load_reward_model(path, device=device), load_tokenizer(path), batch_size)
+        from minimind.tokenizer import load_tokenizer, tokenizer_dir
+        return cls(load_reward_model(path, device=device), load_tokenizer(tokenizer_dir(path)), batch_size)
 
     @torch.no_grad()
     def score(self, conversations: list[list[dict]], tools: list[list[dict] | None] | None = None) -> list[float]:

@@ -239,6 +239,15 @@ def training_flops(model, seq_len: int, lookup: int) -> int:
     return 6 * matmul + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len
 
 
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits [B, T, V] of a sequence, labels [B, T] (its own ids, or -100 where not a target) → [B, T]:
+    log p(labels[t] | tokens < t) in fp32, 0 where labels[t] is -100 and at t = 0 (nothing predicts it)."""
+    targets = labels[:, 1:]
+    logps = -F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                             reduction="none").view_as(targets)
+    return F.pad(logps, (1, 0))
+
+
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy in fp32 over targets != -100: their sum, or their mean (0 if there are none, never NaN)."""
     total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),

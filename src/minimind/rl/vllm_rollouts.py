@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from minimind.errors import MiniMindError
-from minimind.infer.engine import Completion
+from minimind.infer.engine import Completion, Engine
 from minimind.infer.sampling import SamplingParams
 from minimind.model.io import to_checkpoint
 
@@ -39,10 +39,7 @@ class VLLMEngine:
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()              # cached prefixes were computed with the old weights
 
-    def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
-                    enable_thinking: bool = False) -> list[int]:
-        return self.tokenizer.render_chat(messages, tools, add_generation_prompt=True,
-                                          enable_thinking=enable_thinking)[0]
+    chat_prompt = Engine.chat_prompt                   # the same rendering: it reads only self.tokenizer
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
                  ) -> list[list[Completion]]:

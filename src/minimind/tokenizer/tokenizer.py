@@ -150,6 +150,12 @@ class Tokenizer:
         return cls(backend, template)
 
 
+def tokenizer_dir(model_dir: str | Path) -> Path:
+    """Where a model's tokenizer lives: the model directory when it holds tokenizer.json, else the default
+    tokenizer's directory (a model made from a preset, or a checkpoint saved without one)."""
+    return Path(model_dir) if (Path(model_dir) / "tokenizer.json").is_file() else DEFAULT_DIR
+
+
 def load_tokenizer(directory: str | Path | None = None) -> Tokenizer:
     """The tokenizer of a model directory; None → the default tokenizer shipped with the package."""
     return Tokenizer.load(DEFAULT_DIR if directory is None else directory)

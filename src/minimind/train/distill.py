@@ -143,11 +143,10 @@ def generate_answers(teacher_dir: str | Path, prompts_file: str | Path, out_file
     conversation up to its last user turn; a trailing assistant message is dropped) and every answer that
     ended by itself (not cut at max_new_tokens, unless keep_truncated) becomes an sft record of `out_file`,
     {"conversations": [..., {"role": "assistant", "content": answer}], "tools"?}. Returns the counts."""
-    from minimind.tokenizer import load_tokenizer
+    from minimind.tokenizer import load_tokenizer, tokenizer_dir
 
     teacher = load_model(teacher_dir, device=device)
-    engine = Engine(teacher, load_tokenizer(teacher_dir if (Path(teacher_dir) / "tokenizer.json").is_file()
-                                            else None))
+    engine = Engine(teacher, load_tokenizer(tokenizer_dir(teacher_dir)))
     records = list(read_records(prompts_file, "rl"))
     lines, truncated = [], 0
     for first in range(0, len(records), batch_size):

@@ -30,11 +30,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from minimind.data.loader import TokenData
 from minimind.errors import MiniMindError
 from minimind.infer import Engine, SamplingParams
+from minimind.model.transformer import token_logprobs
 from minimind.rl.losses import aggregate, group_advantages, k3, policy_loss
 from minimind.rl.rewards import Rewards, accuracy
 from minimind.rl.tools import TOOLS, run_tool
@@ -96,15 +96,9 @@ class RLConfig:
             raise MiniMindError("config key 'rl.overlong_buffer' must be in [0, rl.max_new_tokens)")
 
 
-def token_logps(model, input_ids: torch.Tensor) -> torch.Tensor:
-    """[B, T] → [B, T]: log p(input_ids[t] | < t) in fp32 (0 at t = 0)."""
-    return token_logps_of(model(input_ids).logits, input_ids)
-
-
-def token_logps_of(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """logits [B, T, V] of input_ids [B, T] → [B, T]: log p(input_ids[t] | < t) in fp32 (0 at t = 0)."""
-    logps = torch.gather(F.log_softmax(logits[:, :-1].float(), dim=-1), 2, input_ids[:, 1:, None])[..., 0]
-    return F.pad(logps, (1, 0))
+def token_logps(model, input_ids: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """[B, T] → [B, T]: log p(input_ids[t] | < t) in fp32 (0 at t = 0), `chunk` rows per forward."""
+    return torch.cat([token_logprobs(model(ids).logits, ids) for ids in input_ids.split(chunk)])
 
 
 def overlong(lengths: list[int], max_new_tokens: int, buffer: int, penalty: float) -> list[float]:
@@ -133,7 +127,7 @@ class GRPO(Stage):
 
     def build(self, config, tokenizer_dir, main, barrier) -> StageData:
         data = super().build(config, tokenizer_dir, main, barrier)
-        root = Path(config.data.prepared or Path(config.out).parent / "prepared") / self.name
+        root = self.prepared_root(config)
         for split in ("train", "val") if data.val is not None else ("train",):
             with open(root / split / "records.jsonl", encoding="utf-8") as f:
                 self.records[split] = [json.loads(line) for line in f]
@@ -143,11 +137,10 @@ class GRPO(Stage):
         self.autocast = autocast
         self.rewards = Rewards(self.options.rewards, self.options.reward_model, device)
         if self.options.kl_coef > 0:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(config.seed)
-                self.reference = Stage.build_model(self, config.model, device).eval().requires_grad_(False)
+            self.reference = self.frozen_start(config.model, config, device)
 
     def loader(self, model, tokenizer, data, config, info, device):
+        self.tokenizer = tokenizer                         # evaluate's engine needs it too
         return RolloutLoader(self, self.policy(model), tokenizer, data.train, self.records["train"], config, info,
                              device)
 
@@ -164,12 +157,9 @@ class GRPO(Stage):
         o = self.options
         return aggregate(torch.zeros_like(batch["old_logps"]), batch["mask"], o.aggregation, o.max_new_tokens)[1]
 
-    def tokens(self, batch) -> int:
-        return batch["input_ids"].numel()
-
     def loss(self, model, batch):
         o = self.options
-        logps = token_logps(model, batch["input_ids"])
+        logps = token_logprobs(model(batch["input_ids"]).logits, batch["input_ids"])
         mask = batch["mask"]
         per_token, clipped = policy_loss(logps, batch["old_logps"], batch["advantages"][:, None], o.loss,
                                          o.eps_low, o.eps_high, o.cispo_eps_high)
@@ -221,9 +211,8 @@ class RolloutLoader:
                  device):
         o = stage.options
         self.stage, self.model, self.tokenizer, self.prompts, self.records = stage, model, tokenizer, prompts, records
-        stage.tokenizer = tokenizer
-        self.options, self.seed, self.rank, self.world_size, self.device = o, config.seed, info.rank, \
-            info.world_size, device
+        self.options, self.seed, self.device = o, config.seed, device
+        self.rank, self.world_size = info.rank, info.world_size
         self.steps_per_rollout = o.num_iterations * o.mini_batches
         self.rollouts_per_epoch = len(records) // (o.prompts_per_rollout * info.world_size)
         if self.rollouts_per_epoch == 0:
@@ -356,10 +345,8 @@ class RolloutLoader:
         input_ids, mask, sampled = input_ids.to(self.device), mask.to(self.device), sampled.to(self.device)
         rewards = torch.tensor([r for g in groups for r in g["rewards"]], device=self.device)
         with self.stage.autocast:                         # the loss's own forward: ρ = 1 before any update
-            old_logps = torch.cat([token_logps(self.model, input_ids[i:i + 16])
-                                   for i in range(0, len(input_ids), 16)])
-            ref_logps = (torch.cat([token_logps(self.stage.reference, input_ids[i:i + 16])
-                                    for i in range(0, len(input_ids), 16)]) if self.stage.reference is not None
+            old_logps = token_logps(self.model, input_ids)
+            ref_logps = (token_logps(self.stage.reference, input_ids) if self.stage.reference is not None
                          else torch.zeros_like(old_logps))
 
         lengths = mask.sum(dim=1)

@@ -22,8 +22,9 @@ import torch.nn as nn
 
 from minimind.model import RewardModel, Transformer, load_reward_model
 from minimind.model.layers import Linear
+from minimind.model.transformer import token_logprobs
 from minimind.rl.losses import aggregate, gae, k3, masked_whiten, policy_loss
-from minimind.train.grpo import GRPO, token_logps_of
+from minimind.train.grpo import GRPO
 from minimind.train.stages import Loss, Stage
 
 
@@ -92,8 +93,7 @@ class PPO(GRPO):
         """Old values, per-token rewards, GAE advantages (whitened) and returns, all [N, T]."""
         o, mask = self.options, batch["mask"]
         with self.autocast:
-            values = torch.cat([_shift(self.actor_critic(batch["input_ids"][i:i + 16])[1])
-                                for i in range(0, len(mask), 16)])
+            values = torch.cat([_shift(self.actor_critic(ids)[1]) for ids in batch["input_ids"].split(16)])
         last = mask * (mask.cumsum(dim=1) == mask.sum(dim=1, keepdim=True))     # each row's last completion token
         token_rewards = last * rewards[:, None]
         if o.kl_in_reward and self.reference is not None:
@@ -106,7 +106,7 @@ class PPO(GRPO):
     def loss(self, model, batch):
         o, mask = self.options, batch["mask"]
         logits, values = model(batch["input_ids"])
-        logps = token_logps_of(logits, batch["input_ids"])
+        logps = token_logprobs(logits, batch["input_ids"])
         values = _shift(values)
         per_token, clipped = policy_loss(logps, batch["old_logps"], batch["advantages"], "clip", o.eps_low,
                                          o.eps_high)

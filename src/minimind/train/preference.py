@@ -21,7 +21,7 @@ and the implicit reward of a response is β·(logp_θ - logp_ref) (SimPO: β·lo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from minimind.data.loader import row_batches
 from minimind.data.packing import Row, pack_sft
 from minimind.errors import MiniMindError
 from minimind.model import RewardModel, Transformer, is_reward_model, load_reward_model
-from minimind.model.transformer import IGNORE_INDEX
+from minimind.model.transformer import IGNORE_INDEX, token_logprobs
 from minimind.train.stages import Loss, Stage, StageData
 
 
@@ -69,19 +69,14 @@ def pack_pairs(doc_lengths, seq_len: int) -> list[Row]:
             for row in rows]
 
 
+def sequence_index(position_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] → [B, T]: which of its row's sequences each token belongs to (0, 1, …; each 0 position starts one)."""
+    return (position_ids == 0).cumsum(dim=-1) - 1
+
+
 def sequence_sums(values: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """values [B, T] → [B, T]: column k holds the sum of values over row's k-th sequence (0 past the last)."""
-    sequence = (position_ids == 0).cumsum(dim=-1) - 1
-    return torch.zeros_like(values).scatter_add_(1, sequence, values)
-
-
-def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """logits [B, T, V], labels [B, T] → [B, T]: log p(labels[t] | tokens < t) in fp32 where labels[t] is a
-    target, else 0 (position 0 has no prediction)."""
-    targets = labels[:, 1:]
-    logps = -F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
-                             reduction="none").view_as(targets)
-    return F.pad(logps, (1, 0))
+    return torch.zeros_like(values).scatter_add_(1, sequence_index(position_ids), values)
 
 
 def pairs(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,6 +116,20 @@ def preference_loss(kind: str, policy_chosen, policy_rejected, reference_chosen,
     return loss, chosen.detach(), rejected.detach()
 
 
+class PairScores(NamedTuple):
+    """Per pair [B, P]: the loss, the implicit rewards, the policy's summed log-probs and target counts of
+    each side, and whether the pair counts; plus the batch's MoE aux loss."""
+    loss: torch.Tensor
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    policy_chosen: torch.Tensor
+    policy_rejected: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+    valid: torch.Tensor
+    aux: torch.Tensor
+
+
 class PreferenceStage(Stage):
     """The data side both preference stages share."""
     name = "dpo"
@@ -151,13 +160,11 @@ class DPO(PreferenceStage):
         if self.options.loss == "simpo":
             return
         source = self.options.reference or config.model
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)             # a preset's fresh weights: as the trainer made them
-            reference = self.build_model(source, device)
+        reference = self.frozen_start(source, config, device)
         if reference.config.vocab_size != model.config.vocab_size:
             raise MiniMindError(f"config key 'dpo.reference': {source} has a vocabulary of "
                                 f"{reference.config.vocab_size}, the policy {model.config.vocab_size}")
-        self.reference = reference.eval().requires_grad_(False)
+        self.reference = reference
         if self.options.precompute_reference:
             self.reference_logps = {"train": self._precompute(data.train, data.rows, config, device, autocast)}
             if data.val is not None:
@@ -171,23 +178,22 @@ class DPO(PreferenceStage):
                                  with_docs=True):
             with autocast:
                 logits = self.reference(batch["input_ids"], position_ids=batch["position_ids"]).logits
-            logps = token_logps(logits, batch["labels"])
+            logps = token_logprobs(logits, batch["labels"])
             out.index_add_(0, batch["doc_ids"].clamp(min=0).flatten(), (logps * (batch["doc_ids"] >= 0)).flatten())
         return out
 
     def _reference_sums(self, batch, split: str) -> torch.Tensor:
         if self.reference_logps is not None:
             docs = torch.full_like(batch["doc_ids"], -1).scatter_reduce_(
-                1, (batch["position_ids"] == 0).cumsum(dim=-1) - 1, batch["doc_ids"], reduce="amax")
+                1, sequence_index(batch["position_ids"]), batch["doc_ids"], reduce="amax")
             return torch.where(docs >= 0, self.reference_logps[split][docs.clamp(min=0)], 0.0)
         with torch.no_grad():
             logits = self.reference(batch["input_ids"], position_ids=batch["position_ids"]).logits
-            return sequence_sums(token_logps(logits, batch["labels"]), batch["position_ids"])
+            return sequence_sums(token_logprobs(logits, batch["labels"]), batch["position_ids"])
 
-    def _pairs(self, model, batch, split: str):
-        """(per-pair losses, chosen rewards, rejected rewards, policy chosen, policy rejected, valid, aux)."""
+    def _pairs(self, model, batch, split: str) -> PairScores:
         out = model(batch["input_ids"], position_ids=batch["position_ids"])
-        policy = sequence_sums(token_logps(out.logits, batch["labels"]), batch["position_ids"])
+        policy = sequence_sums(token_logprobs(out.logits, batch["labels"]), batch["position_ids"])
         reference = (self._reference_sums(batch, split) if self.options.loss != "simpo"
                      else torch.zeros_like(policy))
         chosen_tokens, rejected_tokens, valid = pair_targets(batch)
@@ -196,14 +202,16 @@ class DPO(PreferenceStage):
         loss, chosen, rejected = preference_loss(
             o.loss, policy_chosen, policy_rejected, reference_chosen, reference_rejected,
             chosen_tokens.clamp(min=1), rejected_tokens.clamp(min=1), o.beta, o.label_smoothing, o.simpo_gamma)
-        return loss, chosen, rejected, policy_chosen.detach(), policy_rejected.detach(), valid, out.aux_loss
+        return PairScores(loss, chosen, rejected, policy_chosen.detach(), policy_rejected.detach(), chosen_tokens,
+                          rejected_tokens, valid, out.aux_loss)
 
     def loss(self, model, batch):
-        loss, chosen, rejected, _, _, valid, aux = self._pairs(model, batch, "train")
-        v = valid.float()
-        metrics = {"reward_chosen": (chosen * v).sum(), "reward_rejected": (rejected * v).sum(),
-                   "reward_margin": ((chosen - rejected) * v).sum(), "reward_accuracy": ((chosen > rejected) * v).sum()}
-        return Loss((loss * v).sum(), aux, metrics)
+        p = self._pairs(model, batch, "train")
+        v = p.valid.float()
+        metrics = {"reward_chosen": (p.chosen * v).sum(), "reward_rejected": (p.rejected * v).sum(),
+                   "reward_margin": ((p.chosen - p.rejected) * v).sum(),
+                   "reward_accuracy": ((p.chosen > p.rejected) * v).sum()}
+        return Loss((p.loss * v).sum(), p.aux, metrics)
 
     @torch.no_grad()
     def evaluate(self, model, batches, token_bytes) -> dict:
@@ -212,12 +220,12 @@ class DPO(PreferenceStage):
         and so also measures the starting model."""
         sums = torch.zeros(7, dtype=torch.float64)
         for batch in batches:
-            loss, chosen, rejected, policy_chosen, policy_rejected, valid, _ = self._pairs(model, batch, "val")
-            chosen_tokens, rejected_tokens, _ = pair_targets(batch)
-            v = valid.float()
-            per_token = policy_chosen / chosen_tokens.clamp(min=1) > policy_rejected / rejected_tokens.clamp(min=1)
-            sums += torch.stack([v.sum(), (loss * v).sum(), (chosen * v).sum(), (rejected * v).sum(),
-                                 ((chosen > rejected) * v).sum(), ((policy_chosen > policy_rejected) * v).sum(),
+            p = self._pairs(model, batch, "val")
+            v = p.valid.float()
+            per_token = (p.policy_chosen / p.chosen_tokens.clamp(min=1)
+                         > p.policy_rejected / p.rejected_tokens.clamp(min=1))
+            sums += torch.stack([v.sum(), (p.loss * v).sum(), (p.chosen * v).sum(), (p.rejected * v).sum(),
+                                 ((p.chosen > p.rejected) * v).sum(), ((p.policy_chosen > p.policy_rejected) * v).sum(),
                                  (per_token * v).sum()]).double().cpu()
         n = sums[0].clamp(min=1)
         names = ("loss", "reward_chosen", "reward_rejected", "reward_accuracy", "preference_accuracy",
@@ -242,7 +250,7 @@ class RewardModelling(PreferenceStage):
         """(rewards of the chosen sides [B, P], of the rejected sides [B, P], valid pairs [B, P])."""
         rewards = model(batch["input_ids"], position_ids=batch["position_ids"])
         T = rewards.shape[1]
-        sequence = (batch["position_ids"] == 0).cumsum(dim=-1) - 1
+        sequence = sequence_index(batch["position_ids"])
         last = torch.zeros_like(sequence).scatter_reduce_(
             1, sequence, torch.arange(T, device=sequence.device).expand_as(sequence), reduce="amax")
         chosen, rejected = pairs(rewards.gather(1, last))

@@ -61,6 +61,13 @@ class Stage:
             return Transformer(preset(source)).to(device)
         return load_model(_model_dir(source), device=device, dtype=torch.float32)
 
+    def frozen_start(self, source: str, config, device: torch.device) -> Transformer:
+        """The language model at `source` (a directory, or a preset's fresh weights from the run's seed, exactly as
+        the trainer made them, so a resumed run rebuilds the same ones), frozen: a reference for DPO and RL."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            return Stage.build_model(self, source, device).eval().requires_grad_(False)
+
     def setup(self, model, data: StageData, config, device: torch.device, autocast) -> None:
         """Anything frozen the loss needs beside the model (a reference model, a teacher), made once."""
 
@@ -90,7 +97,7 @@ class Stage:
 
     def build(self, config, tokenizer_dir: Path, main: bool, barrier: Callable[[], None]) -> StageData:
         """Prepare (rank 0; a cache hit when unchanged) and pack the train and validation files."""
-        root = Path(config.data.prepared or Path(config.out).parent / "prepared") / self.name
+        root = self.prepared_root(config)
         sets = {"train": config.data.train, "val": config.data.val}
         if main:
             for split, files in sets.items():
@@ -101,6 +108,10 @@ class Stage:
         val = TokenData.open(root / "val") if config.data.val else None
         seq = config.data.seq_len
         return StageData(train, self.pack(train.doc_lengths, seq), val, self.pack(val.doc_lengths, seq) if val else [])
+
+    def prepared_root(self, config) -> Path:
+        """Where this stage's prepared train/ and val/ directories go."""
+        return Path(config.data.prepared or Path(config.out).parent / "prepared") / self.name
 
     def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Units the loss of `batch` sums over (a 0-d tensor on the batch's device)."""

@@ -37,8 +37,7 @@ from minimind.model.transformer import Backbone
 from minimind.overrides import to_dict
 from minimind.perf import device_peak_flops, measure_matmul_peak
 from minimind.runtime import resolve_device
-from minimind.tokenizer import load_tokenizer
-from minimind.tokenizer.tokenizer import DEFAULT_DIR
+from minimind.tokenizer import load_tokenizer, tokenizer_dir
 from minimind.train import checkpoint
 from minimind.train.config import TrainConfig, save_config
 from minimind.train.distributed import (
@@ -82,13 +81,13 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
     lora = config.stage == "lora"                 # the checkpoint then holds the adapter; the base is config.model
     source = str(resumed[0]) if resumed and not lora else config.model
     model = stage.build_model(source, device)
-    tokenizer_dir = Path(source) if (Path(source) / "tokenizer.json").is_file() else DEFAULT_DIR
+    tokenizer_path = tokenizer_dir(source)
     if lora and resumed:
         load_adapter(model, resumed[0])
     elif lora:
         apply_lora(model, config.lora)
     model.train()
-    tokenizer = load_tokenizer(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_path)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise MiniMindError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                             f"{model.config.vocab_size}")
@@ -104,7 +103,7 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
         save_config(config, out / "config.yaml")
         if resumed is None:
             checkpoint.clear(out)                 # a fresh run: an earlier run's checkpoints must not be resumed
-    data = stage.build(config, tokenizer_dir, info.main, lambda: dist.barrier() if info.enabled else None)
+    data = stage.build(config, tokenizer_path, info.main, lambda: dist.barrier() if info.enabled else None)
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext())
     stage.setup(model, data, config, device, autocast)
 
