@@ -145,11 +145,11 @@ class PreferenceStage(Stage):
 
 class DPO(PreferenceStage):
     generative = True
-    with_docs = True
 
     def __init__(self, config):
         super().__init__(config)
         self.options: DPOConfig = config.dpo
+        self.with_docs = self.options.precompute_reference     # doc ids look up the precomputed log-probs
         self.reference: Transformer | None = None
         self.reference_logps: torch.Tensor | None = None          # [documents] when precomputed
 
