@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install browser test test-all lint demo bench clean
+.PHONY: install browser test test-all test-interop interop lint demo bench clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,21 @@ test: install browser
 
 test-all: install browser
 	$(BIN)/python -m pytest -q -m 'slow or not slow'
+
+# llama.cpp parity tests: llama-cpp-python has no CPU wheel on PyPI, so build it from its sdist once (4-11 min)
+# and keep the wheel (built for this CPU) in $(WHEELS).
+LLAMA_CPP_VERSION ?= 0.3.36
+WHEELS ?= $(HOME)/.cache/minimind/wheels
+interop: $(VENV)/.llama_cpp
+$(VENV)/.llama_cpp: | install
+	@ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 \
+	  || CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip wheel -q --no-deps \
+	     --no-binary llama-cpp-python -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION)
+	$(BIN)/pip install -q $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	touch $@
+
+test-interop: interop
+	$(BIN)/python -m pytest -q -m interop
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -229,6 +229,16 @@ def cmd_lora_merge(args) -> None:
     print(f"wrote {path}")
 
 
+def cmd_export(args) -> None:
+    if args.format == "gguf":
+        from minimind.export.gguf import export_gguf as export
+    elif args.format == "ollama":
+        from minimind.export.gguf import export_ollama as export
+    else:
+        from minimind.export.onnx import export_onnx as export
+    print(f"wrote {export(args.model, args.out, args.dtype)}")
+
+
 def cmd_quickstart(args) -> None:
     from minimind.quickstart import quickstart
 
@@ -354,6 +364,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the merged model directory to write")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: float32)")
     p.set_defaults(func=cmd_lora_merge)
+
+    export = sub.add_parser("export", help="export a model directory: gguf (llama.cpp), ollama, onnx")
+    export_sub = export.add_subparsers(dest="format", required=True, metavar="<format>")
+    for fmt, help_text, out_help, dtypes, default in (
+            ("gguf", "one GGUF file for llama.cpp", "the .gguf file to write", ("f32", "f16", "bf16", "q8_0"), "f16"),
+            ("ollama", "a GGUF plus an ollama Modelfile", "the directory to write", ("f32", "f16", "bf16", "q8_0"),
+             "f16"),
+            ("onnx", "an ONNX graph with the KV cache as inputs/outputs", "the directory to write",
+             ("f32",), "f32")):
+        p = export_sub.add_parser(fmt, help=help_text)
+        p.add_argument("--model", required=True, help="the model directory")
+        p.add_argument("--out", required=True, help=out_help)
+        p.add_argument("--dtype", choices=dtypes, default=default)
+        p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("quickstart", help="the main job: data → pretrain → SFT → evaluate → report, on a CPU")
     p.add_argument("--out", default="runs/quickstart")

@@ -1,0 +1,166 @@
+"""GGUF export: the file holds exactly our tensors and tokenizer (read back with the gguf package), and, where
+llama-cpp-python is installed (`make test-interop`), llama.cpp computes what we compute."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from minimind.cli import main
+from minimind.errors import MiniMindError
+from minimind.export.gguf import export_gguf, export_ollama, gguf_name
+from minimind.infer import Engine, SamplingParams
+from minimind.model.io import to_checkpoint
+from minimind.tokenizer import load_tokenizer
+from tests.conftest import make_model
+
+gguf = pytest.importorskip("gguf")
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
+         "emoji 🦊🚀 and   spaces\tand tabs", "<|im_start|>user\nhi<|im_end|>\n<think>\n\n</think>\n\n<tool_call>"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+def saved(tmp_path, tokenizer, name: str, **overrides):
+    model = make_model(name, **overrides)
+    model.save(tmp_path / name, tokenizer=tokenizer)
+    return model, tmp_path / name
+
+
+def fields(reader) -> dict:
+    return {name: field.contents() for name, field in reader.fields.items()}
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-moe"])
+def test_tensors_and_metadata_round_trip(tmp_path, tokenizer, name):
+    model, directory = saved(tmp_path, tokenizer, name)
+    reader = gguf.GGUFReader(export_gguf(directory, tmp_path / "m.gguf", "f32"))
+    meta, config = fields(reader), model.config
+    arch = "qwen3moe" if config.is_moe else "qwen3"
+    assert meta["general.architecture"] == arch
+    assert meta[f"{arch}.block_count"] == config.num_hidden_layers
+    assert meta[f"{arch}.attention.head_count_kv"] == config.num_key_value_heads
+    assert meta[f"{arch}.attention.key_length"] == config.head_dim
+    assert meta[f"{arch}.rope.freq_base"] == config.rope_theta
+    if config.is_moe:
+        assert meta[f"{arch}.expert_count"] == config.num_experts
+        assert meta[f"{arch}.expert_used_count"] == config.num_experts_per_tok
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}     # tied: no output tensor
+    tensors = {t.name: t for t in reader.tensors}
+    assert set(tensors) == {gguf_name(k) for k in state}
+    for key, value in state.items():
+        t = tensors[gguf_name(key)]
+        assert list(t.shape[::-1]) == list(value.shape), key          # GGUF lists dims innermost first
+        np.testing.assert_array_equal(np.asarray(t.data).reshape(value.shape), value.numpy())
+
+
+def test_tokenizer_metadata(tmp_path, tokenizer):
+    _, directory = saved(tmp_path, tokenizer, "tiny")
+    meta = fields(gguf.GGUFReader(export_gguf(directory, tmp_path / "m.gguf")))
+    spec = json.loads((directory / "tokenizer.json").read_text())
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt-2"
+    assert len(tokens) == 6400 and all(tokens[i] == t for t, i in spec["model"]["vocab"].items())
+    assert tokens[:3] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    assert types[2] == gguf.TokenType.CONTROL and types[25] == gguf.TokenType.USER_DEFINED     # <think>
+    assert types[1000] == gguf.TokenType.NORMAL
+    assert len(meta["tokenizer.ggml.merges"]) == len(spec["model"]["merges"])
+    assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"]) == (1, 2)
+    assert meta["tokenizer.ggml.add_bos_token"] is False
+    assert meta["tokenizer.chat_template"] == tokenizer.chat_template
+
+
+def test_padded_vocabulary_names_every_id(tmp_path, tokenizer):
+    _, directory = saved(tmp_path, tokenizer, "tiny", vocab_size=6464)
+    meta = fields(gguf.GGUFReader(export_gguf(directory, tmp_path / "m.gguf")))
+    assert len(meta["tokenizer.ggml.tokens"]) == 6464
+    assert meta["tokenizer.ggml.tokens"][6400] == "[PAD6400]"
+    assert meta["tokenizer.ggml.token_type"][6463] == gguf.TokenType.UNUSED
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("f16", 1e-3), ("bf16", 8e-3), ("q8_0", 8e-3)])
+def test_reduced_precision_stays_close(tmp_path, tokenizer, dtype, tolerance):
+    model, directory = saved(tmp_path, tokenizer, "tiny")
+    reader = gguf.GGUFReader(export_gguf(directory, tmp_path / "m.gguf", dtype))
+    tensors = {t.name: t for t in reader.tensors}
+    for key, value in to_checkpoint(model.state_dict(), model.config).items():
+        t = tensors[gguf_name(key)]
+        if value.ndim == 1:
+            assert t.tensor_type == gguf.GGMLQuantizationType.F32
+            continue
+        assert t.tensor_type.name == dtype.upper()
+        back = gguf.quants.dequantize(t.data, t.tensor_type).reshape(value.shape)
+        scale = value.abs().amax(dim=-1, keepdim=True).numpy()
+        assert np.abs(back - value.numpy()).max() > 0                             # really reduced
+        assert (np.abs(back - value.numpy()) <= tolerance * scale).all(), key
+
+
+def test_bad_input_is_a_clear_error(tmp_path, tokenizer):
+    _, directory = saved(tmp_path, tokenizer, "tiny-moe", norm_topk_prob=False)
+    with pytest.raises(MiniMindError, match="norm_topk_prob"):
+        export_gguf(directory, tmp_path / "m.gguf")
+    _, directory = saved(tmp_path, tokenizer, "tiny")
+    spec = json.loads((directory / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = {"type": "Whitespace"}
+    (directory / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(MiniMindError, match="tokenizer.json: only a byte-level BPE"):
+        export_gguf(directory, tmp_path / "m.gguf")
+    assert not list(tmp_path.glob("*.gguf*"))                    # nothing half-written is left behind
+    assert main(["export", "gguf", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.gguf")]) == 2
+
+
+def test_ollama_directory(tmp_path, tokenizer):
+    _, directory = saved(tmp_path, tokenizer, "tiny")
+    assert main(["export", "ollama", "--model", str(directory), "--out", str(tmp_path / "ollama")]) == 0
+    modelfile = (tmp_path / "ollama" / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./model.gguf\n")
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile and "PARAMETER temperature 0.85" in modelfile
+    assert "{{- end }}<|im_start|>assistant\n<think>\n\n</think>\n\n\"\"\"" in modelfile
+    assert gguf.GGUFReader(tmp_path / "ollama" / "model.gguf").fields["general.architecture"].contents() == "qwen3"
+    assert export_ollama(directory, tmp_path / "o2", "q8_0") == tmp_path / "o2"
+
+
+# --- llama.cpp parity (make test-interop) ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llama_cpp():
+    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make test-interop)")
+
+
+def run_llama(llama_cpp, path, ids: list[int], n: int):
+    """llama.cpp's logits at every position of `ids`, and its greedy continuation of `n` tokens."""
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=1, seed=0)
+    try:
+        llm.reset()
+        llm.eval(ids)
+        logits = np.array(llm.scores[:len(ids)])
+        greedy = []
+        for token in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0, reset=True):
+            greedy.append(token)
+            if len(greedy) == n:
+                break
+        tokens = {text: llm.tokenize(text.encode(), add_bos=False, special=True) for text in TEXTS}
+    finally:
+        llm.close()
+    return logits, greedy, tokens
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("name", ["tiny", "tiny-moe"])
+def test_llama_cpp_computes_what_we_compute(tmp_path, tokenizer, llama_cpp, name):
+    model, directory = saved(tmp_path, tokenizer, name)
+    ids = tokenizer.encode("Once upon a time, in a quiet village by the sea, there lived")
+    logits, greedy, tokens = run_llama(llama_cpp, export_gguf(directory, tmp_path / "m.gguf", "f32"), ids, 32)
+    with torch.no_grad():
+        ours = model(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(logits - ours).max() <= 1e-3
+    expected = Engine(model, tokenizer).generate([ids], SamplingParams(max_new_tokens=32, temperature=0.0,
+                                                                        ignore_eos=True))[0][0].token_ids
+    assert len(set(expected)) >= 8                   # a varied continuation, not one token repeated
+    assert greedy == expected
+    assert tokens == {text: tokenizer.encode(text) for text in TEXTS}
