@@ -239,6 +239,32 @@ def cmd_export(args) -> None:
     print(f"wrote {export(args.model, args.out, args.dtype)}")
 
 
+def cmd_import(args) -> None:
+    """A GGUF file (dequantized) or a transformers Qwen3 / Qwen3-MoE / Qwen2 / Llama directory → our model
+    directory, ready for `minimind sft/lora/distill model=...`."""
+    if Path(args.source).suffix == ".gguf":
+        from minimind.export.gguf import import_gguf
+
+        path = import_gguf(args.source, args.out)
+    else:
+        import shutil
+
+        import torch
+
+        from minimind.fileio import atomic_directory
+        from minimind.model import load_model
+        from minimind.tokenizer.tokenizer import FILES
+
+        model = load_model(args.source, device="cpu", dtype=torch.float32)
+        with atomic_directory(args.out, marker="config.json") as tmp:
+            model.save(tmp)
+            for name in FILES:
+                if (Path(args.source) / name).is_file():
+                    shutil.copy(Path(args.source) / name, tmp / name)
+        path = Path(args.out)
+    print(f"wrote {path}")
+
+
 def cmd_quickstart(args) -> None:
     from minimind.quickstart import quickstart
 
@@ -378,6 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help=out_help)
         p.add_argument("--dtype", choices=dtypes, default=default)
         p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="a GGUF file or a transformers Qwen3/Qwen2/Llama directory → our model dir")
+    p.add_argument("source", help="a .gguf file or a model directory")
+    p.add_argument("--out", required=True, help="the model directory to write")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("quickstart", help="the main job: data → pretrain → SFT → evaluate → report, on a CPU")
     p.add_argument("--out", default="runs/quickstart")

@@ -17,6 +17,9 @@ from minimind.errors import MiniMindError
 
 DENSE = ("qwen3", "Qwen3ForCausalLM")
 MOE = ("qwen3_moe", "Qwen3MoeForCausalLM")
+# The dense families one decoder serves, told apart by two flags: (qk_norm, attention_bias) → (model_type, class).
+FAMILIES = {(True, False): DENSE, (False, True): ("qwen2", "Qwen2ForCausalLM"),
+            (False, False): ("llama", "LlamaForCausalLM")}
 
 # Fields a config.json must hold; the rest have Qwen3's defaults.
 REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -38,6 +41,8 @@ class ModelConfig:
     # None, or YaRN: {"rope_type": "yarn", "factor": s, "original_max_position_embeddings": L, ...}
     rope_scaling: dict | None = None
     rms_norm_eps: float = 1e-6
+    qk_norm: bool = True                   # per-head RMSNorm of q and k (Qwen3); off for Qwen2 and Llama
+    attention_bias: bool = False           # biases on q/k/v (Qwen2)
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
     # Mixture of experts: num_experts == 0 means a dense model.
@@ -84,6 +89,10 @@ class ModelConfig:
         if self.is_moe and not 1 <= self.num_experts_per_tok <= self.num_experts:
             raise MiniMindError(f"model config field 'num_experts_per_tok' must be in 1..num_experts "
                                 f"({self.num_experts}), got {self.num_experts_per_tok}")
+        if (self.qk_norm, self.attention_bias) not in FAMILIES or (self.is_moe and not self.qk_norm):
+            raise MiniMindError(f"model config: qk_norm={self.qk_norm} with attention_bias={self.attention_bias}"
+                                f"{' in an MoE model' if self.is_moe else ''} matches no supported architecture "
+                                "(Qwen3: true/false, Qwen2: false/true, Llama: false/false; MoE is Qwen3-MoE)")
         if self.rope_scaling is not None:
             self.rope_scaling = _check_rope_scaling(self.rope_scaling, self.max_position_embeddings)
 
@@ -93,29 +102,33 @@ class ModelConfig:
     # ---- config.json -------------------------------------------------------------------------------------
 
     def to_hf_dict(self, dtype: str = "float32") -> dict[str, Any]:
-        """The config.json that transformers reads as Qwen3Config / Qwen3MoeConfig (legacy rope keys, which
-        transformers 4 and 5, vLLM and llama.cpp's converter all read)."""
-        model_type, arch = MOE if self.is_moe else DENSE
+        """The config.json that transformers reads as Qwen3Config / Qwen3MoeConfig (or Qwen2Config /
+        LlamaConfig for imported models; legacy rope keys, which transformers 4 and 5, vLLM and llama.cpp's
+        converter all read)."""
+        model_type, arch = MOE if self.is_moe else FAMILIES[self.qk_norm, self.attention_bias]
         d: dict[str, Any] = {"architectures": [arch], "model_type": model_type}
         for f in dataclasses.fields(self):
             d[f.name] = getattr(self, f.name)
+        del d["qk_norm"]
         if not self.is_moe:
             for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
                       "router_aux_loss_coef"):
                 del d[k]
         else:
             d.update(decoder_sparse_step=1, mlp_only_layers=[], output_router_logits=False)
-        d.update(hidden_act="silu", attention_bias=False, attention_dropout=0.0, use_cache=True,
+        d.update(hidden_act="silu", attention_dropout=0.0, use_cache=True, mlp_bias=False,
                  use_sliding_window=False, sliding_window=None, max_window_layers=self.num_hidden_layers,
                  torch_dtype=dtype)
         return d
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> ModelConfig:
-        """Read a Hugging Face Qwen3 / Qwen3-MoE config dict (transformers 4 or 5 layout)."""
+        """Read a Hugging Face Qwen3 / Qwen3-MoE / Qwen2 / Llama config dict (transformers 4 or 5 layout)."""
         model_type = d.get("model_type")
-        if model_type not in (DENSE[0], MOE[0]):
-            raise MiniMindError(f"{source}: unknown model_type {model_type!r} (expected 'qwen3' or 'qwen3_moe')")
+        families = {t: flags for flags, (t, _) in FAMILIES.items()}
+        if model_type not in (*families, MOE[0]):
+            raise MiniMindError(f"{source}: unknown model_type {model_type!r} (expected 'qwen3', 'qwen3_moe', "
+                                "'qwen2' or 'llama')")
         missing = [k for k in REQUIRED if k not in d]
         if model_type == MOE[0]:
             missing += [k for k in ("num_experts_per_tok", "moe_intermediate_size") if k not in d]
@@ -128,8 +141,9 @@ class ModelConfig:
                 raise MiniMindError(f"{source}: field '{k}' must be a positive integer, got {d[k]!r}")
         if d.get("hidden_act", "silu") != "silu":
             raise MiniMindError(f"{source}: field 'hidden_act' is {d['hidden_act']!r}; only 'silu' is supported")
-        if d.get("attention_bias", False):
-            raise MiniMindError(f"{source}: field 'attention_bias' is true; Qwen3 attention has no biases")
+        if d.get("mlp_bias", False) or (model_type != "qwen2" and d.get("attention_bias", False)):
+            raise MiniMindError(f"{source}: field '{'mlp_bias' if d.get('mlp_bias') else 'attention_bias'}' is "
+                                f"true; {model_type} models with these biases are not supported")
         if d.get("use_sliding_window", False):
             raise MiniMindError(f"{source}: field 'use_sliding_window' is true; sliding-window attention "
                                 "is not supported")
@@ -144,6 +158,7 @@ class ModelConfig:
             kwargs.setdefault("norm_topk_prob", False)   # Qwen3MoeConfig's default
         else:
             kwargs["num_experts"] = 0
+            kwargs["qk_norm"], kwargs["attention_bias"] = families[model_type]
         kwargs.setdefault("num_key_value_heads", d["num_attention_heads"])
         kwargs.setdefault("head_dim", d["hidden_size"] // d["num_attention_heads"])
         kwargs.setdefault("tie_word_embeddings", False)   # Qwen3Config's default

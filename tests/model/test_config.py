@@ -63,7 +63,9 @@ def test_reads_legacy_rope_scaling_with_type_key():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"model_type": "llama"}, "unknown model_type 'llama'"),
+    ({"model_type": "gpt2"}, "unknown model_type 'gpt2'"),
+    ({"model_type": "llama", "attention_bias": True}, "'attention_bias' is true"),
+    ({"mlp_bias": True}, "'mlp_bias' is true"),
     ({"hidden_size": None}, "'hidden_size' must be a positive integer"),
     ({"num_key_value_heads": 3}, "multiple of num_key_value_heads"),
     ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "only 'yarn'"),
@@ -94,3 +96,11 @@ def test_overrides_are_typed_and_checked():
         apply_overrides(c, ["num_hidden_layers=two"])
     with pytest.raises(MiniMindError, match="key=value"):
         apply_overrides(c, ["num_hidden_layers"])
+
+
+def test_architecture_flags_must_name_a_family():
+    with pytest.raises(MiniMindError, match="matches no supported architecture"):
+        preset("tiny").replace(attention_bias=True)                 # qk-norm and biases: no such family
+    with pytest.raises(MiniMindError, match="in an MoE model"):
+        preset("tiny-moe").replace(qk_norm=False)
+    assert preset("tiny").replace(qk_norm=False).to_hf_dict()["architectures"] == ["LlamaForCausalLM"]

