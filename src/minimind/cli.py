@@ -71,6 +71,10 @@ def _load_for_inference(args):
         from minimind.lora import load_adapter, merge
 
         model = merge(load_adapter(model, args.adapter)).eval()
+    if args.int8:
+        from minimind.infer.quant import quantize_int8
+
+        model = quantize_int8(model.float())
     return model, _tokenizer_of(args.model)
 
 
@@ -290,6 +294,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rope-scaling", metavar="yarn:FACTOR", help="extend the context with YaRN, e.g. yarn:4")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the one-sequence decode step (first reply waits for the compilation)")
+    p.add_argument("--int8", action="store_true", help="int8 weight-only quantization (CPU, dense models)")
 
 
 def _inference_args(p: argparse.ArgumentParser, temperature: float, max_new_tokens: int) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from minimind.errors import MiniMindError
 from minimind.model.layers import Linear
 from minimind.model.transformer import Transformer
 
@@ -32,19 +33,24 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features).float(), self.weight, self.scales)
+        if x.numel() == x.shape[-1] and torch.compiler.is_compiling():
+            # one decoded row under torch.compile: a multiply-reduce that Inductor fuses into one loop reading
+            # the int8 weights (as `Linear` does for fp32)
+            y = (x[..., None, :].float() * self.weight).sum(-1) * self.scales
+        else:
+            y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features).float(), self.weight, self.scales)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
 def quantize_int8(model: Transformer) -> Transformer:
     """Replace every Linear of `model` (CPU, fp32, LoRA merged) by an Int8Linear, in place; returns the model."""
     if next(model.parameters()).device.type != "cpu":
-        raise ValueError("int8 weight quantization is for CPU inference")
+        raise MiniMindError("int8 weight quantization is for CPU inference (--device cpu)")
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, Linear):
                 if child.lora_A is not None:
-                    raise ValueError("merge the LoRA adapter before quantizing (minimind lora merge)")
+                    raise MiniMindError("merge the LoRA adapter before quantizing (minimind lora merge)")
                 setattr(module, name, Int8Linear(child))
     return model.eval()
 
