@@ -183,7 +183,18 @@ def test_grpo_ratio_is_one_first_then_the_clip_acts(prompts, tmp_path):
     assert log[0]["ratio"] == pytest.approx(1.0, abs=1e-6) and log[0]["clip_fraction"] == 0.0
     assert any(m["clip_fraction"] > 0 for m in log[1:4])
     assert {"reward_mean", "reward_std", "zero_variance_groups", "response_length", "rollout_tokens_per_s",
-            "kl", "reward_tests.train.test_rl:text_length"} <= set(log[0])
+            "kl", "entropy", "reward_tests.train.test_rl:text_length"} <= set(log[0])
+    assert 0 < log[0]["entropy"] < math.log(6400)
+
+
+def test_token_entropy():
+    """Uniform logits have entropy ln V; a confident distribution almost none; t = 0 predicts nothing."""
+    from minimind.model.transformer import token_entropy
+
+    logits = torch.zeros(1, 3, 50)
+    logits[0, 1, 7] = 30.0
+    h = token_entropy(logits)
+    assert h[0, 0] == 0 and h[0, 1] == pytest.approx(math.log(50), abs=1e-5) and h[0, 2] < 1e-6
 
 
 def test_grpo_resumes_exactly_from_a_rollout_boundary(prompts, tmp_path):

@@ -248,6 +248,14 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.pad(logps, (1, 0))
 
 
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """logits [B, T, V] → [B, T]: H_t = -Σ_v p log p of the distribution that predicted token t (0 at t = 0),
+    aligned like `token_logprobs`; fp32, no gradient (a metric)."""
+    logp = logits[:, :-1].float().log_softmax(-1)
+    return F.pad(-(logp.exp() * logp).sum(-1), (1, 0))
+
+
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy in fp32 over targets != -100: their sum, or their mean (0 if there are none, never NaN)."""
     total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),

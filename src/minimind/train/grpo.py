@@ -34,7 +34,7 @@ import torch
 from minimind.data.loader import TokenData
 from minimind.errors import MiniMindError
 from minimind.infer import Engine, SamplingParams
-from minimind.model.transformer import token_logprobs
+from minimind.model.transformer import token_entropy, token_logprobs
 from minimind.rl.losses import aggregate, group_advantages, k3, policy_loss
 from minimind.rl.rewards import Rewards, accuracy
 from minimind.rl.tools import TOOLS, run_tool
@@ -159,7 +159,8 @@ class GRPO(Stage):
 
     def loss(self, model, batch):
         o = self.options
-        logps = token_logprobs(model(batch["input_ids"]).logits, batch["input_ids"])
+        logits = model(batch["input_ids"]).logits
+        logps = token_logprobs(logits, batch["input_ids"])
         mask = batch["mask"]
         per_token, clipped = policy_loss(logps, batch["old_logps"], batch["advantages"][:, None], o.loss,
                                          o.eps_low, o.eps_high, o.cispo_eps_high)
@@ -168,7 +169,7 @@ class GRPO(Stage):
         tokens = mask.sum().clamp(min=1)
         metrics = {name: (value * mask).sum() / tokens * units for name, value in
                    (("clip_fraction", clipped.float()), ("kl", kl.detach()),
-                    ("ratio", torch.exp(logps - batch["old_logps"]).detach()))}
+                    ("ratio", torch.exp(logps - batch["old_logps"]).detach()), ("entropy", token_entropy(logits)))}
         return Loss(total, torch.zeros((), device=total.device), metrics)
 
     def step_log(self) -> dict:

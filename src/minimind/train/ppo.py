@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from minimind.model import RewardModel, Transformer, load_reward_model
 from minimind.model.layers import Linear
-from minimind.model.transformer import token_logprobs
+from minimind.model.transformer import token_entropy, token_logprobs
 from minimind.rl.losses import aggregate, gae, k3, masked_whiten, policy_loss
 from minimind.train.grpo import GRPO
 from minimind.train.stages import Loss, Stage
@@ -118,7 +118,7 @@ class PPO(GRPO):
         tokens = mask.sum().clamp(min=1)
         metrics = {name: (value * mask).sum() / tokens * units for name, value in
                    (("clip_fraction", clipped.float()), ("kl", kl.detach()), ("value_loss", value_loss.detach()),
-                    ("ratio", torch.exp(logps - batch["old_logps"]).detach()))}
+                    ("ratio", torch.exp(logps - batch["old_logps"]).detach()), ("entropy", token_entropy(logits)))}
         return Loss(total, torch.zeros((), device=total.device), metrics)
 
     def evaluate(self, model, records, token_bytes) -> dict:
