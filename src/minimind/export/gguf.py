@@ -100,6 +100,14 @@ def permute_qk(w: torch.Tensor, heads: int, inverse: bool = False) -> torch.Tens
     return w.reshape(heads, 2, shape[0] // heads // 2, *shape[1:]).transpose(1, 2).reshape(shape)
 
 
+def _permute_state_qk(state: dict[str, torch.Tensor], config: ModelConfig, inverse: bool = False) -> None:
+    """`permute_qk` on every layer's q and k weight of `state`, in place."""
+    for name in state:
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = config.num_attention_heads if "q_proj" in name else config.num_key_value_heads
+            state[name] = permute_qk(state[name], heads, inverse)
+
+
 def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "f16") -> Path:
     """Write the model at `model_dir` (a Qwen3 / Qwen3-MoE directory) to the GGUF file `out`, atomically."""
     import gguf
@@ -112,10 +120,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "f16") -> P
     state = from_checkpoint(read_tensors(model_dir), config)
     arch = architecture(config)
     if arch == "llama":
-        for name in state:
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
-                heads = config.num_attention_heads if "q_proj" in name else config.num_key_value_heads
-                state[name] = permute_qk(state[name], heads)
+        _permute_state_qk(state, config)
 
     tmp = out.with_name(f".{out.name}.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -328,10 +333,7 @@ def import_gguf(path: str | Path, out: str | Path) -> Path:
         data = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape)
         state[our_name(t.name)] = torch.from_numpy(data.astype("float32", copy=False).copy())
     if meta.arch == "llama":
-        for name in state:
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
-                heads = config.num_attention_heads if "q_proj" in name else config.num_key_value_heads
-                state[name] = permute_qk(state[name], heads, inverse=True)
+        _permute_state_qk(state, config, inverse=True)
     with torch.device("meta"):
         model = Transformer(config)
     expected = set(model.state_dict()) - ({"lm_head.weight"} if config.tie_word_embeddings else set())
