@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -277,6 +278,62 @@ def cmd_quickstart(args) -> None:
     print(f"wrote {report}")
 
 
+def cmd_eval(args) -> None:
+    """One task on one model: print its figures, and write them (with the settings) to --out as JSON."""
+    from minimind.eval import bpb, choice, generative
+    from minimind.eval.scoring import Scorer
+
+    model, tokenizer = _load_for_inference(args)
+    result: dict = {"model": args.model, "task": args.task, "files": {}}
+    for path in args.data:
+        if args.task == "bpb":
+            r = bpb.bits_per_byte(Scorer(model, tokenizer, window=args.window), bpb.read_documents(path), args.stride)
+            print(f"{path}: {_figure(r['bpb'], 'bpb')} bits/byte (uniform {r['uniform_bpb']:.3f}), perplexity "
+                  f"{r['perplexity']:.2f}, {r['documents']} documents, {r['bytes']:,} bytes")
+        elif args.task == "choice":
+            shots = choice.read_items(args.shots_from) if args.shots_from else None
+            r = choice.evaluate_choice(Scorer(model, tokenizer, window=args.window), choice.read_items(path),
+                                       args.method, args.shots, shots)
+            print(f"{path}: acc {_figure(r['acc'])}" + (f", acc_norm {_figure(r['acc_norm'])}" if "acc_norm" in r
+                                                        else "") + f" (chance {100 * r['chance']:.1f}%, n={r['n']})")
+            for subject, s in r.get("subjects", {}).items():
+                print(f"  {subject}: {_figure(s['acc'])} (chance {100 * s['chance']:.1f}%, n={s['acc']['n']})")
+        else:
+            records = generative.read_problems(path, args.limit)
+            r = generative.evaluate_generative(model, tokenizer, records, agent=args.task == "tools",
+                                               max_new_tokens=args.max_new_tokens, max_turns=args.max_turns,
+                                               temperature=args.temperature, seed=args.seed)
+            line = f"{path}: exact {_figure(r['accuracy'])}, '#### N' format {100 * r['formatted']:.1f}%"
+            if "tool_success" in r:
+                line += (f", correct through error-free calculator calls {_figure(r['tool_success'])}, "
+                         f"called a tool {100 * r['called_tool']:.1f}%")
+            print(line + f" (n={r['n']})")
+        result["files"][path] = r
+    if args.out:
+        from minimind.fileio import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        print(f"wrote {args.out}")
+
+
+def _figure(e: dict, kind: str = "acc") -> str:
+    if kind == "bpb":
+        return f"{e['value']:.4f} [{e['low']:.4f}, {e['high']:.4f}]"
+    return f"{100 * e['value']:.1f}% [{100 * e['low']:.1f}, {100 * e['high']:.1f}]"
+
+
+def cmd_report(args) -> None:
+    from minimind.eval.report import evaluate_model, model_dirs, write_report
+
+    results = {}
+    for label, path in model_dirs(args.runs):
+        print(f"evaluating {label} ({path}) …", file=sys.stderr)
+        results[label] = evaluate_model(path, Path(args.data), args.problems, args.window, args.device)
+    report = write_report(results, args.out)
+    print(report.read_text())
+    print(f"wrote {report}")
+
+
 def _millions(n: int) -> str:
     return f"{n / 1e6:.2f}M"
 
@@ -307,6 +364,15 @@ def _inference_args(p: argparse.ArgumentParser, temperature: float, max_new_toke
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=None)
+
+
+EVAL_HELP = """tasks:
+  bpb         bits per byte and perplexity of text (.txt: one document; .jsonl: each line's "text")
+  choice      multiple choice by log-likelihood: C-Eval / CMMLU / MMLU csv, ARC / OpenBookQA / MMLU jsonl, or
+              ours ({"context", "choices", "answer"}: eval/choice.jsonl of the default data)
+  arithmetic  exact final answers to rl-layout problems ({"conversations", "answer"}: eval/rl.jsonl)
+  tools       the same with the calculator offered: correct answers through error-free tool calls
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -415,6 +481,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the model directory to write")
     p.set_defaults(func=cmd_import)
 
+    p = sub.add_parser("eval", help="evaluate a model: bpb, multiple choice, arithmetic, calculator tool use",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, description=EVAL_HELP)
+    _model_args(p)
+    p.add_argument("--task", required=True, choices=["bpb", "choice", "arithmetic", "tools"])
+    p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="the files to evaluate on")
+    p.add_argument("--out", help="write the figures and settings here (JSON)")
+    g = p.add_argument_group("bpb and choice")
+    g.add_argument("--window", type=int, default=2048, help="tokens per forward (longer texts are scored in windows)")
+    g.add_argument("--stride", type=int, help="bpb: tokens scored per window (default: the window)")
+    g.add_argument("--method", choices=["cloze", "letter"], default="cloze",
+                   help="choice: score each option's text, or the option letters")
+    g.add_argument("--shots", type=int, default=0, help="choice: solved examples before each question")
+    g.add_argument("--shots-from", metavar="FILE", help="choice: draw examples from this file (a dev split)")
+    g = p.add_argument_group("arithmetic and tools")
+    g.add_argument("--limit", type=int, help="the first N problems")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-turns", type=int, default=3, help="tools: assistant turns per problem")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="the report card: models or runs compared on the default eval files")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="model directories, or runs with stage/model dirs")
+    p.add_argument("--data", default="runs/data", help="the default data directory (its eval/ files are used)")
+    p.add_argument("--out", required=True, help="directory for report.md, report.png and results.json")
+    p.add_argument("--problems", type=int, default=100, help="arithmetic problems per model")
+    p.add_argument("--window", type=int, default=512, help="bpb: tokens per forward")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_report)
+
+    sub.add_parser("lm-eval", help="lm-evaluation-harness's command line with `--model minimind` registered",
+                   add_help=False)
+
     p = sub.add_parser("quickstart", help="the main job: data → pretrain → SFT → evaluate → report, on a CPU")
     p.add_argument("--out", default="runs/quickstart")
     p.set_defaults(func=cmd_quickstart)
@@ -442,6 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lm-eval"]:                      # lm-eval parses its own arguments
+        from minimind.eval.harness import main as lm_eval_main
+
+        lm_eval_main(argv[1:])
+        return 0
     if argv[:2] == ["lora", "merge"]:                  # `minimind lora merge` is the lora-merge command
         argv = ["lora-merge", *argv[2:]]
     args = build_parser().parse_args(argv)

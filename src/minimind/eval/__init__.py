@@ -1,0 +1,1 @@
+"""Evaluation: bits per byte, multiple choice, generative tasks, the lm-eval adapter and the report card."""
