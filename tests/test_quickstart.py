@@ -18,7 +18,9 @@ def test_quickstart_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(quickstart_module, "CONFIGS", configs)
     monkeypatch.setattr(quickstart_module, "ARITHMETIC_QUESTIONS", 2)
     report = quickstart_module.quickstart(tmp_path / "qs").read_text()
-    for heading in ("## Timings", "## Training", "## Continuations", "## Chats", "## Held-out arithmetic"):
+    for heading in ("## Timings", "## Training", "## Continuations", "## Chats", "## Report card"):
         assert heading in report
     assert "| pretrain | 3 |" in report and "| sft | 3 |" in report
     assert (tmp_path / "qs" / "sft" / "model" / "model.safetensors").is_file()
+    assert "| bits/byte ↓ |" in report and "| arithmetic exact |" in report and "| pretrain | sft |" in report
+    assert {p.name for p in (tmp_path / "qs" / "report-card").iterdir()} >= {"report.md", "report.png", "results.json"}

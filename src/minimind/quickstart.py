@@ -2,15 +2,14 @@
 
     default data (pinned registry packages + generators) → the default tokenizer → pretrain
     (configs/tiny/pretrain.yaml: the 4.6M `mini` model) → SFT of it (configs/tiny/sft.yaml) → held-out loss
-    and bits per byte before and after each stage → sample continuations and chats, and score held-out
-    arithmetic questions → DIR/report.md
+    and bits per byte before and after each stage → sample continuations and chats → the report card of both
+    models (bits per byte, the offline benchmark, arithmetic, calculator use: DIR/report-card/) → DIR/report.md
 """
 
 from __future__ import annotations
 
 import json
 import platform
-import re
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 import minimind
 from minimind.data.default import build_default
+from minimind.eval.report import evaluate_model, markdown, write_report
 from minimind.model import load_model
 from minimind.tokenizer import iter_texts, load_tokenizer
 from minimind.tokenizer.train import chars_per_token
@@ -27,7 +27,7 @@ from minimind.train.trainer import sample, train
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tiny"
 CONTINUATIONS = ["To be, or not to be", "ROMEO.\nO", "成语“一心一意”"]
 CHATS = ["Hello! Who are you?", "What does the idiom 画蛇添足 mean?", "你好"]
-ARITHMETIC_QUESTIONS = 20
+ARITHMETIC_QUESTIONS = 100
 
 
 def quickstart(out: str | Path) -> Path:
@@ -59,12 +59,14 @@ def quickstart(out: str | Path) -> Path:
     chat_model = load_model(out / "sft" / "model", device="cpu")
     continuations = {p: sample(pretrained, tokenizer, p, chat=False) for p in CONTINUATIONS}
     chats = {p: sample(chat_model, tokenizer, p, chat=True, max_new_tokens=64) for p in CHATS}
-    arithmetic = _arithmetic(chat_model, tokenizer, out / "data" / "eval" / "rl.jsonl")
+    card = {stage: evaluate_model(out / stage / "model", out / "data", problems=ARITHMETIC_QUESTIONS, device="cpu")
+            for stage in ("pretrain", "sft")}
+    write_report(card, out / "report-card", title="MiniMind quickstart report card")
     timings["evaluation"] = time.perf_counter() - begin
     timings["total"] = time.perf_counter() - start
 
     report = out / "report.md"
-    report.write_text(_report(manifest, compression, runs, timings, continuations, chats, arithmetic))
+    report.write_text(_report(manifest, compression, runs, timings, continuations, chats, card))
     return report
 
 
@@ -80,22 +82,7 @@ def _metrics(path: Path) -> dict:
             "val_before": val[0], "val_after": val[-1]}
 
 
-def _arithmetic(model, tokenizer, path: Path) -> dict:
-    """Greedy answers to held-out word problems: how many end in the trained `#### N` format, how many are right."""
-    records = [json.loads(line) for line in path.open()][:ARITHMETIC_QUESTIONS]
-    formatted, correct, examples = 0, 0, []
-    for record in records:
-        question = record["conversations"][-1]["content"]
-        answer = sample(model, tokenizer, question, chat=True, max_new_tokens=96)
-        found = re.search(r"####\s*(-?[\d.]+)", answer)
-        formatted += found is not None
-        correct += found is not None and found.group(1) == str(record["answer"])
-        if len(examples) < 3:
-            examples.append((question, answer, record["answer"]))
-    return {"n": len(records), "formatted": formatted, "correct": correct, "examples": examples}
-
-
-def _report(manifest, compression, runs, timings, continuations, chats, arithmetic) -> str:
+def _report(manifest, compression, runs, timings, continuations, chats, card) -> str:
     device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU"
     lines = [
         "# MiniMind quickstart report", "",
@@ -123,8 +110,8 @@ def _report(manifest, compression, runs, timings, continuations, chats, arithmet
     lines += [f"- **{p!r}** → {t!r}" for p, t in continuations.items()]
     lines += ["", "## Chats (SFT model, greedy, thinking off)", ""]
     lines += [f"- **{p}** → {t!r}" for p, t in chats.items()]
-    lines += ["", f"## Held-out arithmetic ({arithmetic['n']} questions from `data/eval/rl.jsonl`)", "",
-              f"- answers in the trained `#### N` format: {arithmetic['formatted']}/{arithmetic['n']}",
-              f"- correct: {arithmetic['correct']}/{arithmetic['n']}", ""]
-    lines += [f"- **{q}** → {a!r} (expected {e})" for q, a, e in arithmetic["examples"]]
+    lines += ["", "## Report card (`minimind report`; plots in `report-card/report.png`)", "", markdown(card),
+              "Held-out arithmetic, SFT model (greedy):", ""]
+    lines += [f"- **{e['prompt']}** → {e['output'][-1]!r} (expected {e['answer']})"
+              for e in card["sft"]["arithmetic"]["examples"][:3]]
     return "\n".join(lines) + "\n"

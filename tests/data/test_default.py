@@ -422,3 +422,21 @@ def test_real_build_keeps_eval_held_out(packages, tmp_path):
     assert len(held_out) > 100
     for word in held_out:
         assert f"“{word}”是什么意思" not in train_sft and f"成语“{word}”读作" not in train_text
+
+
+@pytest.mark.slow
+def test_real_offline_benchmark(packages, tmp_path):
+    build_default(tmp_path, seed=0)
+    records = [json.loads(line) for line in (tmp_path / "eval" / "choice.jsonl").open()]
+    counts = {task: sum(r["task"] == task for r in records) for task in {r["task"] for r in records}}
+    assert set(counts) == {"en_next_line", "en_speaker", "zh_next_clause", "zh_author", "zh_idiom_meaning"}
+    assert all(180 <= n <= 200 for n in counts.values())
+    def text(path):
+        return "\n".join(json.loads(line)["text"] for line in path.open())
+
+    train_text, eval_text = text(tmp_path / "pretrain.jsonl"), text(tmp_path / "eval" / "pretrain.jsonl")
+    for r in records:
+        assert len(set(r["choices"])) == 4
+        if r["task"] == "en_next_line":          # held out: the three lines are not in training, the answer follows
+            assert r["context"].strip() not in train_text
+            assert r["context"] + r["choices"][r["answer"]] in eval_text

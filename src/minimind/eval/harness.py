@@ -14,6 +14,7 @@ forward, default 2048), max_gen_toks (default 256).
 
 from __future__ import annotations
 
+import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
@@ -32,6 +33,8 @@ class MiniMindLM(LM):
         from minimind.runtime import resolve_dtype
         from minimind.tokenizer import load_tokenizer, tokenizer_dir
 
+        if device and device.startswith("cuda") and not torch.cuda.is_available():
+            device = None                   # lm-eval's default --device is cuda; as its hf model does, fall back
         model = load_model(pretrained, device=device, dtype=resolve_dtype(dtype))
         tokenizer = load_tokenizer(tokenizer_dir(pretrained))
         self.scorer = Scorer(model, tokenizer, window=int(window))

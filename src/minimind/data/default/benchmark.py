@@ -35,7 +35,7 @@ def benchmark(works: list[tuple[str, str]], eval_works: tuple[str, ...], train_i
     records = []
     for task, make in tasks.items():
         rng = random.Random(f"{seed}/{task}")
-        candidates = make(rng)
+        candidates = [c for c in make(rng) if c[2]]                # None: too few distinct distractors
         for context, answer, distractors in rng.sample(candidates, min(ITEMS_PER_TASK, len(candidates))):
             choices = [answer, *distractors]
             rng.shuffle(choices)
@@ -89,8 +89,8 @@ def _speakers(plays: list[tuple[str, str]]):
                 continue
             for speaker, line in speeches:
                 if speaker in regulars:
-                    out.append((f"In {title}, who says “{line}”?\nAnswer:", f" {speaker}",
-                                [f" {s}" for s in _distractors(rng, [r for r in regulars if r != speaker], speaker)]))
+                    wrong = _distractors(rng, [f" {r}" for r in regulars], f" {speaker}")
+                    out.append((f"In {title}, who says “{line}”?\nAnswer:", f" {speaker}", wrong))
         return out
     return make
 
@@ -108,8 +108,7 @@ def _next_clauses(idioms: list[dict]):
             if len(clauses) >= 2 and 4 <= len(clauses[0]) <= 20 and 4 <= len(clauses[1]) <= 20:
                 pairs.append((clauses[0], clauses[1]))
         pool = [second for _, second in pairs]
-        return [(f"“{first}", second, wrong) for first, second in pairs
-                if (wrong := _distractors(rng, pool, second))]
+        return [(f"“{first}", second, _distractors(rng, pool, second)) for first, second in pairs]
     return make
 
 
@@ -128,6 +127,6 @@ def _meanings(idioms: list[dict]):
     def make(rng):
         usable = [i for i in idioms if 6 <= len(i["explanation"]) <= 40 and i["word"] not in i["explanation"]]
         pool = [i["explanation"] for i in usable]
-        return [(f"成语“{i['word']}”读作{i['pinyin']}，意思是：", i["explanation"], wrong)
-                for i in usable if (wrong := _distractors(rng, pool, i["explanation"]))]
+        return [(f"成语“{i['word']}”读作{i['pinyin']}，意思是：", i["explanation"],
+                 _distractors(rng, pool, i["explanation"])) for i in usable]
     return make
