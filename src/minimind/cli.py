@@ -284,16 +284,16 @@ def cmd_eval(args) -> None:
     from minimind.eval.scoring import Scorer
 
     model, tokenizer = _load_for_inference(args)
+    scorer = Scorer(model, tokenizer, window=args.window)
+    shots = choice.read_items(args.shots_from) if args.task == "choice" and args.shots_from else None
     result: dict = {"model": args.model, "task": args.task, "files": {}}
     for path in args.data:
         if args.task == "bpb":
-            r = bpb.bits_per_byte(Scorer(model, tokenizer, window=args.window), bpb.read_documents(path), args.stride)
+            r = bpb.bits_per_byte(scorer, bpb.read_documents(path), args.stride)
             print(f"{path}: {_figure(r['bpb'], 'bpb')} bits/byte (uniform {r['uniform_bpb']:.3f}), perplexity "
                   f"{r['perplexity']:.2f}, {r['documents']} documents, {r['bytes']:,} bytes")
         elif args.task == "choice":
-            shots = choice.read_items(args.shots_from) if args.shots_from else None
-            r = choice.evaluate_choice(Scorer(model, tokenizer, window=args.window), choice.read_items(path),
-                                       args.method, args.shots, shots)
+            r = choice.evaluate_choice(scorer, choice.read_items(path), args.method, args.shots, shots)
             print(f"{path}: acc {_figure(r['acc'])}" + (f", acc_norm {_figure(r['acc_norm'])}" if "acc_norm" in r
                                                         else "") + f" (chance {100 * r['chance']:.1f}%, n={r['n']})")
             for subject, s in r.get("subjects", {}).items():

@@ -11,7 +11,6 @@ The sampling settings are returned with the figures.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from minimind.data.formats import read_records
@@ -48,7 +47,7 @@ def evaluate_generative(model, tokenizer, records: list[dict], agent: bool = Fal
     out = {"n": len(records), "accuracy": estimate(correct).to_dict(),
            "formatted": float(sum(bool(FINAL.search(t)) for t in texts) / len(texts)),
            "length": sum(s.generated for s in samples) / len(samples),
-           "sampling": {k: v for k, v in asdict(params).items() if k in ("max_new_tokens", "temperature", "seed")}}
+           "sampling": {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}}
     if agent:
         success = [float(c > 0 and s.calls > 0 and s.errors == 0) for c, s in zip(correct, samples, strict=True)]
         out |= {"tool_success": estimate(success).to_dict(),

@@ -104,14 +104,14 @@ def markdown(results: dict[str, dict]) -> str:
         chance = next(iter(values.values()))["chance"]
         cells = [_cell(key, values[m]) if m in values else "–" for m in results]
         lines.append(f"| {header} | {_number(key, chance)} | " + " | ".join(cells) + " |")
-    n = {m: (r.get("choice", {}).get("n"), r.get("arithmetic", {}).get("n")) for m, r in results.items()}
-    first = next(iter(n.values()))
+    first = next(iter(results.values()))
+    items, problems = first.get("choice", {}).get("n"), first.get("arithmetic", {}).get("n")
     notes = ["", "Each figure: value [95% bootstrap interval]. Chance: the uniform model's bits per byte; 1 / options "
              "for multiple choice; 0 for exact answers."]
-    if first[0]:
-        notes.append(f"Offline MCQ: {first[0]} items of `eval/choice.jsonl`, cloze scoring, zero-shot.")
-    if first[1]:
-        notes.append(f"Arithmetic and calculator: the first {first[1]} problems of `eval/rl.jsonl`, greedy, "
+    if items:
+        notes.append(f"Offline MCQ: {items} items of `eval/choice.jsonl`, cloze scoring, zero-shot.")
+    if problems:
+        notes.append(f"Arithmetic and calculator: the first {problems} problems of `eval/rl.jsonl`, greedy, "
                      "up to 256 new tokens; the calculator run allows 3 turns.")
     return "\n".join(lines + notes) + "\n"
 

@@ -14,9 +14,6 @@ class Estimate:
     high: float           # 97.5th percentile
     n: int
 
-    def percent(self) -> str:
-        return f"{100 * self.value:.1f}% [{100 * self.low:.1f}, {100 * self.high:.1f}]"
-
     def to_dict(self) -> dict:
         return asdict(self)
 
