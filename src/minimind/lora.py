@@ -51,10 +51,12 @@ def _matches(name: str, targets: list[str]) -> bool:
 def apply_lora(model: Transformer, cfg: LoRAConfig) -> list[str]:
     """Add adapters to the matching Linear layers and freeze everything else; returns their module names."""
     cfg.validate()
-    names = [n for n, m in model.named_modules() if isinstance(m, Linear) and _matches(n, cfg.targets)]
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, Linear) and n != "lm_head" and _matches(n, cfg.targets)]
     if not names:
         raise MiniMindError(f"LoRA targets {cfg.targets!r} match no linear layer (names look like "
-                            "'model.layers.0.self_attn.q_proj'; MoE expert weights cannot be adapted)")
+                            "'model.layers.0.self_attn.q_proj'; MoE expert weights and the LM head, which the "
+                            "fused loss reads directly, cannot be adapted)")
     for p in model.parameters():
         p.requires_grad_(False)
     for name in names:

@@ -79,8 +79,12 @@ def test_loss_is_shifted_cross_entropy(model):
     labels = x.clone()
     labels[0, :5] = -100
     out = model(x, labels=labels)
-    expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, 6400), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert out.logits is None                      # the fused loss never builds the batch's logits
+    logits = model(x).logits
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, 6400), labels[:, 1:].reshape(-1), ignore_index=-100)
     torch.testing.assert_close(out.loss, expected + out.aux_loss)
+    total = model(x, labels=labels, reduction="sum").loss
+    torch.testing.assert_close(total, expected * (labels[:, 1:] != -100).sum())
     if model.config.is_moe:
         assert out.aux_loss > 0
     else:

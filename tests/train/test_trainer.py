@@ -97,7 +97,9 @@ def test_accumulation_equals_a_larger_batch(data, tmp_path, stage):
     a = train(config(data, tmp_path / "a", stage=stage, batch_size=1, tokens_per_step=128, max_steps=4, data=files))
     b = train(config(data, tmp_path / "b", stage=stage, batch_size=4, tokens_per_step=128, max_steps=4, data=files))
     wa, wb = weights(a), weights(b)
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    # float rounding differs between the two; AdamW turns it into at most ~1e-5 on an element whose gradient is
+    # near zero, while a wrong weighting of rows moves weights by ~lr (3e-3)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 5e-5
 
 
 def _run_cli(argv: list[str], **kwargs) -> subprocess.Popen:

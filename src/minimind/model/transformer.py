@@ -19,15 +19,14 @@ from torch import nn
 from minimind.config import ModelConfig
 from minimind.model.cache import KVCache
 from minimind.model.layers import MLP, Attention, Linear, RMSNorm
+from minimind.model.loss import IGNORE_INDEX, linear_cross_entropy
 from minimind.model.moe import MoE
 from minimind.model.rope import RotaryEmbedding
-
-IGNORE_INDEX = -100
 
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor                 # [B, T_kept, vocab]
+    logits: torch.Tensor | None          # [B, T_kept, vocab]; None when only the loss was asked for
     loss: torch.Tensor | None = None     # shifted cross-entropy + aux_loss, when labels are given
     aux_loss: torch.Tensor | None = None  # MoE load-balancing loss summed over layers (0 for a dense model)
 
@@ -161,24 +160,28 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, cache: KVCache | None = None,
-                logits_to_keep: int | None = None, position_ids: torch.Tensor | None = None) -> ModelOutput:
+                logits_to_keep: int | None = None, position_ids: torch.Tensor | None = None,
+                reduction: str = "mean") -> ModelOutput:
         """input_ids [B, T] → logits [B, T, vocab] (only the last `logits_to_keep` positions if given).
 
         labels [B, T] are the input ids themselves (the shift happens here): loss = mean over positions t with
-        labels[t+1] != -100 of -log p(labels[t+1] | tokens ≤ t), plus the MoE aux loss.
+        labels[t+1] != -100 of -log p(labels[t+1] | tokens ≤ t), plus the MoE aux loss; with reduction="sum",
+        the sum of those terms without the aux loss (the caller divides and adds `aux_loss`). The loss never
+        materialises the logits of the whole batch (`minimind.model.loss`), so with labels the logits are
+        returned only for the last `logits_to_keep` positions, and are None without it.
         position_ids [B, T] describe packed rows (see Backbone.forward).
         """
         h, aux = self.model(input_ids, attention_mask, cache, position_ids)
         if aux is None:
             aux = h.new_zeros((), dtype=torch.float32)
+        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h) \
+            if labels is None or logits_to_keep else None
         loss = None
         if labels is not None:
-            logits = self.lm_head(h)
-            loss = cross_entropy(logits[:, :-1], labels[:, 1:]) + aux
-            if logits_to_keep:
-                logits = logits[:, -logits_to_keep:]
-        else:
-            logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
+            targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)         # targets[t] = labels[t+1]
+            loss = linear_cross_entropy(h, self.lm_head.weight, targets)
+            if reduction == "mean":
+                loss = loss / (targets != IGNORE_INDEX).sum().clamp(min=1) + aux
         return ModelOutput(logits=logits, loss=loss, aux_loss=aux)
 
     def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None,
@@ -255,9 +258,3 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     logp = logits[:, :-1].float().log_softmax(-1)
     return F.pad(-(logp.exp() * logp).sum(-1), (1, 0))
 
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy in fp32 over targets != -100: their sum, or their mean (0 if there are none, never NaN)."""
-    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
-    return total if reduction == "sum" else total / (targets != IGNORE_INDEX).sum().clamp(min=1)

@@ -29,7 +29,7 @@ from minimind.data.loader import PackedLoader, TokenData
 from minimind.data.prepare import prepare
 from minimind.errors import MiniMindError
 from minimind.model import Transformer, load_model
-from minimind.model.transformer import IGNORE_INDEX, cross_entropy
+from minimind.model.transformer import IGNORE_INDEX
 
 
 @dataclass
@@ -146,8 +146,8 @@ class LanguageModelling(Stage):
     def loss(self, model, batch):
         """Σ over target tokens of -log p(label | prefix) (targets: every token for pretrain, the assistant's
         for sft, as the labels say), and the MoE aux loss."""
-        out = model(batch["input_ids"], position_ids=batch["position_ids"])
-        return Loss(cross_entropy(out.logits[:, :-1], batch["labels"][:, 1:], reduction="sum"), out.aux_loss)
+        out = model(batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"], reduction="sum")
+        return Loss(out.loss, out.aux_loss)
 
     @torch.no_grad()
     def evaluate(self, model, batches, token_bytes) -> dict:
