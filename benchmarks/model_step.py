@@ -1,9 +1,10 @@
-"""Training-step throughput and MFU of the model presets: forward + backward + fused AdamW step on random tokens.
+"""Training-step throughput, MFU and peak memory of the model presets: forward + backward + fused AdamW step on
+random tokens.
 
-    python benchmarks/model_step.py                                  # four presets, bf16, seq 512, batch 1, 4 steps
-    python benchmarks/model_step.py --dtype fp32 --threads 2
-    python benchmarks/model_step.py --device cuda --seq 2048 --batch 16 --steps 10
-    python benchmarks/model_step.py --presets tiny tiny-moe --seq 64 --steps 2      # smoke test, seconds
+    python benchmarks/model_step.py                                  # four presets, bf16, seq 512, batch 1
+    python benchmarks/model_step.py --presets minimind2-small --seq 256 --batch 8 --dtype fp32 --threads 2
+    python benchmarks/model_step.py --device cuda --seq 2048 --batch 16 --steps 10 --compile
+    python benchmarks/model_step.py --presets minimind-3 --seq 2048 --checkpointing --json   # one JSON line
 
 FLOPs per token (PaLM's estimate, `Transformer.flops_per_token`):
 
@@ -15,9 +16,11 @@ attention scores and weighted sum, counted over the full T×T square as PaLM doe
 
     achieved FLOP/s = tokens/s × FLOPs/token        MFU = achieved FLOP/s / peak FLOP/s
 
-The peak is the GPU's published dense bf16 figure (minimind.perf.PEAK_FLOPS); on the CPU, or a GPU not in the
-table, it is measured here with a 2048² matmul in the same dtype, so CPU MFU reads as "fraction of the matmul
-rate this machine reaches", not of a datasheet number.
+The peak is the GPU's published dense bf16 figure (minimind.perf.PEAK_FLOPS). On the CPU it is measured: a
+2048² matmul in the same dtype, for 0.3 s after every timed step, so that the steps and the peak see the same
+machine (a shared CPU's speed drifts by ±10% over a minute); the medians of both give MFU, which then reads as
+"fraction of the matmul rate this machine reaches". Peak memory: CUDA's allocator peak, or the process's peak
+resident set on the CPU (exact when the run has the process to itself, as `benchmarks/suite.py` arranges).
 """
 
 from __future__ import annotations
@@ -25,15 +28,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
 from minimind.config import preset
-from minimind.model.transformer import Transformer
-from minimind.perf import device_peak_flops, measure_matmul_peak, mfu
+from minimind.model.transformer import Transformer, checkpoint_blocks
+from minimind.perf import device_peak_flops, measure_matmul_peak, mfu, peak_memory, reset_peak_memory
 from minimind.runtime import resolve_device, resolve_dtype
 
 
@@ -55,7 +60,7 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def train_step(model: Transformer, optimizer: torch.optim.Optimizer, x: torch.Tensor, ctx) -> None:
+def train_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor, ctx) -> None:
     with ctx:
         loss = model(x, labels=x).loss
     loss.backward()
@@ -64,63 +69,78 @@ def train_step(model: Transformer, optimizer: torch.optim.Optimizer, x: torch.Te
 
 
 def bench(name: str, args, device: torch.device, dtype: torch.dtype) -> dict:
-    """Time `args.steps` training steps of preset `name` after one untimed warm-up step."""
+    """Time `args.steps` training steps of preset `name` after one untimed warm-up step (which compiles)."""
     model = Transformer(preset(name)).to(device).train()
+    if args.checkpointing:
+        checkpoint_blocks(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)   # fused kernels: cpu, cuda, mps
+    forward = torch.compile(model) if args.compile else model
     ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     batches = torch.randint(model.config.vocab_size, (args.steps + 1, args.batch, args.seq), device=device)
 
-    train_step(model, optimizer, batches[0], ctx)
+    reset_peak_memory(device)
+    train_step(forward, optimizer, batches[0], ctx)
     synchronize(device)
-    t0 = time.perf_counter()
+    published = device_peak_flops(device)
+    times, peaks = [], []
     for x in batches[1:]:
-        train_step(model, optimizer, x, ctx)
-    synchronize(device)
-    seconds = (time.perf_counter() - t0) / args.steps
-
+        t0 = time.perf_counter()
+        train_step(forward, optimizer, x, ctx)
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+        if published is None:
+            peaks.append(measure_matmul_peak(dtype, device, seconds=0.3))
+    seconds = statistics.median(times)
     tokens = args.batch * args.seq
-    result = dict(name=name, total=model.num_params(), active=model.num_params(active=True), tokens=tokens,
-                  seconds=seconds, tokens_per_s=tokens / seconds, flops_per_token=model.flops_per_token(args.seq))
-    del model, optimizer, batches
+    result = dict(preset=name, seq=args.seq, batch=args.batch, dtype=args.dtype, compile=args.compile,
+                  checkpointing=args.checkpointing, total=model.num_params(), active=model.num_params(active=True),
+                  tokens=tokens, seconds=seconds, tokens_per_s=tokens / seconds,
+                  flops_per_token=model.flops_per_token(args.seq), peak_memory=peak_memory(device),
+                  peak_flops=published or statistics.median(peaks),
+                  peak_source="published dense bf16" if published else f"measured 2048² {args.dtype} matmul")
+    result["mfu"] = mfu(result["tokens_per_s"], result["flops_per_token"], result["peak_flops"])
+    del model, forward, optimizer, batches
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+",
-                        default=["minimind2-small", "minimind-3", "minimind-3-moe", "minimind2"])
-    parser.add_argument("--seq", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
-    args = parser.parse_args()
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", nargs="+", default=["minimind2-small", "minimind-3", "minimind-3-moe", "minimind2"])
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (compilation not timed)")
+    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing of every block")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per preset instead of a table")
+    return p
 
+
+def main() -> None:
+    args = parser().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    peak = device_peak_flops(device)
-    source = "published dense bf16"
-    if peak is None:
-        peak = measure_matmul_peak(dtype, device)
-        source = f"measured 2048² {args.dtype} matmul"
-
-    print(f"device: {device_name(device)} ({device.type}) · torch {torch.__version__} · "
-          f"threads {torch.get_num_threads()} · dtype {args.dtype} · seq {args.seq} · batch {args.batch} · "
-          f"steps {args.steps}")
-    print(f"peak: {peak / 1e12:.3f} TFLOP/s ({source})\n")
-    print("| preset | params (M) total / active | tokens/step | s/step | tokens/s | TFLOP/s | MFU |")
-    print("|---|---|---|---|---|---|---|")
+    if not args.json:
+        print(f"device: {device_name(device)} ({device.type}) · torch {torch.__version__} · "
+              f"threads {torch.get_num_threads()} · dtype {args.dtype} · seq {args.seq} · batch {args.batch} · "
+              f"steps {args.steps}{' · compiled' if args.compile else ''}\n")
+        print("| preset | params (M) total / active | tokens/step | s/step | tokens/s | TFLOP/s | peak TFLOP/s "
+              "| MFU | peak memory |")
+        print("|---|---|---|---|---|---|---|---|---|")
     for name in args.presets:
         r = bench(name, args, device, dtype)
-        achieved = r["tokens_per_s"] * r["flops_per_token"]
+        if args.json:
+            print(json.dumps(r), flush=True)
+            continue
         print(f"| {name} | {r['total'] / 1e6:.1f} / {r['active'] / 1e6:.1f} | {r['tokens']} | {r['seconds']:.3f} "
-              f"| {r['tokens_per_s']:,.0f} | {achieved / 1e12:.3f} "
-              f"| {mfu(r['tokens_per_s'], r['flops_per_token'], peak):.1%} |", flush=True)
+              f"| {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] * r['flops_per_token'] / 1e12:.3f} "
+              f"| {r['peak_flops'] / 1e12:.3f} | {r['mfu']:.1%} | {r['peak_memory'] / 2**30:.2f} GiB |", flush=True)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,10 @@ class ModelConfig:
         if self.is_moe and not 1 <= self.num_experts_per_tok <= self.num_experts:
             raise MiniMindError(f"model config field 'num_experts_per_tok' must be in 1..num_experts "
                                 f"({self.num_experts}), got {self.num_experts_per_tok}")
+        if self.is_moe and (self.hidden_size % 8 or self.moe_intermediate_size % 8):
+            raise MiniMindError(f"model config: hidden_size ({self.hidden_size}) and moe_intermediate_size "
+                                f"({self.moe_intermediate_size}) of an MoE model must be multiples of 8 (grouped "
+                                "GEMMs need rows aligned to 16 bytes)")
         if (self.qk_norm, self.attention_bias) not in FAMILIES or (self.is_moe and not self.qk_norm):
             raise MiniMindError(f"model config: qk_norm={self.qk_norm} with attention_bias={self.attention_bias}"
                                 f"{' in an MoE model' if self.is_moe else ''} matches no supported architecture "

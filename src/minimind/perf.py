@@ -60,3 +60,17 @@ def measure_matmul_peak(dtype: torch.dtype, device: str | torch.device, n: int =
 def mfu(tokens_per_second: float, flops_per_token: float, peak: float) -> float:
     """Model FLOPs utilisation: tokens_per_second × flops_per_token / peak (a fraction, not a percentage)."""
     return tokens_per_second * flops_per_token / peak
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak bytes: allocated tensors on a CUDA device since `reset_peak_memory`; on the CPU the process's peak
+    resident set (tensors, the Python interpreter and libraries: exact per run when one run has the process)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024          # kilobytes on Linux

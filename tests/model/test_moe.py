@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from minimind import preset
-from minimind.model.moe import MoE
+from minimind.model.moe import GroupedMatmul, MoE
 
 
 def make_moe(**overrides) -> MoE:
@@ -71,3 +71,32 @@ def test_idle_expert_still_gets_a_gradient():
     (y.sum() + aux).backward()
     assert moe.experts.down_proj.grad is not None
     assert moe.experts.down_proj.grad[1:].abs().sum() == 0 and moe.experts.down_proj.grad[0].abs().sum() > 0
+
+
+def test_grouped_matmul_gradients_equal_per_group_matmuls():
+    """GroupedMatmul's backward against autograd through one matmul per group, with an empty group."""
+    torch.manual_seed(0)
+    x = torch.randn(10, 16, requires_grad=True)
+    w = torch.randn(3, 8, 16, requires_grad=True)
+    sizes = [4, 0, 6]
+    offsets = torch.tensor(sizes).cumsum(0).to(torch.int32)
+    upstream = torch.randn(10, 8)
+    (GroupedMatmul.apply(x, w, offsets) * upstream).sum().backward()
+    got = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    ref = torch.cat([xg @ wg.T for xg, wg in zip(x.split(sizes), w.unbind(0), strict=True)])
+    (ref * upstream).sum().backward()
+    torch.testing.assert_close(got[0], x.grad)
+    torch.testing.assert_close(got[1], w.grad)
+    assert w.grad[1].abs().sum() == 0
+
+
+def test_experts_run_in_the_autocast_dtype():
+    moe = make_moe()
+    x = torch.randn(2, 5, 64)
+    ref, _ = moe(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = moe(x)
+        h = moe.experts(x.reshape(-1, 64), torch.tensor([3, 6, 8, 10], dtype=torch.int32))
+    assert h.dtype == torch.bfloat16 and y.dtype == torch.float32
+    torch.testing.assert_close(y, ref, atol=0.05, rtol=0.05)

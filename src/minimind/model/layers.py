@@ -16,6 +16,12 @@ from minimind.model.cache import KVCache
 from minimind.model.rope import apply_rope
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls on x run in: autocast's where it is on for x's device, else x's own."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 class Linear(nn.Linear):
     """nn.Linear (bias-free unless asked), optionally with a LoRA adapter (`minimind.lora`):
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from minimind.model.layers import autocast_dtype
+
 IGNORE_INDEX = -100
 CHUNK_ELEMENTS = 2**24          # fp32 logits per chunk: 64 MiB, 2,621 rows of a 6,400-token vocabulary
 
@@ -35,14 +37,16 @@ class LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, n, rows):
             hc, yc = h[start:start + rows].to(compute_dtype), targets[start:start + rows]
             z = (hc @ w.T).float()                                          # [c, V]
-            valid = yc != IGNORE_INDEX
+            valid = (yc != IGNORE_INDEX).float()[:, None]
             y = yc.clamp(min=0)[:, None]
-            lse = z.logsumexp(-1, keepdim=True)
-            total += ((lse - z.gather(1, y)).squeeze(1) * valid).sum()
+            z_target = z.gather(1, y)
+            z_max = z.amax(-1, keepdim=True)
+            e = z.sub_(z_max).exp_()                                        # exp(z - max), in place of z
+            norm = e.sum(-1, keepdim=True)
+            total += ((z_max + norm.log() - z_target) * valid).sum()        # logsumexp(z) - z_y
             if need_h or need_w:
-                dz = z.sub_(lse).exp_()                                    # softmax, in place of z
-                dz.scatter_add_(1, y, torch.full_like(lse, -1.0))
-                dz = (dz * valid[:, None]).to(compute_dtype)
+                dz = e.mul_(valid / norm).scatter_add_(1, y, -valid)         # valid · (softmax - onehot)
+                dz = dz.to(compute_dtype)
                 if need_h:
                     grad_h[start:start + rows] = dz @ w
                 if need_w:
@@ -66,9 +70,8 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
     """Σ over targets != -100 of -log softmax(h·Wᵀ)[target]: h [..., H], weight [V, H], targets [...] → [] fp32.
 
     The matmuls run in the autocast dtype when autocast is on (as nn.Linear would), the softmax in fp32."""
-    device = h.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+    dtype = autocast_dtype(h)
     if not torch.is_grad_enabled():
         h, weight = h.detach(), weight.detach()          # so that forward computes no gradients
-    with torch.autocast(device, enabled=False):
+    with torch.autocast(h.device.type, enabled=False):
         return LinearCrossEntropy.apply(h.reshape(-1, h.shape[-1]), weight, targets.reshape(-1), dtype)

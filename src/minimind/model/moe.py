@@ -19,6 +19,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from minimind.config import ModelConfig
+from minimind.model.layers import autocast_dtype
+
+
+class GroupedMatmul(torch.autograd.Function):
+    """y[r] = x[r] · W_gᵀ for the rows r of group g, the groups being consecutive runs of rows: x [M, K],
+    W [G, N, K], offsets [G] int32 (end row of each group; empty groups allowed) → y [M, N]. One grouped GEMM
+    per pass (F.grouped_mm), so the group sizes never leave the device:
+
+        forward  y = x · W_gᵀ        backward  dx = dy · W_g,   dW_g = dy_gᵀ · x_g
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight, offsets)
+        return F.grouped_mm(x, weight.transpose(1, 2), offs=offsets)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        x, weight, offsets = ctx.saved_tensors
+        grad_y = grad_y.contiguous()                # grouped GEMMs refuse broadcast (stride-0) gradients
+        grad_x = F.grouped_mm(grad_y, weight, offs=offsets) if ctx.needs_input_grad[0] else None
+        grad_w = F.grouped_mm(grad_y.T, x, offs=offsets) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w, None
 
 
 class Experts(nn.Module):
@@ -34,14 +57,13 @@ class Experts(nn.Module):
         self.up_proj = nn.Parameter(torch.empty(num_experts, intermediate, hidden))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden, intermediate))
 
-    def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """x [M, hidden] holds the tokens grouped by expert, counts[e] of them for expert e → [M, hidden]."""
-        outs = []
-        # unbind, not indexing: its backward stacks the E gradients once instead of E full-size scatters
-        experts = zip(self.gate_proj.unbind(0), self.up_proj.unbind(0), self.down_proj.unbind(0), strict=True)
-        for xe, (gate, up, down) in zip(x.split(counts), experts, strict=True):
-            outs.append((F.silu(xe @ gate.T) * (xe @ up.T)) @ down.T)
-        return torch.cat(outs)
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """x [M, hidden] holds the tokens grouped by expert, expert e's ending at row offsets[e] → [M, hidden].
+        Computed in the autocast dtype when autocast is on (it does not reach grouped GEMMs by itself)."""
+        dtype = autocast_dtype(x)
+        x, gate, up, down = (t.to(dtype) for t in (x, self.gate_proj, self.up_proj, self.down_proj))
+        h = F.silu(GroupedMatmul.apply(x, gate, offsets)) * GroupedMatmul.apply(x, up, offsets)
+        return GroupedMatmul.apply(h, down, offsets)
 
 
 class MoE(nn.Module):
@@ -61,14 +83,14 @@ class MoE(nn.Module):
         if self.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
 
-        # Group the N·k (token, expert) assignments by expert, run each expert once on its tokens,
-        # then scatter the weighted outputs back to their tokens.
+        # Group the N·k (token, expert) assignments by expert, run every expert on its tokens in grouped GEMMs,
+        # then scatter the weighted outputs back to their tokens. No host sync: group sizes stay on the device.
         flat = experts.flatten()                                            # [N·k]
         order = flat.argsort(stable=True)
         token = order // self.top_k
-        counts = torch.bincount(flat, minlength=self.num_experts).tolist()  # one host sync per layer
-        y = self.experts(x[token], counts) * weights.flatten()[order, None].to(x.dtype)
-        out = torch.zeros_like(x).index_add_(0, token, y)
+        offsets = torch.bincount(flat, minlength=self.num_experts).cumsum(0).to(torch.int32)
+        y = self.experts(x[token], offsets) * weights.flatten()[order, None]
+        out = torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
         return out.view(shape), self.aux_loss(probs, experts, token_mask)
 
     def aux_loss(self, probs: torch.Tensor, experts: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:

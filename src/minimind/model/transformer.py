@@ -233,6 +233,16 @@ class Transformer(nn.Module):
         return save_model(self, path, dtype=dtype, tokenizer=tokenizer)
 
 
+def checkpoint_blocks(module: nn.Module) -> None:
+    """Activation checkpointing: recompute each block's activations in the backward pass instead of storing
+    them, in every backbone inside `module` (PPO's critic has its own). Memory per block drops to its input."""
+    from torch.utils.checkpoint import checkpoint as recompute
+
+    for block in (b for m in module.modules() if isinstance(m, Backbone) for b in m.layers):
+        forward = block.forward
+        block.forward = lambda *args, _f=forward, **kwargs: recompute(_f, *args, use_reentrant=False, **kwargs)
+
+
 def training_flops(model, seq_len: int, lookup: int) -> int:
     """PaLM's estimate of training FLOPs per token: 6·N + 12·L·(H·d)·T, where N counts the active parameters
     that take part in matmuls: all but the norms' and `lookup` (the embedding table's)."""

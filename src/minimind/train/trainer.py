@@ -33,7 +33,7 @@ from minimind.errors import MiniMindError
 from minimind.fileio import atomic_directory
 from minimind.infer import Engine, SamplingParams
 from minimind.lora import apply_lora, load_adapter, save_adapter
-from minimind.model.transformer import Backbone
+from minimind.model.transformer import checkpoint_blocks
 from minimind.overrides import to_dict
 from minimind.perf import device_peak_flops, measure_matmul_peak
 from minimind.runtime import resolve_device
@@ -138,7 +138,7 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
     # ---- wrappers: activation checkpointing, compile, DDP (FSDP2 shards in place, above) -------------------
     raw = model
     if config.activation_checkpointing:
-        _checkpoint_blocks(model)
+        checkpoint_blocks(model)
     if config.compile:
         model = torch.compile(model)
     ddp = info.enabled and not config.fsdp
@@ -333,16 +333,6 @@ def _samples(model, tokenizer, config, progress, out: Path, step: int, write: bo
             with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, "prompt": prompt, "output": text}, ensure_ascii=False) + "\n")
     model.train()
-
-
-def _checkpoint_blocks(model) -> None:
-    """Recompute each block's activations in the backward pass instead of storing them (in every backbone:
-    PPO's critic has its own)."""
-    from torch.utils.checkpoint import checkpoint as recompute
-
-    for block in (b for m in model.modules() if isinstance(m, Backbone) for b in m.layers):
-        forward = block.forward
-        block.forward = lambda *args, _f=forward, **kwargs: recompute(_f, *args, use_reentrant=False, **kwargs)
 
 
 @functools.cache
