@@ -22,10 +22,24 @@ from minimind.config import ModelConfig
 from minimind.model.layers import autocast_dtype
 
 
+@torch.library.custom_op("minimind::grouped_mm", mutates_args=())
+def grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """F.grouped_mm as an op torch.compile does not look into: PyTorch's own shape function for it accepts only
+    bf16, while its CPU kernel (and ours to use) takes fp32 too."""
+    return F.grouped_mm(a, b, offs=offsets)
+
+
+@grouped_mm.register_fake
+def _(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    if b.ndim == 3:                                                         # [M, K] · [G, K, N] → [M, N]
+        return a.new_empty(a.shape[0], b.shape[2])
+    return a.new_empty(offsets.shape[0], a.shape[0], b.shape[1])           # [K, M] · [M, N] → [G, K, N]
+
+
 class GroupedMatmul(torch.autograd.Function):
     """y[r] = x[r] · W_gᵀ for the rows r of group g, the groups being consecutive runs of rows: x [M, K],
     W [G, N, K], offsets [G] int32 (end row of each group; empty groups allowed) → y [M, N]. One grouped GEMM
-    per pass (F.grouped_mm), so the group sizes never leave the device:
+    per pass, so the group sizes never leave the device:
 
         forward  y = x · W_gᵀ        backward  dx = dy · W_g,   dW_g = dy_gᵀ · x_g
     """
@@ -33,14 +47,14 @@ class GroupedMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight, offsets)
-        return F.grouped_mm(x, weight.transpose(1, 2), offs=offsets)
+        return grouped_mm(x, weight.transpose(1, 2), offsets)
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         x, weight, offsets = ctx.saved_tensors
         grad_y = grad_y.contiguous()                # grouped GEMMs refuse broadcast (stride-0) gradients
-        grad_x = F.grouped_mm(grad_y, weight, offs=offsets) if ctx.needs_input_grad[0] else None
-        grad_w = F.grouped_mm(grad_y.T, x, offs=offsets) if ctx.needs_input_grad[1] else None
+        grad_x = grouped_mm(grad_y, weight, offsets) if ctx.needs_input_grad[0] else None
+        grad_w = grouped_mm(grad_y.T, x, offsets) if ctx.needs_input_grad[1] else None
         return grad_x, grad_w, None
 
 
@@ -85,10 +99,10 @@ class MoE(nn.Module):
 
         # Group the N·k (token, expert) assignments by expert, run every expert on its tokens in grouped GEMMs,
         # then scatter the weighted outputs back to their tokens. No host sync: group sizes stay on the device.
-        flat = experts.flatten()                                            # [N·k]
-        order = flat.argsort(stable=True)
+        grouped, order = experts.flatten().sort(stable=True)               # [N·k] expert ids, ascending
         token = order // self.top_k
-        offsets = torch.bincount(flat, minlength=self.num_experts).cumsum(0).to(torch.int32)
+        ids = torch.arange(self.num_experts, device=x.device, dtype=grouped.dtype)
+        offsets = torch.searchsorted(grouped, ids, right=True).to(torch.int32)   # end of each expert's rows
         y = self.experts(x[token], offsets) * weights.flatten()[order, None]
         out = torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
         return out.view(shape), self.aux_loss(probs, experts, token_mask)
