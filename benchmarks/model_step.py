@@ -39,7 +39,7 @@ import torch
 from minimind.config import preset
 from minimind.model.transformer import Transformer, checkpoint_blocks
 from minimind.perf import device_peak_flops, measure_matmul_peak, mfu, peak_memory, reset_peak_memory
-from minimind.runtime import resolve_device, resolve_dtype
+from minimind.runtime import keep_freed_memory, resolve_device, resolve_dtype
 
 
 def device_name(device: torch.device) -> str:
@@ -126,6 +126,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    if device.type == "cpu":
+        keep_freed_memory()                       # as the trainer does
     if not args.json:
         print(f"device: {device_name(device)} ({device.type}) · torch {torch.__version__} · "
               f"threads {torch.get_num_threads()} · dtype {args.dtype} · seq {args.seq} · batch {args.batch} · "

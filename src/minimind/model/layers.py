@@ -102,6 +102,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 is_causal: bool, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
+        x = x.to(autocast_dtype(x))         # cast once for q, k and v (autocast would cast x for each of them)
         q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -123,4 +124,5 @@ class MLP(nn.Module):
         self.down_proj = Linear(intermediate, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(autocast_dtype(x))         # cast once for gate and up
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

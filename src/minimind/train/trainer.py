@@ -36,7 +36,7 @@ from minimind.lora import apply_lora, load_adapter, save_adapter
 from minimind.model.transformer import checkpoint_blocks
 from minimind.overrides import to_dict
 from minimind.perf import device_peak_flops, measure_matmul_peak
-from minimind.runtime import resolve_device
+from minimind.runtime import keep_freed_memory, resolve_device
 from minimind.tokenizer import load_tokenizer, tokenizer_dir
 from minimind.train import checkpoint
 from minimind.train.config import TrainConfig, save_config
@@ -62,6 +62,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     """Run `config`; returns the final model directory OUT/model (a LoRA run: the adapter, OUT/adapter)."""
     stage = STAGES[config.stage](config)
     device = resolve_device(None if config.device == "auto" else config.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     info = init_distributed(device.type)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
