@@ -39,7 +39,7 @@ import torch
 
 from minimind.config import preset
 from minimind.model.transformer import Transformer, checkpoint_blocks
-from minimind.perf import device_peak_flops, measure_matmul_peak, mfu, peak_memory, reset_peak_memory
+from minimind.perf import device_peak_flops, measure_matmul_peak, mfu, peak_memory, reset_peak_memory, synchronize
 from minimind.runtime import keep_freed_memory, resolve_device, resolve_dtype
 
 
@@ -52,13 +52,6 @@ def device_name(device: torch.device) -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def train_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor, ctx) -> None:

@@ -39,21 +39,28 @@ def device_peak_flops(device: str | torch.device) -> float | None:
     return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA, MPS), so that wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def measure_matmul_peak(dtype: torch.dtype, device: str | torch.device, n: int = 2048,
                         seconds: float = 1.0) -> float:
     """FLOP/s of back-to-back n×n @ n×n matmuls in `dtype` for about `seconds`: 2·n³ FLOPs per matmul divided
     by the wall time. The reference peak where no published figure applies (the CPU)."""
     device = torch.device(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     a @ b  # warm-up
-    sync()
+    synchronize(device)
     count, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         count += 1
-    sync()
+    synchronize(device)
     return 2 * n**3 * count / (time.perf_counter() - t0)
 
 

@@ -174,9 +174,9 @@ class Transformer(nn.Module):
         h, aux = self.model(input_ids, attention_mask, cache, position_ids)
         if aux is None:
             aux = h.new_zeros((), dtype=torch.float32)
-        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h) \
-            if labels is None or logits_to_keep else None
-        loss = None
+        logits = loss = None
+        if labels is None or logits_to_keep:
+            logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         if labels is not None:
             targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)         # targets[t] = labels[t+1]
             loss = linear_cross_entropy(h, self.lm_head.weight, targets)
