@@ -23,31 +23,29 @@ from minimind.data.loader import PackedLoader, TokenData
 from minimind.data.packing import pack_sft
 from minimind.data.prepare import prepare
 from minimind.model import Transformer
-from minimind.perf import device_peak_flops, measure_matmul_peak
+from minimind.perf import device_peak_flops, measure_matmul_peak, synchronize
 from minimind.runtime import resolve_device
 from minimind.tokenizer.tokenizer import DEFAULT_DIR
-from minimind.train.stages import STAGES
+from minimind.train.stages import LanguageModelling
 
 
 def run(model, optimizer, loader, steps: int, dtype, device) -> tuple[float, int]:
     """Seconds for `steps` training steps (after one warm-up step) and the non-padding tokens they saw."""
-    stage, useful = STAGES["sft"], 0
+    stage, useful = LanguageModelling("sft", pack_sft), 0
     for i, batch in enumerate(loader):
         if i == 1:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             start = time.perf_counter()
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            total, aux = stage.loss(model, batch)
-        (total / stage.count(batch) + aux).backward()
+            loss = stage.loss(model, batch)
+        (loss.total / stage.count(batch) + loss.aux).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if i >= 1:
             useful += int((batch["input_ids"] != 0).sum())             # padding is id 0, which text never is
         if i == steps:
             break
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return time.perf_counter() - start, useful
 
 
