@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from minimind import KVCache
+from minimind.model.layers import single_query_attention
 from tests.conftest import make_model
 
 
@@ -164,3 +165,18 @@ def test_packed_documents_do_not_see_each_other(model):
             start += len(d)
         # without position_ids the same row is one long document: later documents do change
         assert (model(ids).logits[0, 7:] - packed[7:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("mask_rows", [0, 1, 3])
+def test_single_query_attention_equals_sdpa(mask_rows):
+    """Decoding's attention path: grouped heads, a per-row key mask (or one shared row, or none), fp32 softmax."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 4, 1, 16), torch.randn(3, 2, 9, 16), torch.randn(3, 2, 9, 16)
+    mask = torch.rand(mask_rows, 1, 1, 9) > 0.4 if mask_rows else None
+    if mask is not None:
+        mask[..., -1] = True                                    # the row's own new key
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(single_query_attention(q, k, v, mask), want)
+    got = single_query_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=3e-2)

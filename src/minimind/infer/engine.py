@@ -21,6 +21,7 @@ import torch
 from minimind.errors import MiniMindError
 from minimind.infer.sampling import SamplingParams, apply_penalties, sample
 from minimind.model.cache import KVCache
+from minimind.model.layers import autocast_dtype
 from minimind.model.transformer import Transformer
 from minimind.tokenizer import ParsedOutput, Tokenizer, parse_output
 
@@ -282,7 +283,8 @@ class Engine:
             key_mask[i, :longest - len(p)] = False
         ids, key_mask = ids.to(device), key_mask.to(device)
         padded = any(len(p) != longest for p in prompts)
-        cache = KVCache(config, B, key_mask.shape[1], device=device, dtype=self.model.model.embed_tokens.weight.dtype)
+        cache = KVCache(config, B, key_mask.shape[1], device=device,       # bf16 under bf16 autocast: half the
+                        dtype=autocast_dtype(self.model.model.embed_tokens.weight))   # bytes read per step
         logits = self.model(ids, attention_mask=key_mask[:, :longest].long() if padded else None, cache=cache,
                             logits_to_keep=1).logits[:, -1].float()
         seen = torch.zeros((B, config.vocab_size), dtype=torch.bool, device=device)

@@ -34,10 +34,10 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, kv_heads, T, d]; return the keys/values to attend to [B, kv_heads, S, d]."""
-        if self.write_at is not None:
-            index = self.write_at[:, None, None, None].expand(k.shape)
-            self.k[layer].scatter_(2, index, k.to(self.k.dtype))      # under autocast k, v may be bf16
-            self.v[layer].scatter_(2, index, v.to(self.v.dtype))
+        if self.write_at is not None:                # one position per row; an index_put (CPU bf16 scatter_ is slow)
+            rows = torch.arange(k.shape[0], device=k.device)
+            self.k[layer, rows, :, self.write_at] = k[:, :, 0].to(self.k.dtype)
+            self.v[layer, rows, :, self.write_at] = v[:, :, 0].to(self.v.dtype)
             return self.k[layer, :, :, :self.length], self.v[layer, :, :, :self.length]
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_len:

@@ -109,9 +109,30 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)          # all keys/values so far: [B, H_kv, S, d]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           enable_gqa=self.n_kv_heads != self.n_heads)
+        if T == 1 and cache is not None:
+            y = single_query_attention(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                               enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+                           ) -> torch.Tensor:
+    """Attention of one new query per row over its cached keys (decoding), as two batched matmuls:
+
+        q [B, H, 1, d], k/v [B, H_kv, S, d], mask [B or 1, 1, 1, S] (True = may attend) → [B, H, 1, d]
+
+    The H/H_kv query heads that share a key head are the rows of one matmul (no repeated keys); the softmax runs
+    in fp32. SDPA's CPU kernels are tuned for many queries: for one query they measured 1.1× (fp32) to 8× (bf16)
+    slower than this at batch 128 (docs/performance.md).
+    """
+    B, H, _, d = q.shape
+    H_kv, S = k.shape[1], k.shape[2]
+    scores = (q.to(k.dtype).view(B, H_kv, H // H_kv, d) @ k.transpose(-1, -2)).float() * d ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask.view(mask.shape[0], 1, 1, S), float("-inf"))
+    return (scores.softmax(dim=-1).to(v.dtype) @ v).view(B, H, 1, d)
 
 
 class MLP(nn.Module):
