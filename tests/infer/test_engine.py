@@ -59,6 +59,23 @@ def test_shared_prefill_samples_equal_independent_runs(engine):
         assert s.token_ids == engine.generate([PROMPTS[0]], alone)[0][0].token_ids
 
 
+def test_common_prefix_prefilled_once_equals_rows_alone(engine, monkeypatch):
+    """Prompts sharing a long prefix (a system prompt) prefill it once; tails of different lengths are padded
+    after it. Greedy and penalised sampling match each prompt run alone (which has nothing to share)."""
+    prefix = [1] + [(7 * i) % 3000 + 10 for i in range(40)]
+    prompts = [prefix + [400, 2000, 33], prefix + [77], prefix + [900, 12, 3000, 5, 6]]
+    shared = []
+    start = engine.model.forward
+    monkeypatch.setattr(engine.model, "forward", lambda ids, **kw: shared.append(ids.shape) or start(ids, **kw))
+    for params in (SamplingParams(max_new_tokens=10, temperature=0, ignore_eos=True),
+                   SamplingParams(max_new_tokens=10, temperature=1.0, seed=5, ignore_eos=True, presence_penalty=1.0)):
+        shared.clear()
+        batch = engine.generate(prompts, params)
+        assert shared[:2] == [(1, 41), (3, 5)]                       # the prefix once, then the padded tails
+        for prompt, (completion,) in zip(prompts, batch, strict=True):
+            assert completion.token_ids == engine.generate([prompt], params)[0][0].token_ids
+
+
 def test_stop_token_cuts_exactly(engine):
     free = engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True))[0][0]
     stop = free.token_ids[4]

@@ -1,6 +1,7 @@
 """The generation engine: every caller (chat, server, evaluation, RL rollouts) generates through it.
 
-    prompts ─ left-pad ─ prefill [B, L] into a KV cache ─ repeat each row n times (shared prefill) → a Batch
+    prompts ─ [prefill their common prefix once, copy it to every row] ─ left-pad the rest ─ prefill [B, L] into
+    a KV cache ─ repeat each row n times (shared prefill) → a Batch
     Batch.step(): sample each request's rows ─ detokenise ─ stops ─ drop finished rows ─ decode step [R, 1]
 
 A Batch is the state of the rows being decoded. Every row writes the cache at its own index, so a batch can
@@ -192,6 +193,21 @@ class Batch:
         self.write_at = [w + 1 for w in self.write_at]
 
 
+SHARED_PREFIX_MIN = 32      # tokens; a shorter common prefix is not worth a forward of its own
+
+
+def _shared_prefix(prompts: list[list[int]]) -> int:
+    """The length of the prompts' common prefix when it is worth prefilling once for all of them (a system prompt
+    such as a tool list, an agent's earlier turns), else 0. Every prompt keeps at least its last token."""
+    if len(prompts) < 2:
+        return 0
+    first, limit = prompts[0], min(map(len, prompts)) - 1
+    n = 0
+    while n < limit and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n if n >= SHARED_PREFIX_MIN else 0
+
+
 def _pad_mask(key_mask: torch.Tensor, capacity: int) -> torch.Tensor:
     """The key mask [rows, capacity]: positions beyond the old capacity are not padding (True)."""
     return torch.nn.functional.pad(key_mask, (0, capacity - key_mask.shape[1]), value=True)
@@ -258,7 +274,8 @@ class Engine:
     @torch.inference_mode()
     def start(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
               handles: list[Hashable] | None = None) -> Batch:
-        """Prefill the prompts (one left-padded forward) into a Batch of n rows per prompt. Each prompt may
+        """Prefill the prompts into a Batch of n rows per prompt: a common prefix of ≥ SHARED_PREFIX_MIN tokens
+        once, then the rest in one left-padded forward. Each prompt may
         have its own params (the server batches requests); rows report `handles[i]` (default: i) and index
         i·n + j (with handles given: j)."""
         params = params if isinstance(params, list) else [params] * len(prompts)
@@ -276,19 +293,26 @@ class Engine:
                      for j, g in enumerate(generators)]
 
         B, longest = len(prompts), max(map(len, prompts))
-        ids = torch.full((B, longest), self.tokenizer.pad_id, dtype=torch.long)
+        shared = _shared_prefix(prompts)
+        tails = [p[shared:] for p in prompts]
+        width = longest - shared
+        ids = torch.full((B, width), self.tokenizer.pad_id, dtype=torch.long)
         key_mask = torch.ones((B, _capacity(longest + 1)), dtype=torch.bool)
-        for i, p in enumerate(prompts):                           # left padding
-            ids[i, longest - len(p):] = torch.tensor(p)
-            key_mask[i, :longest - len(p)] = False
+        for i, tail in enumerate(tails):                          # left padding (after the shared prefix)
+            ids[i, width - len(tail):] = torch.tensor(tail)
+            key_mask[i, shared:shared + width - len(tail)] = False
         ids, key_mask = ids.to(device), key_mask.to(device)
         padded = any(len(p) != longest for p in prompts)
-        cache = KVCache(config, B, key_mask.shape[1], device=device,       # bf16 under bf16 autocast: half the
-                        dtype=autocast_dtype(self.model.model.embed_tokens.weight))   # bytes read per step
+        cache = KVCache(config, 1 if shared else B, key_mask.shape[1], device=device,   # bf16 under bf16 autocast:
+                        dtype=autocast_dtype(self.model.model.embed_tokens.weight))   # half the bytes per step
+        if shared:                                                # once, then copied to every row
+            self.model(torch.tensor([prompts[0][:shared]], device=device), cache=cache, logits_to_keep=1)
+            cache.repeat_rows(torch.tensor([B], device=device))
         logits = self.model(ids, attention_mask=key_mask[:, :longest].long() if padded else None, cache=cache,
                             logits_to_keep=1).logits[:, -1].float()
         seen = torch.zeros((B, config.vocab_size), dtype=torch.bool, device=device)
         seen.scatter_(1, ids, True)
+        seen[:, prompts[0][:shared]] = True
         if padded:
             seen[:, self.tokenizer.pad_id] = seen[:, self.tokenizer.pad_id] & torch.tensor(
                 [self.tokenizer.pad_id in p for p in prompts], device=device)
