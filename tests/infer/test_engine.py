@@ -64,14 +64,15 @@ def test_common_prefix_prefilled_once_equals_rows_alone(engine, monkeypatch):
     after it. Greedy and penalised sampling match each prompt run alone (which has nothing to share)."""
     prefix = [1] + [(7 * i) % 3000 + 10 for i in range(40)]
     prompts = [prefix + [400, 2000, 33], prefix + [77], prefix + [900, 12, 3000, 5, 6]]
-    shared = []
-    start = engine.model.forward
-    monkeypatch.setattr(engine.model, "forward", lambda ids, **kw: shared.append(ids.shape) or start(ids, **kw))
+    forward_shapes = []
+    forward = engine.model.forward
+    monkeypatch.setattr(engine.model, "forward",
+                        lambda ids, **kw: forward_shapes.append(ids.shape) or forward(ids, **kw))
     for params in (SamplingParams(max_new_tokens=10, temperature=0, ignore_eos=True),
                    SamplingParams(max_new_tokens=10, temperature=1.0, seed=5, ignore_eos=True, presence_penalty=1.0)):
-        shared.clear()
+        forward_shapes.clear()
         batch = engine.generate(prompts, params)
-        assert shared[:2] == [(1, 41), (3, 5)]                       # the prefix once, then the padded tails
+        assert forward_shapes[:2] == [(1, 41), (3, 5)]                       # the prefix once, then the padded tails
         for prompt, (completion,) in zip(prompts, batch, strict=True):
             assert completion.token_ids == engine.generate([prompt], params)[0][0].token_ids
 
