@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from minimind import KVCache
-from minimind.model.layers import single_query_attention
+from minimind.model import layers
+from minimind.model.layers import matmul_attention, single_query_attention
 from tests.conftest import make_model
 
 
@@ -180,3 +181,51 @@ def test_single_query_attention_equals_sdpa(mask_rows):
     got = single_query_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("masked", ["causal", "documents"])
+def test_matmul_attention_values_and_gradients_equal_sdpa(masked):
+    """Training's CPU bf16 attention, checked in float64 so that a wrong backward formula cannot hide in rounding:
+    grouped heads (4 query heads on 2 key heads), a non-contiguous q as the model passes it, causal or per-row
+    document masks."""
+    torch.manual_seed(0)
+    B, T = 2, 12
+    q = torch.randn(B, T, 4, 8, dtype=torch.float64).transpose(1, 2).requires_grad_()
+    k, v = (torch.randn(B, 2, T, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    mask = None
+    if masked == "documents":
+        doc = torch.tensor([[0] * 5 + [1] * 7, [0] * 9 + [1] * 3])
+        mask = (torch.ones(T, T, dtype=torch.bool).tril() & (doc[:, :, None] == doc[:, None, :]))[:, None]
+    grad_out = torch.randn(B, 4, T, 8, dtype=torch.float64)
+    results = []
+    for attend in (lambda: matmul_attention(q, k, v, mask),
+                   lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                          enable_gqa=True)):
+        out = attend()
+        grads = torch.autograd.grad(out, (q, k, v), grad_out)
+        results.append((out, *grads))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+def test_bf16_cpu_training_uses_matmul_attention_up_to_its_length(monkeypatch):
+    """The model routes bf16 CPU attention without a cache through matmul_attention when T is at most
+    MATMUL_ATTENTION_MAX_T, and through SDPA above it; both give the same loss and gradients within bf16."""
+    model = make_model()
+    x = torch.randint(0, 6400, (2, 16))
+    calls = []
+    monkeypatch.setattr(layers, "matmul_attention",
+                        lambda *args: calls.append(args[0].dtype) or matmul_attention(*args))
+    results = []
+    for max_t in (16, 15):
+        monkeypatch.setattr(layers, "MATMUL_ATTENTION_MAX_T", max_t)
+        model.zero_grad()
+        with torch.autocast("cpu", torch.bfloat16):
+            loss = model(x, labels=x).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert calls == [torch.bfloat16] * model.config.num_hidden_layers
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, atol=2e-3, rtol=0)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, atol=3e-2 * b.abs().max().item(), rtol=0)
