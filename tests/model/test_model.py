@@ -183,11 +183,13 @@ def test_single_query_attention_equals_sdpa(mask_rows):
     torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=3e-2)
 
 
+@pytest.mark.parametrize("block", [128, 5])
 @pytest.mark.parametrize("masked", ["causal", "documents"])
-def test_matmul_attention_values_and_gradients_equal_sdpa(masked):
+def test_matmul_attention_values_and_gradients_equal_sdpa(masked, block, monkeypatch):
     """Training's CPU bf16 attention, checked in float64 so that a wrong backward formula cannot hide in rounding:
     grouped heads (4 query heads on 2 key heads), a non-contiguous q as the model passes it, causal or per-row
-    document masks."""
+    document masks, one block of query rows or blocks of 5 (the last one short) that see only earlier keys."""
+    monkeypatch.setattr(layers, "MATMUL_ATTENTION_BLOCK", block)
     torch.manual_seed(0)
     B, T = 2, 12
     q = torch.randn(B, T, 4, 8, dtype=torch.float64).transpose(1, 2).requires_grad_()
