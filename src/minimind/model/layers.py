@@ -112,7 +112,7 @@ class Attention(nn.Module):
         if T == 1 and cache is not None:
             y = single_query_attention(q, k, v, mask)
         elif cache is None and v.device.type == "cpu" and v.dtype == torch.bfloat16 and T <= MATMUL_ATTENTION_MAX_T:
-            y = matmul_attention(q.to(v.dtype), k.to(v.dtype), v, mask)     # q, k are fp32 after norm and RoPE
+            y = matmul_attention(q.to(v.dtype), k.to(v.dtype), v, mask)     # q, k leave RoPE in fp32 under autocast
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                                enable_gqa=self.n_kv_heads != self.n_heads)
@@ -182,7 +182,7 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
     The mask must be causal (the model's padding and document masks are), so the block of rows [s, e) needs only
     the keys before e: blocks of 128 rows skip about half of the T×T square at T = 2048. Every row must be allowed
-    at least one key. On the CPU in bf16 this is 1.4–2.8× faster than SDPA's flash kernel, mostly in backward
+    at least one key. On the CPU in bf16 this is 1.3–2.6× faster than SDPA's flash kernel, mostly in backward
     (docs/performance.md).
     """
     T = q.shape[2]
