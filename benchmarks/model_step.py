@@ -5,6 +5,7 @@ random tokens.
     python benchmarks/model_step.py --presets minimind2-small --seq 256 --batch 8 --dtype fp32 --threads 2
     python benchmarks/model_step.py --device cuda --seq 2048 --batch 16 --steps 10 --compile
     python benchmarks/model_step.py --presets minimind-3 --seq 2048 --checkpointing --json   # one JSON line
+    python benchmarks/model_step.py --device cuda --seq 2048 --batch 16 --compile --documents 8   # packed rows
 
 FLOPs per token (PaLM's estimate, `Transformer.flops_per_token`):
 
@@ -54,9 +55,10 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def train_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor, ctx) -> None:
+def train_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor, positions: torch.Tensor | None,
+               ctx) -> None:
     with ctx:
-        loss = model(x, labels=x).loss
+        loss = model(x, labels=x, position_ids=positions).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -71,22 +73,24 @@ def bench(name: str, args, device: torch.device, dtype: torch.dtype) -> dict:
     forward = torch.compile(model) if args.compile else model
     ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     batches = torch.randint(model.config.vocab_size, (args.steps + 1, args.batch, args.seq), device=device)
+    positions = packed_positions(args.batch, args.seq, args.documents).to(device) if args.documents > 1 else None
 
     reset_peak_memory(device)
-    train_step(forward, optimizer, batches[0], ctx)
+    train_step(forward, optimizer, batches[0], positions, ctx)
     synchronize(device)
     published = device_peak_flops(device)
     times, peaks = [], []
     for x in batches[1:]:
         t0 = time.perf_counter()
-        train_step(forward, optimizer, x, ctx)
+        train_step(forward, optimizer, x, positions, ctx)
         synchronize(device)
         times.append(time.perf_counter() - t0)
         if published is None:
             peaks.append(measure_matmul_peak(dtype, device, seconds=0.3))
     seconds = statistics.median(times)
     tokens = args.batch * args.seq
-    result = dict(preset=name, seq=args.seq, batch=args.batch, dtype=args.dtype, compile=args.compile,
+    result = dict(preset=name, seq=args.seq, batch=args.batch, documents=args.documents, dtype=args.dtype,
+                  compile=args.compile,
                   checkpointing=args.checkpointing, total=model.num_params(), active=model.num_params(active=True),
                   tokens=tokens, seconds=seconds, tokens_per_s=tokens / seconds,
                   flops_per_token=model.flops_per_token(args.seq), peak_memory=peak_memory(device),
@@ -100,11 +104,25 @@ def bench(name: str, args, device: torch.device, dtype: torch.dtype) -> dict:
     return result
 
 
+def packed_positions(batch: int, seq: int, documents: int, seed: int = 0) -> torch.Tensor:
+    """position_ids [batch, seq] of packed rows, each holding `documents` documents of random lengths (cut at
+    sorted uniform points), as the data loader lays them out: 0, 1, … restarting at every document."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(batch):
+        cuts = torch.randperm(seq - 1, generator=generator)[:documents - 1].add(1).sort().values.tolist()
+        bounds = [0, *cuts, seq]
+        rows.append(torch.cat([torch.arange(e - s) for s, e in zip(bounds[:-1], bounds[1:], strict=True)]))
+    return torch.stack(rows)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="+", default=["minimind2-small", "minimind-3", "minimind-3-moe", "minimind2"])
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--documents", type=int, default=1,
+                   help="documents packed per row (document-masked attention: flex attention on a GPU)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--device", default="auto")
@@ -125,7 +143,8 @@ def main() -> None:
     if not args.json:
         print(f"device: {device_name(device)} ({device.type}) · torch {torch.__version__} · "
               f"threads {torch.get_num_threads()} · dtype {args.dtype} · seq {args.seq} · batch {args.batch} · "
-              f"steps {args.steps}{' · compiled' if args.compile else ''}\n")
+              f"steps {args.steps}{' · compiled' if args.compile else ''}"
+              f"{f' · {args.documents} documents per row' if args.documents > 1 else ''}\n")
         print("| preset | params (M) total / active | tokens/step | s/step | tokens/s | TFLOP/s | peak TFLOP/s "
               "| MFU | peak memory |")
         print("|---|---|---|---|---|---|---|---|---|")

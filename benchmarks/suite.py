@@ -1,6 +1,7 @@
 """The performance suite in one command: training throughput, MFU and peak memory of the three main presets at
-sequence 512 and 2048, the reference's own CPU measurement shape, activation checkpointing, and decoding at
-batch 1 and 16; written as markdown tables with their ratios against the targets.
+sequence 512 and 2048, the reference's own CPU measurement shape, activation checkpointing, packed rows
+(document-masked attention), and decoding at batch 1 and 16; written as markdown tables with their ratios against
+the targets.
 
     python benchmarks/suite.py                          # this machine's device; about 20 minutes on 2 CPU cores
     python benchmarks/suite.py --device cuda            # bf16, compiled, 32k tokens per step
@@ -137,7 +138,10 @@ def main() -> None:
     # 3. activation checkpointing at the longer sequence
     results["checkpointing"] = [run(presets=p, seq=seqs[-1], batch=max(1, tokens // seqs[-1]), dtype=dtypes[-1],
                                     compile=cuda, checkpointing=True) for p in dict.fromkeys(presets)]
-    # 4. decoding
+    # 4. packed rows (8 documents per row, document-masked attention: flex attention on a GPU) against plain causal
+    results["packed"] = [run(presets=presets[1], seq=seqs[-1], batch=max(1, tokens // seqs[-1]), dtype=dtypes[-1],
+                             compile=cuda, documents=8)]
+    # 5. decoding
     bandwidth = read_bandwidth(device)
     prompt_len, new = (16, 8) if args.quick else (128, 64)
     results["decode"] = [row for p in dict.fromkeys(presets) for d in dtypes
@@ -175,6 +179,14 @@ def main() -> None:
         p = plain[r["preset"]]
         lines.append(f"| {r['preset']} | | {p['tokens_per_s']:,.0f} | {gib(p['peak_memory'])} | "
                      f"| {r['tokens_per_s']:,.0f} | {gib(r['peak_memory'])} |")
+
+    lines += ["", f"### Packed rows at sequence {seqs[-1]}, {dtypes[-1]}: 8 documents per row, each attending only "
+              "within itself", "", "| preset | causal tokens/s | MFU | packed tokens/s | MFU | packed / causal |",
+              "|---|---|---|---|---|---|"]
+    for r in results["packed"]:
+        p = plain[r["preset"]]
+        lines.append(f"| {r['preset']} | {p['tokens_per_s']:,.0f} | {p['mfu']:.1%} | {r['tokens_per_s']:,.0f} "
+                     f"| {r['mfu']:.1%} | {r['tokens_per_s'] / p['tokens_per_s']:.2f} |")
 
     lines += ["", f"### Decoding (prompt {prompt_len}, {new} new tokens, greedy; read bandwidth "
               f"{bandwidth / 1e9:.1f} GB/s)", "",

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from minimind import KVCache
-from minimind.model import layers
-from minimind.model.layers import matmul_attention, single_query_attention
+from minimind.model import layers, transformer
+from minimind.model.layers import document_block_mask, matmul_attention, single_query_attention
 from tests.conftest import make_model
 
 
@@ -166,6 +166,60 @@ def test_packed_documents_do_not_see_each_other(model):
             start += len(d)
         # without position_ids the same row is one long document: later documents do change
         assert (model(ids).logits[0, 7:] - packed[7:]).abs().max() > 1e-3
+
+
+def packed_positions(*lengths_per_row: tuple[int, ...]) -> torch.Tensor:
+    """position_ids [B, T] of packed rows: each row's documents have the given lengths (0, 1, … per document)."""
+    return torch.stack([torch.cat([torch.arange(n) for n in lengths]) for lengths in lengths_per_row])
+
+
+def test_document_block_mask_equals_the_dense_document_mask():
+    """The flex-attention mask of packed rows (the GPU path) allows exactly the pairs the dense mask does, and
+    skips the 128 × 128 tiles that lie wholly across documents."""
+    positions = packed_positions((100, 200, 1, 99), (256, 144))
+    dense = transformer._document_mask(positions)                         # [B, 1, T, T]
+    block_mask = document_block_mask(positions)
+    assert block_mask.shape == (2, 1, 400, 400)
+    mask_mod = block_mask.mask_mod
+    b, q, k = torch.meshgrid(torch.arange(2), torch.arange(400), torch.arange(400), indexing="ij")
+    assert torch.equal(mask_mod(b, torch.zeros_like(b), q, k), dense[:, 0])
+    # row 1: documents [0, 256) and [256, 400); the tile of queries 256–383 × keys 0–127 is skipped
+    tiles = block_mask.to_dense()[1, 0]
+    assert tiles[2, 0] == 0 and tiles[2, 2] == 1 and tiles[0, 1] == 0
+
+
+@torch.no_grad()
+def test_packed_rows_through_flex_attention_equal_the_dense_mask(monkeypatch):
+    """The model's GPU path for packed rows, run on the CPU (flex attention has no CPU backward, so forward
+    only): the logits equal those of the dense document mask, for a dense and an MoE model, with GQA."""
+    positions = packed_positions((20, 50, 30), (64, 36))
+    for name in ("tiny", "tiny-moe"):
+        model = make_model(name)
+        ids = torch.randint(3, 6400, positions.shape)
+        dense = model(ids, position_ids=positions).logits
+        monkeypatch.setattr(transformer, "FLEX_ATTENTION_DEVICES", {"cpu"})
+        flex = model(ids, position_ids=positions).logits
+        monkeypatch.undo()
+        torch.testing.assert_close(flex, dense, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention's backward runs on a GPU only")
+def test_flex_attention_gradients_equal_the_dense_mask_on_cuda(monkeypatch):
+    """On CUDA, packed rows take flex attention; loss and gradients equal SDPA with the dense document mask."""
+    positions = packed_positions((300, 212), (512,)).cuda()
+    model = make_model().cuda().train()
+    ids = torch.randint(3, 6400, positions.shape, device="cuda")
+    results = []
+    for devices in ({"cuda"}, set()):
+        monkeypatch.setattr(transformer, "FLEX_ATTENTION_DEVICES", devices)
+        model.zero_grad()
+        loss = model(ids, labels=ids, position_ids=positions).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss_flex, grads_flex), (loss_dense, grads_dense) = results
+    torch.testing.assert_close(loss_flex, loss_dense, atol=1e-4, rtol=1e-4)
+    for a, b in zip(grads_flex, grads_dense, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-3 * b.abs().max().item(), rtol=0)
 
 
 @pytest.mark.parametrize("mask_rows", [0, 1, 3])

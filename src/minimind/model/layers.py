@@ -7,9 +7,12 @@ between the two without renaming.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from minimind.config import ModelConfig
 from minimind.model.cache import KVCache
@@ -84,6 +87,8 @@ class Attention(nn.Module):
     """Causal grouped-query attention with per-head q/k RMSNorm (before RoPE; Qwen3), through SDPA.
 
     x [B, T, hidden] → q [B, H, T, d], k/v [B, H_kv, T, d] → out [B, T, hidden]; scale d^-0.5.
+    The mask is a bool tensor (True = may attend), None (causal or full, by is_causal), or a flex-attention
+    BlockMask for packed rows on a GPU (`document_block_mask`).
     """
 
     def __init__(self, config: ModelConfig, layer_idx: int):
@@ -109,7 +114,10 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)          # all keys/values so far: [B, H_kv, S, d]
-        if T == 1 and cache is not None:
+        if isinstance(mask, BlockMask):
+            y = compiled_flex_attention()(q.to(v.dtype), k.to(v.dtype), v, block_mask=mask,
+                                          enable_gqa=self.n_kv_heads != self.n_heads)
+        elif T == 1 and cache is not None:
             y = single_query_attention(q, k, v, mask)
         elif cache is None and v.device.type == "cpu" and v.dtype == torch.bfloat16 and T <= MATMUL_ATTENTION_MAX_T:
             y = matmul_attention(q.to(v.dtype), k.to(v.dtype), v, mask)     # q, k leave RoPE in fp32 under autocast
@@ -135,6 +143,27 @@ def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     if mask is not None:
         scores = scores.masked_fill(~mask.view(mask.shape[0], 1, 1, S), float("-inf"))
     return (scores.softmax(dim=-1).to(v.dtype) @ v).view(B, H, 1, d)
+
+
+def document_block_mask(position_ids: torch.Tensor) -> BlockMask:
+    """Causal attention within the documents of packed rows, as a flex-attention BlockMask [B, 1, T, T]:
+    query q may see key k of its row when k ≤ q and both lie in the same document (a document starts at each
+    0 of position_ids [B, T]). Tiles of 128 × 128 that no query may see are skipped; SDPA's flash kernel takes
+    no mask at all, and with this one as a dense tensor it falls back to a slower kernel on a GPU."""
+    B, T = position_ids.shape
+    doc = (position_ids == 0).cumsum(dim=-1)                                 # [B, T]
+
+    def same_document_causal(b, h, q, k):
+        return (k <= q) & (doc[b, q] == doc[b, k])
+
+    return create_block_mask(same_document_causal, B, None, T, T, device=position_ids.device)
+
+
+@functools.cache
+def compiled_flex_attention():
+    """flex_attention compiled once per process (uncompiled it computes the full T×T scores; inside a compiled
+    model, Dynamo traces it like any op). Shapes are static: a training run's rows all have one length."""
+    return torch.compile(flex_attention, dynamic=False)
 
 
 MATMUL_ATTENTION_MAX_T = 2048      # measured up to here; beyond, SDPA's flash kernel keeps memory linear in T

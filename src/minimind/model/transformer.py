@@ -18,7 +18,7 @@ from torch import nn
 
 from minimind.config import ModelConfig
 from minimind.model.cache import KVCache
-from minimind.model.layers import MLP, Attention, Linear, RMSNorm
+from minimind.model.layers import MLP, Attention, Linear, RMSNorm, document_block_mask
 from minimind.model.loss import IGNORE_INDEX, linear_cross_entropy
 from minimind.model.moe import MoE
 from minimind.model.rope import RotaryEmbedding
@@ -76,7 +76,9 @@ class Backbone(nn.Module):
             if attention_mask is not None or cache is not None:
                 raise ValueError("position_ids (packed documents) cannot be combined with attention_mask or cache")
             positions = position_ids
-            mask, is_causal = _document_mask(position_ids), False
+            mask = (document_block_mask(position_ids) if input_ids.device.type in FLEX_ATTENTION_DEVICES
+                    else _document_mask(position_ids))
+            is_causal = False
         else:
             positions = _positions(attention_mask, past, T, input_ids.device)
             mask, is_causal = _attention_mask(attention_mask, past, T, input_ids.device)
@@ -136,6 +138,9 @@ def _attention_mask(attention_mask, past: int, T: int, device) -> tuple[torch.Te
         return allowed[None, None], False
     allowed = allowed & (attention_mask.bool()[:, None, :] | (k_pos == q_pos))     # [B, T, S]
     return allowed[:, None], False
+
+
+FLEX_ATTENTION_DEVICES = {"cuda"}   # packed rows attend through flex attention here; on the CPU it has no backward
 
 
 def _document_mask(position_ids: torch.Tensor) -> torch.Tensor:
