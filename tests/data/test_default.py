@@ -134,6 +134,43 @@ def test_arithmetic_sft_records_end_with_a_checked_answer():
     assert languages == {"en", "zh"}
 
 
+def test_arithmetic_sft_direct_answers_skip_the_working():
+    """direct = 0 gives the default data's records unchanged; direct answers are the conclusion and `#### N`."""
+    worked, mixed = g.arithmetic_sft(400, 0), g.arithmetic_sft(400, 0, direct=0.5)
+    assert g.arithmetic_sft(400, 0, direct=0.0) == worked
+    direct = 0
+    for record in mixed:
+        (assistant,) = assistant_messages(record)
+        lines = assistant["content"].splitlines()
+        if len(lines) == 2:                                   # conclusion, #### N
+            direct += 1
+            assert " = " not in lines[0] and lines[1] == f"#### {final_answer(assistant['content'])}"
+            assert str(final_answer(assistant["content"])) in lines[0]
+        else:
+            assert check_working(assistant["content"]) == final_answer(assistant["content"])
+    assert 160 < direct < 240
+
+
+def test_tool_use_by_hand_answers_call_no_tool():
+    """by_hand = 0 gives the default records; a by-hand answer still offers the tool but works the sum itself."""
+    assert g.tool_use_sft(200, 0, by_hand=0.0) == g.tool_use_sft(200, 0)
+    by_hand = 0
+    for record in g.tool_use_sft(300, 0, by_hand=0.5):
+        assert record["tools"] == [CALCULATOR_TOOL]
+        if len(record["conversations"]) == 2:
+            by_hand += 1
+            (assistant,) = assistant_messages(record)
+            assert "tool_calls" not in assistant
+            content = assistant["content"]
+            if bare := re.fullmatch(r"([\d ()+\-*/%]+) = (\d+)[.。]", content.splitlines()[0]):   # "What is 3 ** 4?"
+                assert calculate(bare[1]) == int(bare[2]) == final_answer(content)
+            else:
+                assert check_working(content) == final_answer(content)
+        else:
+            assert record["conversations"][1]["tool_calls"][0]["name"] == "calculator"
+    assert 110 < by_hand < 190
+
+
 def test_rl_records_are_prompts_with_answers():
     for record in g.arithmetic_rl(200, 0, difficulties=(3,)):
         assert [m["role"] for m in record["conversations"]] == ["user"]

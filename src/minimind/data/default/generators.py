@@ -255,13 +255,17 @@ def _problem_words(rng: random.Random, lang: str) -> dict[str, str]:
             "gm": good_measure}
 
 
-def arithmetic_sft(n: int, seed: int | str) -> list[dict]:
-    """`n` SFT records: a word problem and its worked answer ending with `#### N`."""
+def arithmetic_sft(n: int, seed: int | str, direct: float = 0.0) -> list[dict]:
+    """`n` SFT records: a word problem and its worked answer ending with `#### N`. A fraction `direct` of the
+    answers skip the working: the conclusion and `#### N` only (the same records for direct = 0 as before the
+    option existed)."""
     rng = random.Random(seed)
     records = []
     for _ in range(n):
         problem = arithmetic_problem(rng, rng.choice(LANGUAGES), rng.choice(DIFFICULTIES))
-        records.append({"conversations": [_user(problem.question), _assistant(problem.solution())]})
+        answer = (f"{problem.conclusion()}\n#### {problem.answer}" if direct and rng.random() < direct
+                  else problem.solution())
+        records.append({"conversations": [_user(problem.question), _assistant(answer)]})
     return records
 
 
@@ -325,11 +329,12 @@ EXPRESSION_QUESTIONS = {"en": ("What is {e}?", "Calculate {e}.", "Please work ou
                         "zh": ("{e} 等于多少？", "请计算 {e}。", "帮我算一下 {e}。", "{e} 的结果是多少？")}
 
 
-def tool_use_sft(n: int, seed: int | str) -> list[dict]:
-    """`n` SFT records that call the calculator tool: the user asks (a word problem or a bare expression), the
+def tool_use_sft(n: int, seed: int | str, by_hand: float = 0.0) -> list[dict]:
+    """`n` SFT records that offer the calculator tool: the user asks (a word problem or a bare expression), the
     assistant calls `calculator` with an `expression` (empty or short content), the tool turn holds the number,
     and the last assistant message gives the answer ending with `#### N`. Each record lists the calculator schema
-    in `tools`."""
+    in `tools`. A fraction `by_hand` of the records answer without calling it: the worked solution of a word
+    problem, or `expression = N` (the same records for by_hand = 0 as before the option existed)."""
     rng = random.Random(seed)
     records = []
     for _ in range(n):
@@ -339,12 +344,16 @@ def tool_use_sft(n: int, seed: int | str) -> list[dict]:
             question, expression = problem.question, problem.expression
             result = format_number(calculate(expression))
             final = f"{problem.conclusion()}\n#### {result}"
+            unaided = problem.solution()
         else:
             expression = random_expression(rng, difficulty)
             shown = expression.replace(" * ", " × ").replace(" / ", " ÷ ") if rng.random() < 0.3 else expression
             question = rng.choice(EXPRESSION_QUESTIONS[lang]).format(e=shown)
             result = format_number(calculate(expression))
-            final = f"{expression} = {result}{'.' if lang == 'en' else '。'}\n#### {result}"
+            final = unaided = f"{expression} = {result}{'.' if lang == 'en' else '。'}\n#### {result}"
+        if by_hand and rng.random() < by_hand:
+            records.append({"conversations": [_user(question), _assistant(unaided)], "tools": [CALCULATOR_TOOL]})
+            continue
         call = {"name": "calculator", "arguments": {"expression": expression}}
         records.append({"conversations": [
             _user(question),
