@@ -170,6 +170,11 @@ def text_length(completions, records):
     return [len(c) / 10 for c in completions]
 
 
+def flat_for_even_answers(completions, records):
+    """Every sample of a prompt with an even answer gets 0 (a group with nothing to learn); the others vary."""
+    return [0.0 if int(r["answer"]) % 2 == 0 else len(c) / 10 for c, r in zip(completions, records, strict=True)]
+
+
 def train_log(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").open() if json.loads(line)["kind"] == "train"]
 
@@ -182,9 +187,27 @@ def test_grpo_ratio_is_one_first_then_the_clip_acts(prompts, tmp_path):
     log = train_log(tmp_path / "run")
     assert log[0]["ratio"] == pytest.approx(1.0, abs=1e-6) and log[0]["clip_fraction"] == 0.0
     assert any(m["clip_fraction"] > 0 for m in log[1:4])
-    assert {"reward_mean", "reward_std", "zero_variance_groups", "response_length", "rollout_tokens_per_s",
-            "kl", "entropy", "reward_tests.train.test_rl:text_length"} <= set(log[0])
+    assert {"reward_mean", "reward_std", "reward_drawn", "zero_variance_groups", "response_length",
+            "rollout_tokens_per_s", "kl", "entropy", "reward_tests.train.test_rl:text_length"} <= set(log[0])
     assert 0 < log[0]["entropy"] < math.log(6400)
+
+
+def test_dynamic_sampling_trains_on_mixed_groups_and_logs_the_drawn_reward(prompts, tmp_path):
+    """With dynamic sampling, the groups of all-equal rewards (even answers here) are dropped and refilled: the
+    groups trained on all vary (reward_std > 0 even when the first draw held flat groups), the zero-variance
+    fraction is that of the first draw, and reward_drawn is the first draw's mean, flat groups included."""
+    model_dir = make_model(seed=3).save(tmp_path / "start")
+    config = grpo_config(prompts, tmp_path / "run", model_dir, dynamic_sampling=True, max_refills=3,
+                         prompts_per_rollout=4, num_iterations=1, mini_batches=1,
+                         rewards={"tests.train.test_rl:flat_for_even_answers": 1.0})
+    train(config)
+    log = train_log(tmp_path / "run")
+    assert any(m["zero_variance_groups"] > 0 for m in log)
+    for m in log:
+        assert m["reward_std"] > 0
+        assert m["reward_mean"] > (1 - m["zero_variance_groups"]) * m["reward_drawn"] - 1e-6
+        if m["zero_variance_groups"] > 0:
+            assert m["reward_mean"] > m["reward_drawn"]          # the flat groups' zeros are not trained on
 
 
 def test_token_entropy():

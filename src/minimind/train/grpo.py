@@ -315,6 +315,7 @@ class RolloutLoader:
         start = time.perf_counter()
         groups = self._sample(self._prompt_ids(self.epoch, self.rollout, 0), 0)
         zero_variance = float(np.mean([len(set(g["rewards"])) == 1 for g in groups]))
+        drawn = float(np.mean([r for g in groups for r in g["rewards"]]))     # the policy's, before any filter
         all_groups = list(groups)
         if o.dynamic_sampling:
             groups = [g for g in groups if len(set(g["rewards"])) > 1]
@@ -346,7 +347,7 @@ class RolloutLoader:
         lengths = mask.sum(dim=1)
         tokens = int(lengths.sum())
         self.stage.log = {
-            "reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
+            "reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(), "reward_drawn": drawn,
             "zero_variance_groups": zero_variance, "response_length": lengths.mean().item(),
             "rollout_tokens_per_s": tokens / max(sample_seconds, 1e-9),
             "sampled_logp_error": ((sampled - old_logps).abs() * mask).sum().item() / max(tokens, 1),

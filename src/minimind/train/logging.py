@@ -142,10 +142,13 @@ class RunLogger:
 
 
 def plot_rewards(metrics_path: str | Path, png_path: str | Path) -> bool:
-    """RL runs: the rollouts' mean reward per step (and its running mean over 10 logged steps), with the
-    held-out accuracy as markers on a second axis. Returns False, writing nothing, without a logged reward."""
+    """RL runs: the mean reward of each rollout's first draw of prompts (`reward_drawn`: before dynamic sampling
+    keeps only the groups with mixed rewards, so it is the policy's own; `reward_mean` in older logs), per step
+    and as a running mean over 10 logged steps, with the held-out accuracy as markers on a second axis. Returns
+    False, writing nothing, without a logged reward."""
     records = _read_lines(Path(metrics_path)) if Path(metrics_path).is_file() else []
-    train = [(r["step"], r["reward_mean"]) for r in records if r.get("kind") == "train" and "reward_mean" in r]
+    train = [(r["step"], r.get("reward_drawn", r.get("reward_mean"))) for r in records
+             if r.get("kind") == "train" and "reward_mean" in r]
     val = [(r["step"], r["accuracy"]) for r in records if r.get("kind") == "val" and "accuracy" in r]
     if not train:
         return False
