@@ -33,8 +33,8 @@ from minimind.fileio import atomic_write_text
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/quickstart/data/sft-arithmetic.jsonl")
-    parser.add_argument("--problems", type=int, default=40000, help="worked word problems")
-    parser.add_argument("--tool-calls", type=int, default=10000, help="conversations calling the calculator")
+    parser.add_argument("--problems", type=int, default=80000, help="word problems")
+    parser.add_argument("--tool-calls", type=int, default=20000, help="conversations offering the calculator")
     parser.add_argument("--direct", type=float, default=0.5, help="fraction of word problems answered without working")
     parser.add_argument("--by-hand", type=float, default=0.5,
                         help="fraction of calculator prompts answered without calling it")

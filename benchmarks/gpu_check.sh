@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU checks in one command, for a session that is lent a GPU (about 8 minutes on one H100/H200):
+#   1. the CUDA-only tests (flex attention's gradients on packed rows, and every model test on the GPU's own torch);
+#   2. training tokens/s, MFU and peak memory, bf16 and compiled, for minimind-3 and minimind-3-moe at sequence 2048
+#      × 16 rows, plain causal rows and packed rows of 8 documents (flex attention);
+#   3. the performance issue's target: minimind-3 at 2048 ≥ 45% MFU, printed with the measured figure.
+# It needs only the machine's own python3 with torch (the package is imported from src/, nothing is installed).
+#
+#     bash benchmarks/gpu_check.sh                                   # on the GPU machine; results in runs/gpu-check
+#     DEVICE=cpu PRESETS=tiny SEQ=128 BATCH=2 STEPS=1 bash benchmarks/gpu_check.sh   # a smoke test anywhere
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+PYTHON=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+PRESETS=${PRESETS:-minimind-3 minimind-3-moe}
+SEQ=${SEQ:-2048}
+BATCH=${BATCH:-16}
+STEPS=${STEPS:-10}
+OUT=${OUT:-runs/gpu-check}
+mkdir -p "$OUT"
+
+"$PYTHON" -c "import torch; print('torch', torch.__version__, '·', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/model 2>&1 | tee "$OUT/tests.txt" | tail -5
+
+: > "$OUT/train.jsonl"
+for documents in 1 8; do
+  # shellcheck disable=SC2086
+  "$PYTHON" benchmarks/model_step.py --device "$DEVICE" --presets $PRESETS --seq "$SEQ" --batch "$BATCH" \
+    --steps "$STEPS" --compile --documents "$documents" --json | tee -a "$OUT/train.jsonl"
+done
+
+"$PYTHON" - "$OUT/train.jsonl" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+print("\n| preset | documents per row | tokens/s | MFU | peak memory |\n|---|---|---|---|---|")
+for r in rows:
+    print(f"| {r['preset']} | {r['documents']} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} "
+          f"| {r['peak_memory'] / 2**30:.2f} GiB |")
+for r in rows:
+    if r["preset"] == "minimind-3" and r["seq"] == 2048:
+        print(f"target ≥ 45% MFU, minimind-3 at 2048, {r['documents']} document(s) per row: {r['mfu']:.1%} "
+              f"({'met' if r['mfu'] >= 0.45 else 'not met'})")
+EOF
