@@ -21,7 +21,8 @@ OUT=${OUT:-runs/gpu-check}
 mkdir -p "$OUT"
 
 "$PYTHON" -c "import torch; print('torch', torch.__version__, '·', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
-"$PYTHON" -m pytest -q -p no:cacheprovider tests/model 2>&1 | tee "$OUT/tests.txt" | tail -5
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/model 2>&1 | tee "$OUT/tests.txt" | tail -5 \
+  || echo "some tests failed: see $OUT/tests.txt (the measurements run anyway)"
 
 : > "$OUT/train.jsonl"
 for documents in 1 8; do
