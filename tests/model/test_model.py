@@ -203,6 +203,20 @@ def test_packed_rows_through_flex_attention_equal_the_dense_mask(monkeypatch):
         torch.testing.assert_close(flex, dense, atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.slow
+@torch.no_grad()
+def test_compiled_model_traces_the_block_mask_and_flex_attention(monkeypatch):
+    """compile=true on a GPU compiles the whole model: building the BlockMask and flex attention trace in one graph
+    (fullgraph), checked here on the CPU, forward only; the logits equal the eager dense-mask ones."""
+    positions = packed_positions((20, 50, 30), (64, 36))
+    model = make_model()
+    ids = torch.randint(3, 6400, positions.shape)
+    dense = model(ids, position_ids=positions).logits
+    monkeypatch.setattr(transformer, "FLEX_ATTENTION_DEVICES", {"cpu"})
+    flex = torch.compile(model, fullgraph=True)(ids, position_ids=positions).logits
+    torch.testing.assert_close(flex, dense, atol=2e-5, rtol=2e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention's backward runs on a GPU only")
 def test_flex_attention_gradients_equal_the_dense_mask_on_cuda(monkeypatch):
     """On CUDA, packed rows take flex attention; loss and gradients equal SDPA with the dense document mask."""

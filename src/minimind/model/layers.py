@@ -114,9 +114,9 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)          # all keys/values so far: [B, H_kv, S, d]
-        if isinstance(mask, BlockMask):
-            y = compiled_flex_attention()(q.to(v.dtype), k.to(v.dtype), v, block_mask=mask,
-                                          enable_gqa=self.n_kv_heads != self.n_heads)
+        if isinstance(mask, BlockMask):          # inside a compiled model, Dynamo fuses flex_attention itself
+            flex = flex_attention if torch.compiler.is_compiling() else compiled_flex_attention()
+            y = flex(q.to(v.dtype), k.to(v.dtype), v, block_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
         elif T == 1 and cache is not None:
             y = single_query_attention(q, k, v, mask)
         elif cache is None and v.device.type == "cpu" and v.dtype == torch.bfloat16 and T <= MATMUL_ATTENTION_MAX_T:
@@ -161,8 +161,8 @@ def document_block_mask(position_ids: torch.Tensor) -> BlockMask:
 
 @functools.cache
 def compiled_flex_attention():
-    """flex_attention compiled once per process (uncompiled it computes the full T×T scores; inside a compiled
-    model, Dynamo traces it like any op). Shapes are static: a training run's rows all have one length."""
+    """flex_attention compiled once per process, for eager models (uncompiled it computes the full T×T scores).
+    Shapes are static: a training run's rows all have one length."""
     return torch.compile(flex_attention, dynamic=False)
 
 
