@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The GPU checks in one command, for a session that is lent a GPU (about 8 minutes on one H100/H200):
-#   1. the CUDA-only tests (flex attention's gradients on packed rows, and every model test on the GPU's own torch);
+# The GPU checks in one command, for a session that is lent a GPU (not yet run on one; four compiled runs and the
+# model tests, expected well under the device's 10-minute limit per command):
+#   1. the model tests on the GPU machine's torch, the CUDA-only ones among them (flex attention's gradients on
+#      packed rows, with and without activation checkpointing);
 #   2. training tokens/s, MFU and peak memory, bf16 and compiled, for minimind-3 and minimind-3-moe at sequence 2048
-#      × 16 rows, plain causal rows and packed rows of 8 documents (flex attention);
-#   3. the performance issue's target: minimind-3 at 2048 ≥ 45% MFU, printed with the measured figure.
-# It needs only the machine's own python3 with torch (the package is imported from src/, nothing is installed).
+#      × 16 rows, plain causal rows and packed rows of 8 documents (flex attention). MFU counts attention over the
+#      whole row, so for packed rows it overstates the work: compare their tokens/s;
+#   3. the performance issue's target: minimind-3 at 2048 on causal rows ≥ 45% MFU, with the measured figure.
+# The package is imported from src/ and nothing is installed: the machine's python3 needs torch, numpy, pyyaml,
+# safetensors, tokenizers, tqdm and pytest (the H200 image has them).
 #
 #     bash benchmarks/gpu_check.sh                                   # on the GPU machine; results in runs/gpu-check
 #     DEVICE=cpu PRESETS=tiny SEQ=128 BATCH=2 STEPS=1 bash benchmarks/gpu_check.sh   # a smoke test anywhere
@@ -39,7 +43,6 @@ for r in rows:
     print(f"| {r['preset']} | {r['documents']} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} "
           f"| {r['peak_memory'] / 2**30:.2f} GiB |")
 for r in rows:
-    if r["preset"] == "minimind-3" and r["seq"] == 2048:
-        print(f"target ≥ 45% MFU, minimind-3 at 2048, {r['documents']} document(s) per row: {r['mfu']:.1%} "
-              f"({'met' if r['mfu'] >= 0.45 else 'not met'})")
+    if r["preset"] == "minimind-3" and r["seq"] == 2048 and r["documents"] == 1:
+        print(f"target ≥ 45% MFU, minimind-3 at 2048: {r['mfu']:.1%} ({'met' if r['mfu'] >= 0.45 else 'not met'})")
 EOF

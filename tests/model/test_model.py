@@ -218,10 +218,14 @@ def test_compiled_model_traces_the_block_mask_and_flex_attention(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention's backward runs on a GPU only")
-def test_flex_attention_gradients_equal_the_dense_mask_on_cuda(monkeypatch):
-    """On CUDA, packed rows take flex attention; loss and gradients equal SDPA with the dense document mask."""
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_flex_attention_gradients_equal_the_dense_mask_on_cuda(monkeypatch, checkpointing):
+    """On CUDA, packed rows take flex attention; loss and gradients equal SDPA with the dense document mask, also
+    with activation checkpointing (the BlockMask passes through `checkpoint` into every block)."""
     positions = packed_positions((300, 212), (512,)).cuda()
     model = make_model().cuda().train()
+    if checkpointing:
+        transformer.checkpoint_blocks(model)
     ids = torch.randint(3, 6400, positions.shape, device="cuda")
     results = []
     for devices in ({"cuda"}, set()):

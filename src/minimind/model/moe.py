@@ -103,8 +103,7 @@ class MoE(nn.Module):
         token = order // self.top_k
         ids = torch.arange(self.num_experts, device=x.device, dtype=grouped.dtype)
         offsets = torch.searchsorted(grouped, ids, right=True).to(torch.int32)   # end of each expert's rows
-        dtype = autocast_dtype(x)          # gather, weigh and their backward in the experts' dtype, not fp32
-        y = self.experts(x.to(dtype)[token], offsets) * weights.flatten()[order, None].to(dtype)
+        y = self.experts(x[token], offsets) * weights.flatten()[order, None]
         out = torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
         return out.view(shape), self.aux_loss(probs, experts, token_mask)
 
