@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 from minimind import KVCache
 from minimind.model import layers, transformer
-from minimind.model.layers import document_block_mask, matmul_attention, single_query_attention
+from minimind.model.layers import matmul_attention, single_query_attention
+from minimind.model.transformer import document_block_mask
 from tests.conftest import make_model
 
 

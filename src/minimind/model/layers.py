@@ -12,7 +12,7 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from minimind.config import ModelConfig
 from minimind.model.cache import KVCache
@@ -88,7 +88,7 @@ class Attention(nn.Module):
 
     x [B, T, hidden] → q [B, H, T, d], k/v [B, H_kv, T, d] → out [B, T, hidden]; scale d^-0.5.
     The mask is a bool tensor (True = may attend), None (causal or full, by is_causal), or a flex-attention
-    BlockMask for packed rows on a GPU (`document_block_mask`).
+    BlockMask for packed rows on a GPU (`transformer.document_block_mask`).
     """
 
     def __init__(self, config: ModelConfig, layer_idx: int):
@@ -143,20 +143,6 @@ def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     if mask is not None:
         scores = scores.masked_fill(~mask.view(mask.shape[0], 1, 1, S), float("-inf"))
     return (scores.softmax(dim=-1).to(v.dtype) @ v).view(B, H, 1, d)
-
-
-def document_block_mask(position_ids: torch.Tensor) -> BlockMask:
-    """Causal attention within the documents of packed rows, as a flex-attention BlockMask [B, 1, T, T]:
-    query q may see key k of its row when k ≤ q and both lie in the same document (a document starts at each
-    0 of position_ids [B, T]). Tiles of 128 × 128 that no query may see are skipped; SDPA's flash kernel takes
-    no mask at all, and with this one as a dense tensor it falls back to a slower kernel on a GPU."""
-    B, T = position_ids.shape
-    doc = (position_ids == 0).cumsum(dim=-1)                                 # [B, T]
-
-    def same_document_causal(b, h, q, k):
-        return (k <= q) & (doc[b, q] == doc[b, k])
-
-    return create_block_mask(same_document_causal, B, None, T, T, device=position_ids.device)
 
 
 @functools.cache

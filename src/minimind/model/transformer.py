@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
 from minimind.config import ModelConfig
 from minimind.model.cache import KVCache
-from minimind.model.layers import MLP, Attention, Linear, RMSNorm, document_block_mask
+from minimind.model.layers import MLP, Attention, Linear, RMSNorm
 from minimind.model.loss import IGNORE_INDEX, linear_cross_entropy
 from minimind.model.moe import MoE
 from minimind.model.rope import RotaryEmbedding
@@ -143,12 +144,31 @@ def _attention_mask(attention_mask, past: int, T: int, device) -> tuple[torch.Te
 FLEX_ATTENTION_DEVICES = {"cuda"}   # packed rows attend through flex attention here; on the CPU it has no backward
 
 
+def document_index(position_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] → [B, T]: which of its row's documents each token belongs to (0, 1, …; each 0 position starts one)."""
+    return (position_ids == 0).cumsum(dim=-1) - 1
+
+
 def _document_mask(position_ids: torch.Tensor) -> torch.Tensor:
     """Causal attention within documents [B, 1, T, T]: document k of a row runs from its k-th 0 position."""
     T = position_ids.shape[1]
-    doc = (position_ids == 0).cumsum(dim=-1)                                 # [B, T]
+    doc = document_index(position_ids)
     causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
     return (causal & (doc[:, :, None] == doc[:, None, :]))[:, None]
+
+
+def document_block_mask(position_ids: torch.Tensor) -> BlockMask:
+    """The same attention as `_document_mask`, as a flex-attention BlockMask [B, 1, T, T]: query q may see key k
+    of its row when k ≤ q and both lie in the same document. Tiles of 128 × 128 that no query may see are skipped;
+    SDPA's flash kernel takes no mask at all, and with the dense one it falls back to a slower kernel on a GPU."""
+    B, T = position_ids.shape
+    doc = (position_ids == 0).cumsum(dim=-1)     # document_index + 1: with its "- 1", Inductor's CPU flex kernel
+                                                 # found no lowering (torch 2.13, the compiled-model test)
+
+    def same_document_causal(b, h, q, k):
+        return (k <= q) & (doc[b, q] == doc[b, k])
+
+    return create_block_mask(same_document_causal, B, None, T, T, device=position_ids.device)
 
 
 class Transformer(nn.Module):

@@ -32,7 +32,7 @@ from minimind.data.loader import row_batches
 from minimind.data.packing import Row, pack_sft
 from minimind.errors import MiniMindError
 from minimind.model import RewardModel, Transformer, is_reward_model, load_reward_model
-from minimind.model.transformer import IGNORE_INDEX, token_logprobs
+from minimind.model.transformer import IGNORE_INDEX, document_index, token_logprobs
 from minimind.train.stages import Loss, Stage, StageData
 
 
@@ -69,14 +69,9 @@ def pack_pairs(doc_lengths, seq_len: int) -> list[Row]:
             for row in rows]
 
 
-def sequence_index(position_ids: torch.Tensor) -> torch.Tensor:
-    """[B, T] → [B, T]: which of its row's sequences each token belongs to (0, 1, …; each 0 position starts one)."""
-    return (position_ids == 0).cumsum(dim=-1) - 1
-
-
 def sequence_sums(values: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """values [B, T] → [B, T]: column k holds the sum of values over row's k-th sequence (0 past the last)."""
-    return torch.zeros_like(values).scatter_add_(1, sequence_index(position_ids), values)
+    return torch.zeros_like(values).scatter_add_(1, document_index(position_ids), values)
 
 
 def pairs(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,7 +180,7 @@ class DPO(PreferenceStage):
     def _reference_sums(self, batch, split: str) -> torch.Tensor:
         if self.reference_logps is not None:
             docs = torch.full_like(batch["doc_ids"], -1).scatter_reduce_(
-                1, sequence_index(batch["position_ids"]), batch["doc_ids"], reduce="amax")
+                1, document_index(batch["position_ids"]), batch["doc_ids"], reduce="amax")
             return torch.where(docs >= 0, self.reference_logps[split][docs.clamp(min=0)], 0.0)
         with torch.no_grad():
             logits = self.reference(batch["input_ids"], position_ids=batch["position_ids"]).logits
@@ -250,7 +245,7 @@ class RewardModelling(PreferenceStage):
         """(rewards of the chosen sides [B, P], of the rejected sides [B, P], valid pairs [B, P])."""
         rewards = model(batch["input_ids"], position_ids=batch["position_ids"])
         T = rewards.shape[1]
-        sequence = sequence_index(batch["position_ids"])
+        sequence = document_index(batch["position_ids"])
         last = torch.zeros_like(sequence).scatter_reduce_(
             1, sequence, torch.arange(T, device=sequence.device).expand_as(sequence), reduce="amax")
         chosen, rejected = pairs(rewards.gather(1, last))
