@@ -103,7 +103,9 @@ class MoE(nn.Module):
         token = order // self.top_k
         ids = torch.arange(self.num_experts, device=x.device, dtype=grouped.dtype)
         offsets = torch.searchsorted(grouped, ids, right=True).to(torch.int32)   # end of each expert's rows
-        y = self.experts(x[token], offsets) * weights.flatten()[order, None]
+        # index_select, not x[token]: its backward is an index_add, several times faster on CPU than the
+        # accumulating index_put that advanced indexing differentiates into.
+        y = self.experts(x.index_select(0, token), offsets) * weights.flatten().index_select(0, order)[:, None]
         out = torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
         return out.view(shape), self.aux_loss(probs, experts, token_mask)
 
