@@ -2,6 +2,7 @@
 
     python benchmarks/decode.py                                    # a fresh `mini` and `minimind-3`, fp32, CPU
     python benchmarks/decode.py --model runs/quickstart/sft/model --batches 1 16
+    python benchmarks/decode.py --dtype bf16 --prompt-len 1900 --batches 1     # a long context, bf16 weights
 
 For each batch size: prefill tokens/s (prompt tokens / time of a 1-token generation), decode tokens/s
 (new tokens / the rest of the time), and memory-bandwidth utilisation: decoding reads every weight once per
@@ -65,8 +66,11 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="the weights' dtype (both engines)")
     args = parser.parse_args()
     from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
 
     with tempfile.TemporaryDirectory() as tmp:
         directories = args.model or []
@@ -75,14 +79,14 @@ def main() -> None:
                 torch.manual_seed(0)
                 directories.append(Transformer(preset(name)).save(Path(tmp) / name, tokenizer=load_tokenizer()))
         bandwidth = read_bandwidth("cpu")
-        print(f"torch {torch.__version__} · {torch.get_num_threads()} threads · fp32 · prompt {args.prompt_len} "
-              f"· {args.new} new tokens · read bandwidth {bandwidth / 1e9:.1f} GB/s\n")
+        print(f"torch {torch.__version__} · {torch.get_num_threads()} threads · {args.dtype} "
+              f"· prompt {args.prompt_len} · {args.new} new tokens · read bandwidth {bandwidth / 1e9:.1f} GB/s\n")
         print("| model | batch | engine | prefill tok/s | decode tok/s | bandwidth use | ours / transformers |")
         print("|---|---|---|---|---|---|---|")
         for directory in map(Path, directories):
-            model = load_model(directory, device="cpu", dtype=torch.float32)
+            model = load_model(directory, device="cpu", dtype=dtype)
             tokenizer = load_tokenizer(directory)
-            hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+            hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).eval()
             weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
             for batch in args.batches:
                 prompts = [[1 + (i * 7 + t) % 6000 for t in range(args.prompt_len)] for i in range(batch)]

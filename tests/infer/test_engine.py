@@ -223,6 +223,26 @@ def test_compiled_decoding_equals_eager(tokenizer):
     assert compiled.logprobs == pytest.approx(eager.logprobs, abs=1e-4)
 
 
+def test_compiled_decode_step_writes_the_cache_in_place():
+    """The compiled step writes each layer's new key and value into the cache itself: the generated code
+    allocates no buffer of a layer's cache size (a per-layer copy, every step, grows with the context)."""
+    from torch._inductor.utils import run_and_get_code
+
+    from minimind.model.cache import KVCache
+
+    model = make_model("tiny")
+    c, capacity = model.config, 64
+    cache = KVCache(c, 1, capacity)
+    with torch.no_grad():
+        model(torch.tensor([[5, 9, 400]]), cache=cache)
+        cache.write_at, cache.length = torch.tensor([3]), capacity
+        step = torch.compile(model.decode_step, dynamic=False)
+        _, (code, *_) = run_and_get_code(step, torch.tensor([[11]]), torch.tensor([[3]]),
+                                         torch.ones(1, capacity, dtype=torch.bool), cache)
+    layer_shape = f"empty_strided_cpu((1, {c.num_key_value_heads}, {capacity}, {c.head_dim})"
+    assert "empty_strided_cpu" in code and layer_shape not in code
+
+
 def test_requests_joining_and_leaving_a_running_batch_decode_as_if_alone(engine):
     """Continuous batching: a request that joins after 5 steps, with its own sampling values, and a request
     cancelled midway leave every other row's output exactly as it is when run alone."""
