@@ -213,9 +213,11 @@ def test_static_decode_step_equals_the_cached_forward(name):
     torch.testing.assert_close(logits, full.logits[:, -1], atol=1e-5, rtol=1e-5)
 
 
-def test_compiled_decoding_equals_eager(tokenizer):
-    """The compiled one-sequence step (multiply-reduce projections) decodes what the eager loop decodes."""
-    model = make_model("tiny")
+@pytest.mark.parametrize("name", ["tiny", "tiny-moe"])
+def test_compiled_decoding_equals_eager(tokenizer, name):
+    """The compiled one-sequence step (multiply-reduce projections, and over the chosen experts' rows in an MoE
+    layer) decodes what the eager loop decodes."""
+    model = make_model(name)
     params = SamplingParams(max_new_tokens=24, temperature=0, ignore_eos=True, logprobs=0)
     eager = Engine(model, tokenizer).generate([PROMPTS[0]], params)[0][0]
     compiled = Engine(model, tokenizer, compile=True).generate([PROMPTS[0]], params)[0][0]

@@ -79,6 +79,17 @@ class Experts(nn.Module):
         h = F.silu(GroupedMatmul.apply(x, gate, offsets)) * GroupedMatmul.apply(x, up, offsets)
         return GroupedMatmul.apply(h, down, offsets)
 
+    def one_token(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """y = Σ_j w_j · SwiGLU_{e_j}(x) for one token x [1, hidden], experts and weights [k] → [1, hidden], as
+        multiply-reduces over the chosen experts' rows (decoding one sequence under torch.compile on CPU, where
+        Inductor fuses the expert lookup into one loop that reads only those experts' weights; see Linear)."""
+        dtype = autocast_dtype(x)
+        x = x.to(dtype)
+        gate, up, down = (w[experts].to(dtype) for w in (self.gate_proj, self.up_proj, self.down_proj))
+        h = F.silu((x[:, None, :] * gate).sum(-1)) * (x[:, None, :] * up).sum(-1)         # [k, I]
+        y = (h[:, None, :] * down).sum(-1)                                                 # [k, hidden]
+        return (y.float() * weights[:, None]).sum(0, keepdim=True)
+
 
 class MoE(nn.Module):
     def __init__(self, config: ModelConfig):
@@ -99,6 +110,9 @@ class MoE(nn.Module):
 
         # Group the N·k (token, expert) assignments by expert, run every expert on its tokens in grouped GEMMs,
         # then scatter the weighted outputs back to their tokens. No host sync: group sizes stay on the device.
+        if x.shape[0] == 1 and x.device.type == "cpu" and torch.compiler.is_compiling():
+            y = self.experts.one_token(x, experts[0], weights[0]).to(x.dtype)
+            return y.view(shape), self.aux_loss(probs, experts, token_mask)
         grouped, order = experts.flatten().sort(stable=True)               # [N·k] expert ids, ascending
         token = order // self.top_k
         ids = torch.arange(self.num_experts, device=x.device, dtype=grouped.dtype)
