@@ -3,11 +3,12 @@
     python benchmarks/decode.py                                    # a fresh `mini` and `minimind-3`, fp32, CPU
     python benchmarks/decode.py --model runs/quickstart/sft/model --batches 1 16
     python benchmarks/decode.py --dtype bf16 --prompt-len 1900 --batches 1     # a long context, bf16 weights
+    python benchmarks/decode.py --presets minimind-3-moe --batches 1
 
 For each batch size: prefill tokens/s (prompt tokens / time of a 1-token generation), decode tokens/s
 (new tokens / the rest of the time), and memory-bandwidth utilisation: decoding reads every weight once per
-step, so achieved bandwidth = weight bytes · steps / decode time, against the read rate of a large tensor
-measured in the same run. Both engines decode greedily for exactly --new tokens (no early stop).
+step (at batch 1 of an MoE, only the top-k experts'), so achieved bandwidth = weight bytes · steps / decode
+time, against the read rate of a large tensor measured in the same run. Both engines decode greedily for exactly --new tokens (no early stop).
 At batch 1 a third row, "ours, compiled", uses `Engine(compile=True)` (its compilation is not timed).
 """
 
@@ -62,7 +63,8 @@ def theirs(hf_model, prompts, new: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", nargs="*", help="model directories (default: fresh mini and minimind-3)")
+    parser.add_argument("--model", nargs="*", help="model directories (default: fresh models of --presets)")
+    parser.add_argument("--presets", nargs="+", default=["mini", "minimind-3"], help="presets of the fresh models")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
@@ -75,7 +77,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directories = args.model or []
         if not directories:
-            for name in ("mini", "minimind-3"):
+            for name in args.presets:
                 torch.manual_seed(0)
                 directories.append(Transformer(preset(name)).save(Path(tmp) / name, tokenizer=load_tokenizer()))
         bandwidth = read_bandwidth("cpu")
@@ -87,7 +89,6 @@ def main() -> None:
             model = load_model(directory, device="cpu", dtype=dtype)
             tokenizer = load_tokenizer(directory)
             hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).eval()
-            weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
             for batch in args.batches:
                 prompts = [[1 + (i * 7 + t) % 6000 for t in range(args.prompt_len)] for i in range(batch)]
                 runs = {"transformers": theirs(hf_model, prompts, args.new),
@@ -95,6 +96,8 @@ def main() -> None:
                 if batch == 1:
                     runs["ours, compiled"] = ours(model, tokenizer, prompts, args.new, compile=True)
                 steps = args.new - 1
+                # what one step reads: the active weights (top-k experts) for one row, all of them for a batch
+                weight_bytes = model.num_params(active=batch == 1) * model.lm_head.weight.element_size()
                 rates = {name: batch * steps / decode for name, (_, decode) in runs.items()}
                 for name, (prefill, decode) in runs.items():
                     use = weight_bytes * steps / decode / bandwidth
