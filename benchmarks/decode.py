@@ -8,7 +8,8 @@
 For each batch size: prefill tokens/s (prompt tokens / time of a 1-token generation), decode tokens/s
 (new tokens / the rest of the time), and memory-bandwidth utilisation: decoding reads every weight once per
 step (at batch 1 of an MoE, only the top-k experts'), so achieved bandwidth = weight bytes · steps / decode
-time, against the read rate of a large tensor measured in the same run. Both engines decode greedily for exactly --new tokens (no early stop).
+time, against the read rate of a large tensor measured in the same run. Both engines decode greedily for
+exactly --new tokens (no early stop).
 At batch 1 a third row, "ours, compiled", uses `Engine(compile=True)` (its compilation is not timed).
 """
 

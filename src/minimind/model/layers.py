@@ -25,15 +25,22 @@ def autocast_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
+def one_compiled_cpu_row(x: torch.Tensor) -> bool:
+    """x holds a single row (one token of one sequence) and is being traced by torch.compile on the CPU: there a
+    product with a weight is best written as a multiply-reduce, which Inductor fuses into one loop over the
+    weight (Linear, and the experts of an MoE layer)."""
+    return x.numel() == x.shape[-1] and x.device.type == "cpu" and torch.compiler.is_compiling()
+
+
 class Linear(nn.Linear):
     """nn.Linear (bias-free unless asked), optionally with a LoRA adapter (`minimind.lora`):
 
         y = x·Wᵀ [+ b] + (α/r) · dropout(x)·Aᵀ·Bᵀ        A [r, in], B [out, r]; W frozen, B = 0 at the start
 
     Under torch.compile on CPU with a single input row (decoding one token of one sequence), x·Wᵀ is computed
-    as a multiply-reduce. Inductor turns that into one vectorised loop that streams the weight at about twice
-    the bandwidth of the BLAS matrix-vector product (23 vs 12 GB/s measured here); decoding is bound by
-    reading the weights, so this is the decode speed-up (docs/inference.md).
+    as a multiply-reduce. Inductor turns that into one vectorised loop fused with the norms and adds around it.
+    On the AMD CPU it streamed the weight at about twice the bandwidth of the BLAS matrix-vector product (23 vs
+    12 GB/s); on the Xeon it beat oneDNN's bf16 one-row kernel but not MKL's fp32 one (docs/performance.md).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
@@ -42,7 +49,7 @@ class Linear(nn.Linear):
         self.register_parameter("lora_B", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == x.shape[-1] and x.device.type == "cpu" and torch.compiler.is_compiling():
+        if one_compiled_cpu_row(x):
             y = (x[..., None, :] * self.weight).sum(-1)
             if self.bias is not None:
                 y = y + self.bias

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minimind.config import ModelConfig
-from minimind.model.layers import autocast_dtype
+from minimind.model.layers import autocast_dtype, one_compiled_cpu_row
 
 
 @torch.library.custom_op("minimind::grouped_mm", mutates_args=())
@@ -108,11 +108,12 @@ class MoE(nn.Module):
         if self.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
 
-        # Group the N·k (token, expert) assignments by expert, run every expert on its tokens in grouped GEMMs,
-        # then scatter the weighted outputs back to their tokens. No host sync: group sizes stay on the device.
-        if x.shape[0] == 1 and x.device.type == "cpu" and torch.compiler.is_compiling():
+        if one_compiled_cpu_row(x):
             y = self.experts.one_token(x, experts[0], weights[0]).to(x.dtype)
             return y.view(shape), self.aux_loss(probs, experts, token_mask)
+
+        # Group the N·k (token, expert) assignments by expert, run every expert on its tokens in grouped GEMMs,
+        # then scatter the weighted outputs back to their tokens. No host sync: group sizes stay on the device.
         grouped, order = experts.flatten().sort(stable=True)               # [N·k] expert ids, ascending
         token = order // self.top_k
         ids = torch.arange(self.num_experts, device=x.device, dtype=grouped.dtype)
