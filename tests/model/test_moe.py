@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from minimind import preset
-from minimind.model.moe import GroupedMatmul, MoE
+from minimind.model import moe as moe_module
+from minimind.model.moe import GroupedMatmul, MoE, expert_groups
 
 
 def make_moe(**overrides) -> MoE:
@@ -100,3 +101,29 @@ def test_experts_run_in_the_autocast_dtype():
         h = moe.experts(x.reshape(-1, 64), torch.tensor([3, 6, 8, 10], dtype=torch.int32))
     assert h.dtype == torch.bfloat16 and y.dtype == torch.float32
     assert (y - ref).norm() < 0.05 * ref.norm()          # bf16 rounding (and the odd bf16 router flip)
+
+
+def test_expert_groups_pad_each_group_to_the_block():
+    grouped = torch.tensor([0, 0, 0, 2, 2, 3, 3, 3, 3, 3])     # expert 1 idle
+    offsets, slots = expert_groups(grouped, 4, block=4)
+    assert offsets.tolist() == [4, 4, 8, 16]
+    assert slots.tolist() == [0, 1, 2, 4, 5, 8, 9, 10, 11, 12]
+    packed, none = expert_groups(grouped, 4, block=1)
+    assert packed.tolist() == [3, 3, 5, 10] and none is None
+
+
+def test_padded_bf16_groups_give_the_packed_result_and_gradients(monkeypatch):
+    """On the CPU under bf16 autocast the groups are padded with zero rows (CPU_GROUP_BLOCK): outputs and
+    gradients match the packed layout's."""
+    results = []
+    for block in (moe_module.CPU_GROUP_BLOCK, 1):
+        monkeypatch.setattr(moe_module, "CPU_GROUP_BLOCK", block)
+        moe = make_moe()
+        x = torch.randn(2, 40, 64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, aux = moe(x)
+        (y * torch.linspace(-1, 1, 64)).sum().backward()
+        results.append((y.detach(), x.grad, moe.experts.gate_proj.grad, moe.experts.down_proj.grad))
+    for padded, packed in zip(*results, strict=True):
+        torch.testing.assert_close(padded, packed, atol=1e-2, rtol=1e-2)
+    assert results[0][2].abs().sum() > 0

@@ -91,6 +91,29 @@ class Experts(nn.Module):
         return (y.float() * weights[:, None]).sum(0, keepdim=True)
 
 
+# oneDNN, behind bf16 and fp16 GEMMs on the CPU, builds (JIT-compiles) kernels for every new matrix shape, and
+# expert group sizes change every step. So there each group is padded with zero rows to a multiple of this many
+# rows: the shapes repeat and stay in oneDNN's cache. fp32 GEMMs do not need it (docs/performance.md).
+CPU_GROUP_BLOCK = 128
+
+
+def expert_groups(grouped: torch.Tensor, num_experts: int, block: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Where each expert's rows go, for grouped [M] expert ids in ascending order → (offsets [E] int32, the end
+    row of each group; slots [M], the row of each assignment). With block > 1 every group is padded to a multiple
+    of `block` rows (at most M + E·(block − 1) rows in all); with block = 1 the groups are packed and slots is
+    None (the rows stay where they are). Computed on the device, without a host sync."""
+    ids = torch.arange(num_experts, device=grouped.device, dtype=grouped.dtype)
+    ends = torch.searchsorted(grouped, ids, right=True)
+    if block == 1:
+        return ends.to(torch.int32), None
+    counts = ends.diff(prepend=ends.new_zeros(1))
+    padded = (counts + block - 1) // block * block
+    padded_ends = padded.cumsum(0)
+    slots = torch.arange(grouped.shape[0], device=grouped.device) - (ends - counts)[grouped] \
+        + (padded_ends - padded)[grouped]
+    return padded_ends.to(torch.int32), slots
+
+
 class MoE(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -116,11 +139,17 @@ class MoE(nn.Module):
         # then scatter the weighted outputs back to their tokens. No host sync: group sizes stay on the device.
         grouped, order = experts.flatten().sort(stable=True)               # [N·k] expert ids, ascending
         token = order // self.top_k
-        ids = torch.arange(self.num_experts, device=x.device, dtype=grouped.dtype)
-        offsets = torch.searchsorted(grouped, ids, right=True).to(torch.int32)   # end of each expert's rows
         # index_select, not x[token]: its backward is an index_add, several times faster on CPU than the
         # accumulating index_put that advanced indexing differentiates into.
-        y = self.experts(x.index_select(0, token), offsets) * weights.flatten().index_select(0, order)[:, None]
+        rows = x.index_select(0, token)
+        block = CPU_GROUP_BLOCK if x.device.type == "cpu" and autocast_dtype(x) != torch.float32 else 1
+        offsets, slots = expert_groups(grouped, self.num_experts, block)
+        if slots is None:
+            y = self.experts(rows, offsets)
+        else:
+            padded = rows.new_zeros(rows.shape[0] + self.num_experts * (block - 1), rows.shape[1])
+            y = self.experts(padded.index_copy(0, slots, rows), offsets).index_select(0, slots)
+        y = y * weights.flatten().index_select(0, order)[:, None]
         out = torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
         return out.view(shape), self.aux_loss(probs, experts, token_mask)
 
