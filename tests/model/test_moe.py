@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from minimind import preset
 from minimind.model import moe as moe_module
-from minimind.model.moe import GroupedMatmul, MoE, expert_groups
+from minimind.model.moe import GroupedMatmul, MoE, cpu_group_block, expert_groups
 
 
 def make_moe(**overrides) -> MoE:
@@ -112,11 +112,18 @@ def test_expert_groups_pad_each_group_to_the_block():
     assert packed.tolist() == [3, 3, 5, 10] and none is None
 
 
+def test_cpu_group_block_keeps_padding_under_an_eighth_of_the_rows():
+    assert cpu_group_block(4096, 4) == 128            # minimind-3-moe, 8 × 512 tokens, top-1
+    assert cpu_group_block(4095, 4) == 64
+    assert cpu_group_block(512, 4) == 16
+    assert cpu_group_block(16, 4) == 1                # decoding 16 sequences: no padding
+
+
 def test_padded_bf16_groups_give_the_packed_result_and_gradients(monkeypatch):
     """On the CPU under bf16 autocast the groups are padded with zero rows (CPU_GROUP_BLOCK): outputs and
     gradients match the packed layout's."""
     results = []
-    for block in (moe_module.CPU_GROUP_BLOCK, 1):
+    for block in (8, 1):                    # 80 tokens, top-2, over 4 experts: padded to blocks of 4
         monkeypatch.setattr(moe_module, "CPU_GROUP_BLOCK", block)
         moe = make_moe()
         x = torch.randn(2, 40, 64, generator=torch.Generator().manual_seed(1), requires_grad=True)

@@ -92,9 +92,19 @@ class Experts(nn.Module):
 
 
 # oneDNN, behind bf16 and fp16 GEMMs on the CPU, builds (JIT-compiles) kernels for every new matrix shape, and
-# expert group sizes change every step. So there each group is padded with zero rows to a multiple of this many
+# expert group sizes change every step. So there each group is padded with zero rows to a multiple of a block of
 # rows: the shapes repeat and stay in oneDNN's cache. fp32 GEMMs do not need it (docs/performance.md).
 CPU_GROUP_BLOCK = 128
+
+
+def cpu_group_block(rows: int, num_experts: int) -> int:
+    """The padding block for `rows` assignments over `num_experts` groups: the largest power of two up to
+    CPU_GROUP_BLOCK that is at most 1/8 of the average group, so padding adds at most 1/8 to the rows (about
+    1/16 on average), and 1 (no padding) for a few tokens, as in decoding."""
+    block = CPU_GROUP_BLOCK
+    while block > 1 and rows < 8 * num_experts * block:
+        block //= 2
+    return block
 
 
 def expert_groups(grouped: torch.Tensor, num_experts: int, block: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -142,7 +152,8 @@ class MoE(nn.Module):
         # index_select, not x[token]: its backward is an index_add, several times faster on CPU than the
         # accumulating index_put that advanced indexing differentiates into.
         rows = x.index_select(0, token)
-        block = CPU_GROUP_BLOCK if x.device.type == "cpu" and autocast_dtype(x) != torch.float32 else 1
+        on_onednn = x.device.type == "cpu" and autocast_dtype(x) != torch.float32
+        block = cpu_group_block(rows.shape[0], self.num_experts) if on_onednn else 1
         offsets, slots = expert_groups(grouped, self.num_experts, block)
         if slots is None:
             y = self.experts(rows, offsets)
