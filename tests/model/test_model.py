@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from minimind import KVCache
 from minimind.model import layers, transformer
-from minimind.model.layers import matmul_attention, single_query_attention
+from minimind.model.layers import first_key_block, matmul_attention, single_query_attention
 from minimind.model.transformer import document_block_mask
 from tests.conftest import make_model
 
@@ -281,6 +281,15 @@ def test_matmul_attention_values_and_gradients_equal_sdpa(masked, block, monkeyp
         results.append((out, *grads))
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+def test_a_block_of_query_rows_skips_the_key_blocks_before_its_documents(monkeypatch):
+    monkeypatch.setattr(layers, "MATMUL_ATTENTION_BLOCK", 4)
+    doc = torch.tensor([[0] * 6 + [1] * 10, [0] * 11 + [1] * 5])            # documents start at 6 and 11
+    allowed = (torch.ones(16, 16, dtype=torch.bool).tril() & (doc[:, :, None] == doc[:, None, :]))[:, None, None]
+    assert first_key_block(allowed[..., 12:16, :16]) == 4                   # row 0 still sees key 6 → block 4
+    assert first_key_block(allowed[1:, ..., 12:16, :16]) == 8               # row 1 alone: key 11 → block 8
+    assert first_key_block(allowed[..., 0:4, :4]) == 0
 
 
 def test_bf16_cpu_training_uses_matmul_attention_up_to_its_length(monkeypatch):

@@ -209,12 +209,24 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     """
     T = q.shape[2]
     allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril() if mask is None else mask[:, :, None]
+    trim = mask is not None and not torch.compiler.is_compiling()
     blocks = []
     for start in range(0, T, MATMUL_ATTENTION_BLOCK):
         end = min(start + MATMUL_ATTENTION_BLOCK, T)
-        blocks.append(_MatmulAttention.apply(q[:, :, start:end], k[:, :, :end], v[:, :, :end],
-                                             allowed[..., start:end, :end]))
+        rows = allowed[..., start:end, :end]
+        first = first_key_block(rows) if trim else 0
+        blocks.append(_MatmulAttention.apply(q[:, :, start:end], k[:, :, first:end], v[:, :, first:end],
+                                             rows[..., first:]))
     return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)
+
+
+def first_key_block(allowed: torch.Tensor) -> int:
+    """The first key any of these query rows may attend to, rounded down to a multiple of the block: allowed
+    [..., rows, S] bool → a host int. With packed documents the keys before it are masked for every row, so a
+    block skips them; rounding keeps the matmul shapes few, so that oneDNN reuses its kernels (moe.py). A host
+    read: this path runs on the CPU only, and not under torch.compile."""
+    first = int(allowed.flatten(0, -2).any(dim=0).int().argmax())
+    return first // MATMUL_ATTENTION_BLOCK * MATMUL_ATTENTION_BLOCK
 
 
 class MLP(nn.Module):
