@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 from minimind import KVCache
 from minimind.model import layers, transformer
-from minimind.model.layers import first_key_block, matmul_attention, single_query_attention
+from minimind.model.layers import RMSNorm, first_key_block, matmul_attention, single_query_attention
+from minimind.model.rope import apply_rope
 from minimind.model.transformer import document_block_mask
 from tests.conftest import make_model
 
@@ -281,6 +282,37 @@ def test_matmul_attention_values_and_gradients_equal_sdpa(masked, block, monkeyp
         results.append((out, *grads))
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("rope", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_fused_norm_and_rope_equal_the_plain_formula(dtype, rope, monkeypatch):
+    """RMSNorm's eager path (`_NormRope`, a hand-written backward) against the formula that torch.compile sees,
+    with q/k's rope or without: in float64, so that a wrong backward cannot hide in rounding, and with bf16 input
+    as under autocast (the norm rounded to bf16 before the weight, as Qwen3), with the output asked in bf16."""
+    torch.manual_seed(0)
+    B, T, H, d = 2, 5, 3, 8
+    x = torch.randn(B, T, H, d, dtype=torch.float64).to(dtype).requires_grad_()
+    norm = RMSNorm(d, 1e-6).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    freqs = torch.randn(1, T, d // 2, dtype=torch.float64)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = (emb.cos(), emb.sin()) if rope else (None, None)
+    grad_y = torch.randn(B, T, H, d, dtype=torch.float64).to(dtype)
+    results = []
+    for compiling in (False, True):
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda compiling=compiling: compiling)
+        y = norm(x, cos, sin, dtype)
+        assert y.dtype == dtype
+        results.append((y, *torch.autograd.grad(y, (x, norm.weight), grad_y)))
+    if dtype == torch.float64:                  # the formula by hand, too
+        want = norm.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        want = apply_rope(want, cos, sin) if rope else want
+        torch.testing.assert_close(results[0][0], want, atol=1e-12, rtol=1e-12)
+    tolerance = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else dict(atol=2e-2, rtol=2e-2)
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got.double(), want.double(), **tolerance)
 
 
 def test_a_block_of_query_rows_skips_the_key_blocks_before_its_documents(monkeypatch):

@@ -77,17 +77,82 @@ class Linear(nn.Linear):
 
 
 class RMSNorm(nn.Module):
-    """y = w · x / sqrt(mean(x²) + eps), normalised in fp32 and cast back before the weight (as Qwen3)."""
+    """y = w · x / sqrt(mean(x²) + eps), normalised in fp32 and cast back before the weight (as Qwen3).
+
+    With rotary tables cos/sin [B or 1, T, d] (x [B, T, H, d], Qwen3's q/k norm), y is then rotated by RoPE. Out of
+    torch.compile this runs as `_NormRope`, a few fused passes with a hand-written backward; Inductor fuses the
+    plain formula itself. dtype: the output's (default: x's promoted with the weight's, as the formula gives).
+    """
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+        dtype = dtype or torch.promote_types(x.dtype, self.weight.dtype)
+        if not torch.compiler.is_compiling():
+            return _NormRope.apply(x, self.weight, self.eps, cos, sin, dtype)
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+        y = self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        return (apply_rope(y, cos, sin) if cos is not None else y).to(dtype)
+
+
+def swap_halves(x: torch.Tensor) -> torch.Tensor:
+    """[..., d] → its two halves swapped: (x₂, x₁)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x2, x1), dim=-1)
+
+
+class _NormRope(torch.autograd.Function):
+    """RMSNorm, optionally followed by RoPE, in fp32 with as few passes over x as eager PyTorch allows:
+
+        r = (mean(x²) + eps)^-½    n = x·r (rounded to x's dtype)    z = w ⊙ n
+        y = z                                   (no rope)
+        y = z ⊙ cos + rotate_half(z) ⊙ sin = n ⊙ a + swap(n) ⊙ b,   a = w ⊙ cos,  b = swap(w) ⊙ (−sin₁, sin₂)
+
+    Backward, from dy: u = dz = dy (no rope) or dy ⊙ cos + swap(dy ⊙ (−sin₁, sin₂));
+        dw = Σ_rows u ⊙ n    dn = u ⊙ w    dx = r·(dn − n·mean(dn ⊙ n)),  with mean(dn ⊙ n) = (u ⊙ n)·w / d
+
+    Every op works in one dtype (fp32, or fp64 for fp64 x): on the CPU an op that mixes bf16 and fp32 first copies
+    its bf16 input.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, eps, cos, sin, dtype):
+        d, c = x.shape[-1], torch.promote_types(x.dtype, torch.float32)          # c: the compute dtype
+        x32, w = x.to(c), weight.to(c)
+        r = torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square_().div_(d).add_(eps).rsqrt_()
+        n = x32 * r
+        if x.dtype != c:
+            n = n.to(x.dtype).to(c)
+        if cos is None:
+            y, cos_sin = n * w, None
+        else:
+            cos, sin = cos.to(c)[:, :, None], sin.to(c)[:, :, None]                 # [B or 1, T, 1, d]
+            h = d // 2
+            sin_signed = torch.cat((-sin[..., :h], sin[..., h:]), dim=-1)
+            y = torch.addcmul(n * (w * cos), swap_halves(n), swap_halves(w) * sin_signed)
+            cos_sin = (cos, sin_signed)
+        ctx.save_for_backward(n.to(x.dtype), r, w, *(cos_sin or ()))
+        ctx.dtypes = x.dtype, weight.dtype
+        return y.to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        n, r, w, *cos_sin = ctx.saved_tensors
+        x_dtype, w_dtype = ctx.dtypes
+        d = n.shape[-1]
+        n, u = n.to(w.dtype), grad_y.to(w.dtype)
+        if cos_sin:
+            cos, sin_signed = cos_sin
+            u = torch.addcmul(u * cos, swap_halves(u), swap_halves(sin_signed))
+        un = u * n
+        grad_w = un.flatten(0, -2).sum(0).to(w_dtype) if ctx.needs_input_grad[1] else None
+        mean_dn_n = (un @ w).div_(-d).unsqueeze(-1)
+        grad_x = torch.addcmul(u * w, n, mean_dn_n).mul_(r)
+        return grad_x.to(x_dtype), grad_w, None, None, None, None
 
 
 class Attention(nn.Module):
@@ -114,20 +179,25 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 is_causal: bool, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        x = x.to(autocast_dtype(x))         # cast once for q, k and v (autocast would cast x for each of them)
-        q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)).transpose(1, 2)
+        dtype = autocast_dtype(x)
+        x = x.to(dtype)                     # cast once for q, k and v (autocast would cast x for each of them)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if isinstance(self.q_norm, RMSNorm):               # rope in fp32 inside the norm, results in `dtype`
+            q, k = self.q_norm(q, cos, sin, dtype), self.k_norm(k, cos, sin, dtype)
+        else:
+            q, k = apply_rope(q, cos, sin).to(dtype), apply_rope(k, cos, sin).to(dtype)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)          # all keys/values so far: [B, H_kv, S, d]
         if isinstance(mask, BlockMask):          # inside a compiled model, Dynamo fuses flex_attention itself
             flex = flex_attention if torch.compiler.is_compiling() else compiled_flex_attention()
-            y = flex(q.to(v.dtype), k.to(v.dtype), v, block_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
+            y = flex(q, k, v, block_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
         elif T == 1 and cache is not None:
             y = single_query_attention(q, k, v, mask)
         elif cache is None and v.device.type == "cpu" and v.dtype == torch.bfloat16 and T <= MATMUL_ATTENTION_MAX_T:
-            y = matmul_attention(q.to(v.dtype), k.to(v.dtype), v, mask)     # q, k leave RoPE in fp32 under autocast
+            y = matmul_attention(q, k, v, mask)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                                enable_gqa=self.n_kv_heads != self.n_heads)
@@ -164,43 +234,80 @@ MATMUL_ATTENTION_BLOCK = 128       # query rows per block: block i attends only 
 
 
 class _MatmulAttention(torch.autograd.Function):
-    """Attention as two batched matmuls with the probabilities kept for backward (bf16 on the CPU):
+    """Attention as batched matmuls over blocks of query rows, with the probabilities kept for backward (bf16 on
+    the CPU). For the block of rows [s, e), which attends to keys [f, e):
 
-        S = (q·d^-½)·kᵀ (masked to -inf)   P = softmax(S)   O = P·v
-        dV = Pᵀ·dO   dP = dO·vᵀ   dS = P ⊙ (dP − rowsum(dP ⊙ P))   dQ = d^-½·dS·k   dK = dSᵀ·(q·d^-½)
+        S = (q·d^-½)·kᵀ + bias (0 or -inf)   P = softmax(S)   O = P·v
+        dV += Pᵀ·dO   dP = dO·vᵀ   dS = P ⊙ (dP − rowsum(dP ⊙ P))   dQ = d^-½·dS·k   dK += dSᵀ·(q·d^-½)
 
-    The H/H_kv query heads that share a key head are stacked as the rows of one matmul, q [B, H_kv, G·T, d]: no
-    key or value is repeated, and dK, dV sum over the group inside the matmul. The softmax and its backward are
-    each one fused pass over P [B, H_kv, G·T, S].
+    The H/H_kv query heads that share a key head are stacked as the rows of one matmul, q [B, H_kv, G·rows, d]:
+    no key or value is repeated, and dK, dV sum over the group inside the matmul. The softmax and its backward
+    are each one fused pass over P. Blocks write their rows of O (and of dQ) straight into a [B, T, H, d] buffer,
+    the layout o_proj reads, and add into dK and dV in place: no concatenation, no per-block gradient of a slice.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, allowed):
+    def forward(ctx, q, k, v, mask, blocks):
         B, H, T, d = q.shape
-        H_kv, S = k.shape[1], k.shape[2]
-        q = (q * d ** -0.5).reshape(B, H_kv, H // H_kv * T, d)
-        scores = (q @ k.transpose(-1, -2)).view(B, H_kv, H // H_kv, T, S)
-        scores.masked_fill_(~allowed, float("-inf"))
-        p = torch.softmax(scores, dim=-1).view(B, H_kv, H // H_kv * T, S)
-        ctx.save_for_backward(q, k, v, p)
-        ctx.q_shape = (B, H, T, d)
-        return (p @ v).view(B, H, T, d)
+        H_kv = k.shape[1]
+        G = H // H_kv
+        out = q.new_empty(B, T, H, d)
+        saved = []
+        for s, e, f in blocks:
+            qb = q.new_empty(B, H_kv, G, e - s, d)
+            torch.mul(q[:, :, s:e].view(B, H_kv, G, e - s, d), d ** -0.5, out=qb)
+            qb = qb.view(B, H_kv, G * (e - s), d)
+            scores = (qb @ k[:, :, f:e].transpose(-1, -2)).view(B, H_kv, G, e - s, e - f)
+            add_block_bias(scores, mask, s, e, f)
+            p = torch.softmax(scores, dim=-1).view(B, H_kv, G * (e - s), e - f)
+            o = (p @ v[:, :, f:e]).view(B, H_kv, G, e - s, d)
+            out[:, s:e].view(B, e - s, H_kv, G, d).copy_(o.permute(0, 3, 1, 2, 4))
+            saved += [qb, p]
+        ctx.save_for_backward(k, v, *saved)
+        ctx.blocks = blocks
+        return out.transpose(1, 2)
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, p = ctx.saved_tensors
-        grad_out = grad_out.reshape(q.shape)
-        grad_v = p.transpose(-1, -2) @ grad_out
-        grad_scores = torch._softmax_backward_data(grad_out @ v.transpose(-1, -2), p, -1, p.dtype)
-        grad_q = (grad_scores @ k).mul_(q.shape[-1] ** -0.5)
-        grad_k = grad_scores.transpose(-1, -2) @ q
-        return grad_q.view(ctx.q_shape), grad_k, grad_v, None
+        k, v, *saved = ctx.saved_tensors
+        B, H, T, d = grad_out.shape
+        H_kv = k.shape[1]
+        G = H // H_kv
+        grad_q = grad_out.new_empty(B, T, H, d)
+        grad_k, grad_v = torch.zeros_like(k), torch.zeros_like(v)
+        for (s, e, f), qb, p in zip(ctx.blocks, saved[0::2], saved[1::2], strict=True):
+            do = grad_out[:, :, s:e].reshape(B, H_kv, G * (e - s), d)
+            grad_v[:, :, f:e] += p.transpose(-1, -2) @ do
+            ds = torch._softmax_backward_data(do @ v[:, :, f:e].transpose(-1, -2), p, -1, p.dtype)
+            grad_k[:, :, f:e] += ds.transpose(-1, -2) @ qb
+            dq = (ds @ k[:, :, f:e]).view(B, H_kv, G, e - s, d).permute(0, 3, 1, 2, 4)
+            torch.mul(dq, d ** -0.5, out=grad_q[:, s:e].view(B, e - s, H_kv, G, d))
+        return grad_q.transpose(1, 2), grad_k, grad_v, None, None
+
+
+@functools.cache
+def _causal_bias(rows: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[rows, rows]: 0 on and below the diagonal, -inf above."""
+    return torch.full((rows, rows), float("-inf"), dtype=dtype, device=device).triu(1)
+
+
+def add_block_bias(scores: torch.Tensor, mask: torch.Tensor | None, s: int, e: int, f: int) -> None:
+    """Mask the scores [B, H_kv, G, e-s, e-f] of query rows [s, e) over keys [f, e) in place, as an added bias
+    (0 or -inf: a plain add, several times faster on the CPU than masked_fill with a broadcast bool mask).
+    mask None is causal: only the last e-s keys, the diagonal square, hold masked entries."""
+    if mask is None:
+        scores[..., s - f:] += _causal_bias(e - s, scores.dtype, scores.device)
+    else:
+        allowed = mask[:, :, None, s:e, f:e]                        # [B or 1, 1, 1, e-s, e-f]
+        scores += torch.zeros(allowed.shape, dtype=scores.dtype, device=scores.device).masked_fill_(
+            ~allowed, float("-inf"))
 
 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Training-time attention without a cache, through `_MatmulAttention`, one block of query rows at a time:
+    """Training-time attention without a cache, through `_MatmulAttention`, in blocks of query rows:
 
         q [B, H, T, d], k/v [B, H_kv, T, d], mask [B or 1, 1, T, T] (True = may attend; None = causal) → [B, H, T, d]
+        (the output is a transposed view of a [B, T, H, d] tensor, so that o_proj's input needs no copy)
 
     The mask must be causal (the model's padding and document masks are), so the block of rows [s, e) needs only
     the keys before e: blocks of 128 rows skip about half of the T×T square at T = 2048. Every row must be allowed
@@ -208,16 +315,12 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     (docs/performance.md).
     """
     T = q.shape[2]
-    allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril() if mask is None else mask[:, :, None]
     trim = mask is not None and not torch.compiler.is_compiling()
     blocks = []
-    for start in range(0, T, MATMUL_ATTENTION_BLOCK):
-        end = min(start + MATMUL_ATTENTION_BLOCK, T)
-        rows = allowed[..., start:end, :end]
-        first = first_key_block(rows) if trim else 0
-        blocks.append(_MatmulAttention.apply(q[:, :, start:end], k[:, :, first:end], v[:, :, first:end],
-                                             rows[..., first:]))
-    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)
+    for s in range(0, T, MATMUL_ATTENTION_BLOCK):
+        e = min(s + MATMUL_ATTENTION_BLOCK, T)
+        blocks.append((s, e, first_key_block(mask[..., s:e, :e]) if trim else 0))
+    return _MatmulAttention.apply(q, k, v, mask, blocks)
 
 
 def first_key_block(allowed: torch.Tensor) -> int:

@@ -76,7 +76,7 @@ class RotaryEmbedding(torch.nn.Module):
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, H, T, d] by position: x·cos + rotate_half(x)·sin (the Llama/NeoX half-split layout)."""
-    cos, sin = cos[:, None], sin[:, None]                               # broadcast over heads
+    """Rotate x [B, T, H, d] by position: x·cos + rotate_half(x)·sin (the Llama/NeoX half-split layout)."""
+    cos, sin = cos[:, :, None], sin[:, :, None]                         # broadcast over heads
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin

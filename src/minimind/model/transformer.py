@@ -19,7 +19,7 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
 from minimind.config import ModelConfig
 from minimind.model.cache import KVCache
-from minimind.model.layers import MLP, Attention, Linear, RMSNorm
+from minimind.model.layers import MLP, Attention, Linear, RMSNorm, autocast_dtype
 from minimind.model.loss import IGNORE_INDEX, linear_cross_entropy
 from minimind.model.moe import MoE
 from minimind.model.rope import RotaryEmbedding
@@ -42,12 +42,12 @@ class Block(nn.Module):
 
     def forward(self, h, cos, sin, mask, is_causal, cache=None, token_mask=None):
         """h [B, T, hidden] → (h [B, T, hidden], aux loss [] or None)."""
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask, is_causal, cache)
-        x = self.post_attention_layernorm(h)
-        if isinstance(self.mlp, MoE):
-            y, aux = self.mlp(x, token_mask)
+        dtype = autocast_dtype(h)           # the norms hand attention and the MLP their input already cast
+        h = h + self.self_attn(self.input_layernorm(h, dtype=dtype), cos, sin, mask, is_causal, cache)
+        if isinstance(self.mlp, MoE):       # the router works on the residual stream's dtype
+            y, aux = self.mlp(self.post_attention_layernorm(h), token_mask)
             return h + y, aux
-        return h + self.mlp(x), None
+        return h + self.mlp(self.post_attention_layernorm(h, dtype=dtype)), None
 
 
 class Backbone(nn.Module):
