@@ -345,3 +345,21 @@ def test_bf16_cpu_training_uses_matmul_attention_up_to_its_length(monkeypatch):
     torch.testing.assert_close(loss_a, loss_b, atol=2e-3, rtol=0)
     for a, b in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(a, b, atol=3e-2 * b.abs().max().item(), rtol=0)
+
+
+def test_compiled_bf16_cpu_training_step_equals_eager():
+    """torch.compile traces the CPU bf16 training path (matmul_attention's blocks, the norms' plain formula):
+    the same loss and gradients as eager, within bf16. One layer, to keep compilation short."""
+    model = make_model(num_hidden_layers=1)
+    x = torch.randint(0, 6400, (2, 16))
+    results = []
+    for forward in (model, torch.compile(model)):
+        model.zero_grad()
+        with torch.autocast("cpu", torch.bfloat16):
+            loss = forward(x, labels=x).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, atol=1e-2, rtol=0)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, atol=5e-2 * b.abs().max().item(), rtol=0)

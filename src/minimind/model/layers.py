@@ -254,9 +254,7 @@ class _MatmulAttention(torch.autograd.Function):
         out = q.new_empty(B, T, H, d)
         saved = []
         for s, e, f in blocks:
-            qb = q.new_empty(B, H_kv, G, e - s, d)
-            torch.mul(q[:, :, s:e].view(B, H_kv, G, e - s, d), d ** -0.5, out=qb)
-            qb = qb.view(B, H_kv, G * (e - s), d)
+            qb = (q[:, :, s:e] * d ** -0.5).reshape(B, H_kv, G * (e - s), d)
             scores = (qb @ k[:, :, f:e].transpose(-1, -2)).view(B, H_kv, G, e - s, e - f)
             add_block_bias(scores, mask, s, e, f)
             p = torch.softmax(scores, dim=-1).view(B, H_kv, G * (e - s), e - f)
@@ -281,8 +279,8 @@ class _MatmulAttention(torch.autograd.Function):
             ds = torch._softmax_backward_data(do @ v[:, :, f:e].transpose(-1, -2), p, -1, p.dtype)
             grad_k[:, :, f:e] += ds.transpose(-1, -2) @ qb
             dq = (ds @ k[:, :, f:e]).view(B, H_kv, G, e - s, d).permute(0, 3, 1, 2, 4)
-            torch.mul(dq, d ** -0.5, out=grad_q[:, s:e].view(B, e - s, H_kv, G, d))
-        return grad_q.transpose(1, 2), grad_k, grad_v, None, None
+            grad_q[:, s:e].view(B, e - s, H_kv, G, d).copy_(dq)
+        return grad_q.mul_(d ** -0.5).transpose(1, 2), grad_k, grad_v, None, None
 
 
 @functools.cache
