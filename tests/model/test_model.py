@@ -287,9 +287,9 @@ def test_matmul_attention_values_and_gradients_equal_sdpa(masked, block, monkeyp
 @pytest.mark.parametrize("rope", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_fused_norm_and_rope_equal_the_plain_formula(dtype, rope, monkeypatch):
-    """RMSNorm's eager path (`_NormRope`, a hand-written backward) against the formula that torch.compile sees,
-    with q/k's rope or without: in float64, so that a wrong backward cannot hide in rounding, and with bf16 input
-    as under autocast (the norm rounded to bf16 before the weight, as Qwen3), with the output asked in bf16."""
+    """RMSNorm's eager training path (`_NormRope`, a hand-written backward) against the formula that torch.compile
+    and inference see, with q/k's rope or without: in float64, so that a wrong backward cannot hide in rounding,
+    and with bf16 input as under autocast (the norm rounded to bf16 before the weight, as Qwen3), output in bf16."""
     torch.manual_seed(0)
     B, T, H, d = 2, 5, 3, 8
     x = torch.randn(B, T, H, d, dtype=torch.float64).to(dtype).requires_grad_()

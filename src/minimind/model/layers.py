@@ -79,9 +79,10 @@ class Linear(nn.Linear):
 class RMSNorm(nn.Module):
     """y = w · x / sqrt(mean(x²) + eps), normalised in fp32 and cast back before the weight (as Qwen3).
 
-    With rotary tables cos/sin [B or 1, T, d] (x [B, T, H, d], Qwen3's q/k norm), y is then rotated by RoPE. Out of
-    torch.compile this runs as `_NormRope`, a few fused passes with a hand-written backward; Inductor fuses the
-    plain formula itself. dtype: the output's (default: x's promoted with the weight's, as the formula gives).
+    With rotary tables cos/sin [B or 1, T, d] (x [B, T, H, d], Qwen3's q/k norm), y is then rotated by RoPE. In
+    eager training this runs as `_NormRope`, a few fused passes with a hand-written backward. Inductor fuses the
+    plain formula itself, and without gradients (decoding a few rows) the plain formula's fewer ops cost less.
+    dtype: the output's (default: x's promoted with the weight's, as the formula gives).
     """
 
     def __init__(self, dim: int, eps: float):
@@ -92,7 +93,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
         dtype = dtype or torch.promote_types(x.dtype, self.weight.dtype)
-        if not torch.compiler.is_compiling():
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return _NormRope.apply(x, self.weight, self.eps, cos, sin, dtype)
         x32 = x.to(torch.promote_types(x.dtype, torch.float32))
         y = self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
