@@ -286,10 +286,12 @@ def test_matmul_attention_values_and_gradients_equal_sdpa(masked, block, monkeyp
 
 @pytest.mark.parametrize("rope", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_fused_norm_and_rope_equal_the_plain_formula(dtype, rope, monkeypatch):
-    """RMSNorm's eager training path (`_NormRope`, a hand-written backward) against the formula that torch.compile
-    and inference see, with q/k's rope or without: in float64, so that a wrong backward cannot hide in rounding,
-    and with bf16 input as under autocast (the norm rounded to bf16 before the weight, as Qwen3), output in bf16."""
+def test_fused_norm_and_rope_backward_equals_autograd(dtype, rope, monkeypatch):
+    """RMSNorm's eager training path (`_NormRope`, a hand-written backward) against autograd through the same
+    formula (the path torch.compile traces) and, in float64, against Qwen3's formula written out, with q/k's rope
+    or without: float64, so that a wrong backward cannot hide in rounding, and bf16 input as under autocast (the
+    norm rounded to bf16 before the weight), output in bf16. Without gradients the output is the same to the bit,
+    so that a policy and its no-grad reference agree exactly."""
     torch.manual_seed(0)
     B, T, H, d = 2, 5, 3, 8
     x = torch.randn(B, T, H, d, dtype=torch.float64).to(dtype).requires_grad_()
@@ -306,7 +308,9 @@ def test_fused_norm_and_rope_equal_the_plain_formula(dtype, rope, monkeypatch):
         y = norm(x, cos, sin, dtype)
         assert y.dtype == dtype
         results.append((y, *torch.autograd.grad(y, (x, norm.weight), grad_y)))
-    if dtype == torch.float64:                  # the formula by hand, too
+    with torch.no_grad():
+        assert torch.equal(norm(x, cos, sin, dtype), results[0][0])
+    if dtype == torch.float64:
         want = norm.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
         want = apply_rope(want, cos, sin) if rope else want
         torch.testing.assert_close(results[0][0], want, atol=1e-12, rtol=1e-12)
@@ -348,7 +352,7 @@ def test_bf16_cpu_training_uses_matmul_attention_up_to_its_length(monkeypatch):
 
 
 def test_compiled_bf16_cpu_training_step_equals_eager():
-    """torch.compile traces the CPU bf16 training path (matmul_attention's blocks, the norms' plain formula):
+    """torch.compile traces the CPU bf16 training path (matmul_attention's blocks, the norms' `norm_rope`):
     the same loss and gradients as eager, within bf16. One layer, to keep compilation short."""
     model = make_model(num_hidden_layers=1)
     x = torch.randint(0, 6400, (2, 16))

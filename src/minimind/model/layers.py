@@ -79,10 +79,10 @@ class Linear(nn.Linear):
 class RMSNorm(nn.Module):
     """y = w · x / sqrt(mean(x²) + eps), normalised in fp32 and cast back before the weight (as Qwen3).
 
-    With rotary tables cos/sin [B or 1, T, d] (x [B, T, H, d], Qwen3's q/k norm), y is then rotated by RoPE. In
-    eager training this runs as `_NormRope`, a few fused passes with a hand-written backward. Inductor fuses the
-    plain formula itself, and without gradients (decoding a few rows) the plain formula's fewer ops cost less.
-    dtype: the output's (default: x's promoted with the weight's, as the formula gives).
+    With rotary tables cos/sin [B or 1, T, d] (x [B, T, H, d], Qwen3's q/k norm), y is then rotated by RoPE.
+    dtype: the output's (default: x's promoted with the weight's, as the formula gives). One formula
+    (`norm_rope`) serves every path, so that a policy and its no-grad reference agree to the bit; in eager
+    training it runs inside `_NormRope`, which adds a hand-written backward.
     """
 
     def __init__(self, dim: int, eps: float):
@@ -95,9 +95,7 @@ class RMSNorm(nn.Module):
         dtype = dtype or torch.promote_types(x.dtype, self.weight.dtype)
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return _NormRope.apply(x, self.weight, self.eps, cos, sin, dtype)
-        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
-        y = self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-        return (apply_rope(y, cos, sin) if cos is not None else y).to(dtype)
+        return norm_rope(x, self.weight, self.eps, cos, sin, dtype)[0]
 
 
 def swap_halves(x: torch.Tensor) -> torch.Tensor:
@@ -106,39 +104,44 @@ def swap_halves(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((x2, x1), dim=-1)
 
 
-class _NormRope(torch.autograd.Function):
-    """RMSNorm, optionally followed by RoPE, in fp32 with as few passes over x as eager PyTorch allows:
+def norm_rope(x, weight, eps, cos, sin, dtype):
+    """RMSNorm, then RoPE if cos/sin are given, in fp32 (fp64 for fp64 x) with as few passes over x as eager PyTorch
+    allows. Every op works in that one dtype: on the CPU an op that mixes bf16 and fp32 first copies its bf16 input.
 
         r = (mean(x²) + eps)^-½    n = x·r (rounded to x's dtype)    z = w ⊙ n
         y = z                                   (no rope)
         y = z ⊙ cos + rotate_half(z) ⊙ sin = n ⊙ a + swap(n) ⊙ b,   a = w ⊙ cos,  b = swap(w) ⊙ (−sin₁, sin₂)
 
-    Backward, from dy: u = dz = dy (no rope) or dy ⊙ cos + swap(dy ⊙ (−sin₁, sin₂));
-        dw = Σ_rows u ⊙ n    dn = u ⊙ w    dx = r·(dn − n·mean(dn ⊙ n)),  with mean(dn ⊙ n) = (u ⊙ n)·w / d
+    → (y in dtype, and for backward: n, r, w, cos, (−sin₁, sin₂) in the compute dtype; the last two None without rope).
+    """
+    d, c = x.shape[-1], torch.promote_types(x.dtype, torch.float32)          # c: the compute dtype
+    x32, w = x.to(c), weight.to(c)
+    r = torch.rsqrt(torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square() / d + eps)
+    n = x32 * r
+    if x.dtype != c:
+        n = n.to(x.dtype).to(c)
+    if cos is None:
+        return (n * w).to(dtype), n, r, w, None, None
+    cos, sin = cos.to(c)[:, :, None], sin.to(c)[:, :, None]                 # [B or 1, T, 1, d]
+    h = d // 2
+    sin_signed = torch.cat((-sin[..., :h], sin[..., h:]), dim=-1)
+    y = torch.addcmul(n * (w * cos), swap_halves(n), swap_halves(w) * sin_signed)
+    return y.to(dtype), n, r, w, cos, sin_signed
 
-    Every op works in one dtype (fp32, or fp64 for fp64 x): on the CPU an op that mixes bf16 and fp32 first copies
-    its bf16 input.
+
+class _NormRope(torch.autograd.Function):
+    """`norm_rope` with a hand-written backward, from dy:
+
+        u = dz = dy (no rope), or dy ⊙ cos + swap(dy ⊙ (−sin₁, sin₂))
+        dw = Σ_rows u ⊙ n    dn = u ⊙ w    dx = r·(dn − n·mean(dn ⊙ n)),  with mean(dn ⊙ n) = (u ⊙ n)·w / d
     """
 
     @staticmethod
     def forward(ctx, x, weight, eps, cos, sin, dtype):
-        d, c = x.shape[-1], torch.promote_types(x.dtype, torch.float32)          # c: the compute dtype
-        x32, w = x.to(c), weight.to(c)
-        r = torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square_().div_(d).add_(eps).rsqrt_()
-        n = x32 * r
-        if x.dtype != c:
-            n = n.to(x.dtype).to(c)
-        if cos is None:
-            y, cos_sin = n * w, None
-        else:
-            cos, sin = cos.to(c)[:, :, None], sin.to(c)[:, :, None]                 # [B or 1, T, 1, d]
-            h = d // 2
-            sin_signed = torch.cat((-sin[..., :h], sin[..., h:]), dim=-1)
-            y = torch.addcmul(n * (w * cos), swap_halves(n), swap_halves(w) * sin_signed)
-            cos_sin = (cos, sin_signed)
-        ctx.save_for_backward(n.to(x.dtype), r, w, *(cos_sin or ()))
+        y, n, r, w, cos, sin_signed = norm_rope(x, weight, eps, cos, sin, dtype)
+        ctx.save_for_backward(n.to(x.dtype), r, w, *((cos, sin_signed) if cos is not None else ()))
         ctx.dtypes = x.dtype, weight.dtype
-        return y.to(dtype)
+        return y
 
     @staticmethod
     def backward(ctx, grad_y):
