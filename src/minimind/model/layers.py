@@ -12,6 +12,7 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from minimind.config import ModelConfig
@@ -144,6 +145,7 @@ class _NormRope(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable                     # the saved n and r carry no graph: no second derivative
     def backward(ctx, grad_y):
         n, r, w, *cos_sin = ctx.saved_tensors
         x_dtype, w_dtype = ctx.dtypes
@@ -160,7 +162,8 @@ class _NormRope(torch.autograd.Function):
 
 
 class Attention(nn.Module):
-    """Causal grouped-query attention with per-head q/k RMSNorm (before RoPE; Qwen3), through SDPA.
+    """Causal grouped-query attention with per-head q/k RMSNorm (before RoPE; Qwen3): SDPA, or on the CPU in bf16
+    training `matmul_attention`, one query over a cache `single_query_attention`, packed rows on a GPU flex attention.
 
     x [B, T, hidden] → q [B, H, T, d], k/v [B, H_kv, T, d] → out [B, T, hidden]; scale d^-0.5.
     The mask is a bool tensor (True = may attend), None (causal or full, by is_causal), or a flex-attention
@@ -270,6 +273,7 @@ class _MatmulAttention(torch.autograd.Function):
         return out.transpose(1, 2)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         k, v, *saved = ctx.saved_tensors
         B, H, T, d = grad_out.shape
