@@ -113,21 +113,23 @@ def norm_rope(x, weight, eps, cos, sin, dtype):
         y = z                                   (no rope)
         y = z ⊙ cos + rotate_half(z) ⊙ sin = n ⊙ a + swap(n) ⊙ b,   a = w ⊙ cos,  b = swap(w) ⊙ (−sin₁, sin₂)
 
-    → (y in dtype, and for backward: n, r, w, cos, (−sin₁, sin₂) in the compute dtype; the last two None without rope).
+    → (y in dtype, and for backward: n in x's dtype (exact: it was rounded to it), then r, w, cos and (−sin₁, sin₂)
+    in the compute dtype; the last two None without rope).
     """
     d, c = x.shape[-1], torch.promote_types(x.dtype, torch.float32)          # c: the compute dtype
     x32, w = x.to(c), weight.to(c)
     r = torch.rsqrt(torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square() / d + eps)
-    n = x32 * r
+    n = n_rounded = x32 * r
     if x.dtype != c:
-        n = n.to(x.dtype).to(c)
+        n_rounded = n.to(x.dtype)
+        n = n_rounded.to(c)
     if cos is None:
-        return (n * w).to(dtype), n, r, w, None, None
+        return (n * w).to(dtype), n_rounded, r, w, None, None
     cos, sin = cos.to(c)[:, :, None], sin.to(c)[:, :, None]                 # [B or 1, T, 1, d]
     h = d // 2
     sin_signed = torch.cat((-sin[..., :h], sin[..., h:]), dim=-1)
     y = torch.addcmul(n * (w * cos), swap_halves(n), swap_halves(w) * sin_signed)
-    return y.to(dtype), n, r, w, cos, sin_signed
+    return y.to(dtype), n_rounded, r, w, cos, sin_signed
 
 
 class _NormRope(torch.autograd.Function):
@@ -140,7 +142,7 @@ class _NormRope(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps, cos, sin, dtype):
         y, n, r, w, cos, sin_signed = norm_rope(x, weight, eps, cos, sin, dtype)
-        ctx.save_for_backward(n.to(x.dtype), r, w, *((cos, sin_signed) if cos is not None else ()))
+        ctx.save_for_backward(n, r, w, *((cos, sin_signed) if cos is not None else ()))
         ctx.dtypes = x.dtype, weight.dtype
         return y
 
