@@ -302,10 +302,12 @@ class _MatmulAttention(torch.autograd.Function):
         return grad_q.mul_(d ** -0.5).transpose(1, 2), grad_k, grad_v, None, None
 
 
-@functools.cache
-def _causal_bias(rows: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def causal_bias(rows: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """[rows, rows]: 0 on and below the diagonal, -inf above."""
     return torch.full((rows, rows), float("-inf"), dtype=dtype, device=device).triu(1)
+
+
+_cached_causal_bias = functools.cache(causal_bias)   # eager only: Dynamo warns about, and ignores, a cache wrapper
 
 
 def add_block_bias(scores: torch.Tensor, mask: torch.Tensor | None, s: int, e: int, f: int) -> None:
@@ -313,7 +315,8 @@ def add_block_bias(scores: torch.Tensor, mask: torch.Tensor | None, s: int, e: i
     (0 or -inf: a plain add, several times faster on the CPU than masked_fill with a broadcast bool mask).
     mask None is causal: only the last e-s keys, the diagonal square, hold masked entries."""
     if mask is None:
-        scores[..., s - f:] += _causal_bias(e - s, scores.dtype, scores.device)
+        bias = causal_bias if torch.compiler.is_compiling() else _cached_causal_bias
+        scores[..., s - f:] += bias(e - s, scores.dtype, scores.device)
     else:
         allowed = mask[:, :, None, s:e, f:e]                        # [B or 1, 1, 1, e-s, e-f]
         scores += torch.zeros(allowed.shape, dtype=scores.dtype, device=scores.device).masked_fill_(
