@@ -41,7 +41,7 @@ def test_suite_quick_writes_every_table(tmp_path):
                    cwd=ROOT, env=ENV, capture_output=True, text=True, check=True)
     text = (tmp_path / "performance.md").read_text()
     for title in ("presets × sequence length", "MoE against dense", "reference's CPU measurement",
-                  "activation checkpointing", "Packed rows", "Decoding"):
+                  "activation checkpointing", "Packed rows", "Zero recipe, projected", "Decoding"):
         assert title in text
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["train"]) == 2 * 2 * 2 and len(results["reference"]) == 4
