@@ -40,8 +40,8 @@ from model_step import device_name  # noqa: E402
 
 REFERENCE_CPU = {"fp32": (760, 0.90), "bf16": (1550, 0.75)}     # reference tokens/s, our MFU target
 REFERENCE_DECODE = {"fp32": 38.0, "bf16": 48.0}                 # reference tokens/s at batch 1, minimind-3 shape
-EPOCH_TOKENS = 0.25e9                                           # pretrain_t2t_mini.jsonl, the Zero recipe's corpus
 ZERO_TOKENS = {"pretrain": 0.25e9, "sft": 0.26e9}              # one epoch of pretrain_t2t_mini and sft_t2t_mini
+EPOCH_TOKENS = ZERO_TOKENS["pretrain"]                          # the Zero recipe's pretraining corpus
 
 
 def zero_recipe_hours(tokens_per_s: float, epochs: int = 1) -> float:
