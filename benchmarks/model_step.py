@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from minimind.config import preset
+from minimind.model.kernels import KERNELS, use_kernels
 from minimind.model.transformer import Transformer, checkpoint_blocks
 from minimind.perf import device_peak_flops, measure_matmul_peak, mfu, peak_memory, reset_peak_memory, synchronize
 from minimind.runtime import keep_freed_memory, resolve_device, resolve_dtype
@@ -66,7 +67,7 @@ def train_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor, positio
 
 def bench(name: str, args, device: torch.device, dtype: torch.dtype) -> dict:
     """Time `args.steps` training steps of preset `name` after one untimed warm-up step (which compiles)."""
-    model = Transformer(preset(name)).to(device).train()
+    model = use_kernels(Transformer(preset(name)), args.kernels).to(device).train()
     if args.checkpointing:
         checkpoint_blocks(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)   # fused kernels: cpu, cuda, mps
@@ -90,7 +91,7 @@ def bench(name: str, args, device: torch.device, dtype: torch.dtype) -> dict:
     seconds = statistics.median(times)
     tokens = args.batch * args.seq
     result = dict(preset=name, seq=args.seq, batch=args.batch, documents=args.documents, dtype=args.dtype,
-                  compile=args.compile,
+                  compile=args.compile, kernels=args.kernels,
                   checkpointing=args.checkpointing, total=model.num_params(), active=model.num_params(active=True),
                   tokens=tokens, seconds=seconds, tokens_per_s=tokens / seconds,
                   flops_per_token=model.flops_per_token(args.seq), peak_memory=peak_memory(device),
@@ -127,6 +128,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (compilation not timed)")
+    p.add_argument("--kernels", choices=KERNELS, default="auto", help="the fast paths, or the plain reference model")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing of every block")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print one JSON object per preset instead of a table")

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from minimind import Transformer, load_tokenizer, preset
+from minimind.model.kernels import use_kernels
 from minimind.runtime import resolve_device
 
 HERE = Path(__file__).parent
@@ -72,7 +73,8 @@ def decode(name: str, dtype: str, batches: list[int], device: torch.device, band
     """Our engine on a fresh `name` in `dtype`: prefill and decode tokens/s per batch (batch 1 eager and compiled
     on the CPU) and the weight-read bandwidth it implies (active weights at batch 1, all at larger batches)."""
     torch.manual_seed(0)
-    model = Transformer(preset(name)).to(device, torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
+    model = use_kernels(Transformer(preset(name)), "auto")
+    model = model.to(device, torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
     tokenizer = load_tokenizer()
     size = 2 if dtype == "bf16" else 4
     rows = []

@@ -23,6 +23,7 @@ from minimind.data.loader import PackedLoader, TokenData
 from minimind.data.packing import pack_sft
 from minimind.data.prepare import prepare
 from minimind.model import Transformer
+from minimind.model.kernels import use_kernels
 from minimind.perf import device_peak_flops, measure_matmul_peak, synchronize
 from minimind.runtime import resolve_device
 from minimind.tokenizer.tokenizer import DEFAULT_DIR
@@ -31,7 +32,7 @@ from minimind.train.stages import LanguageModelling
 
 def run(model, optimizer, loader, steps: int, dtype, device) -> tuple[float, int]:
     """Seconds for `steps` training steps (after one warm-up step) and the non-padding tokens they saw."""
-    stage, useful = LanguageModelling("sft", pack_sft), 0
+    stage, useful = LanguageModelling(pack_sft), 0
     for i, batch in enumerate(loader):
         if i == 1:
             synchronize(device)
@@ -81,7 +82,7 @@ def main() -> None:
     results = {}
     for name, rows in layouts.items():
         torch.manual_seed(0)
-        model = Transformer(preset(args.preset)).to(device).train()
+        model = use_kernels(Transformer(preset(args.preset)), "auto").to(device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         compiled = torch.compile(model) if args.compile else model
         loader = PackedLoader(data, rows, args.batch, args.seq, seed=0, device=device)

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from minimind.config import KERNELS
 from minimind.errors import MiniMindError
 
 
@@ -67,7 +68,8 @@ def _load_for_inference(args):
     if args.rope_scaling:
         config = ModelConfig.load(Path(args.model) / "config.json")
         rope = parse_rope_scaling(args.rope_scaling, config.max_position_embeddings)
-    model = load_model(args.model, device=args.device, dtype=resolve_dtype(args.dtype), rope_scaling=rope)
+    dtype = None if args.dtype == "auto" else resolve_dtype(args.dtype)
+    model = load_model(args.model, device=args.device, dtype=dtype, rope_scaling=rope, kernels=args.kernels)
     if args.adapter:                    # merged in memory: the adapted model at the base model's speed
         from minimind.lora import load_adapter, merge
 
@@ -143,7 +145,7 @@ def cmd_serve(args) -> None:
     where = f"http://{args.host}:{args.port}"
     print(f"serving {name!r} at {where}/v1 · chat page at {where}/", file=sys.stderr)
     serve(engine, name, host=args.host, port=args.port, api_key=args.api_key, cors_origins=args.cors_origin or [],
-          max_rows=args.max_batch)
+          max_rows=args.batch_size)
 
 
 def cmd_train_tokenizer(args) -> None:
@@ -241,7 +243,7 @@ def cmd_export(args) -> None:
         from minimind.export.gguf import export_ollama as export
     else:
         from minimind.export.onnx import export_onnx as export
-    print(f"wrote {export(args.model, args.out, args.dtype)}")
+    print(f"wrote {export(args.model, args.out, args.outtype)}")
 
 
 def cmd_import(args) -> None:
@@ -328,7 +330,8 @@ def cmd_report(args) -> None:
     results = {}
     for label, path in model_dirs(args.runs):
         print(f"evaluating {label} ({path}) …", file=sys.stderr)
-        results[label] = evaluate_model(path, Path(args.data), args.problems, args.window, args.device)
+        results[label] = evaluate_model(path, Path(args.data), args.problems, args.window, args.device,
+                                        args.kernels)
     report = write_report(results, args.out)
     print(report.read_text())
     print(f"wrote {report}")
@@ -343,11 +346,38 @@ def _param_summary(model) -> str:
     return f"{_millions(total)} parameters" + (f" ({_millions(active)} active)" if active != total else "")
 
 
+# The spelling every command shares: the same flag, values and default for the same meaning.
+DTYPES = ("fp32", "bf16", "fp16")       # as training configs spell them (`dtype=bf16`)
+WINDOW = 2048                           # eval and report: tokens per forward (capped at the model's context)
+
+
+def _device_arg(p) -> None:
+    p.add_argument("--device", default="auto", help="auto (the best available), cpu, cuda, cuda:N, mps")
+
+
+def _dtype_arg(p, default: str, help: str) -> None:
+    p.add_argument("--dtype", choices=(*DTYPES, "auto") if default == "auto" else DTYPES, default=default, help=help)
+
+
+def _seed_arg(p) -> None:
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (the same seed gives the same output)")
+
+
+def _batch_size_arg(p, help: str) -> None:
+    p.add_argument("--batch-size", type=int, default=16, help=help)
+
+
+def _window_arg(p) -> None:
+    p.add_argument("--window", type=int, default=WINDOW, help="tokens per forward (longer texts are scored in windows)")
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--adapter", help="a LoRA adapter directory for --model (merged at load)")
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: as stored)")
+    _device_arg(p)
+    _dtype_arg(p, "auto", "weights and compute (auto: as stored; fp32 on the CPU for half-precision files)")
+    p.add_argument("--kernels", choices=KERNELS, default="auto",
+                   help="auto: the fast paths (minimind.model.kernels); reference: the plain model")
     p.add_argument("--rope-scaling", metavar="yarn:FACTOR", help="extend the context with YaRN, e.g. yarn:4")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the one-sequence decode step (first reply waits for the compilation)")
@@ -363,7 +393,7 @@ def _inference_args(p: argparse.ArgumentParser, temperature: float, max_new_toke
     p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
-    p.add_argument("--seed", type=int, default=None)
+    _seed_arg(p)
 
 
 EVAL_HELP = """tasks:
@@ -373,6 +403,22 @@ EVAL_HELP = """tasks:
   arithmetic  exact final answers to rl-layout problems ({"conversations", "answer"}: eval/rl.jsonl)
   tools       the same with the calculator offered: correct answers through error-free tool calls
 """
+
+
+def _black_box_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("black-box distillation (--generate)")
+    g.add_argument("--generate", action="store_true", help="write the teacher's answers to --prompts as sft data")
+    g.add_argument("--teacher", help="the teacher's model directory")
+    g.add_argument("--prompts", help="a jsonl of prompts (sft or rl records; a final assistant turn is dropped)")
+    g.add_argument("--out", help="the sft jsonl file to write")
+    g.add_argument("--n", type=int, default=1, help="answers per prompt")
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    _seed_arg(g)
+    _batch_size_arg(g, "prompts decoded together")
+    g.add_argument("--keep-truncated", action="store_true", help="keep answers cut at --max-new-tokens too")
+    _device_arg(g)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -385,8 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="write a randomly initialised model directory")
     p.add_argument("--preset", required=True, help="model preset (see `minimind presets`)")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default=None, help="dtype of the saved weights (default float32)")
+    _seed_arg(p)
+    _dtype_arg(p, "fp32", "dtype of the saved weights")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="model config overrides, e.g. num_experts=8")
     p.set_defaults(func=cmd_init)
 
@@ -414,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
     p.add_argument("--name", help="the model id clients send (default: the directory's name)")
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow browser calls from ORIGIN")
-    p.add_argument("--max-batch", type=int, default=16, help="rows decoded together across requests")
+    _batch_size_arg(p, "rows decoded together across requests")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("train-tokenizer", help="train the byte-level BPE tokenizer")
@@ -424,47 +470,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", nargs="*", metavar="FILE", help="held-out files to report characters per token on")
     p.set_defaults(func=cmd_train_tokenizer)
 
-    for command, stage, description in (
-            ("pretrain", "pretrain", "pretrain a model on text (next-token prediction)"),
-            ("sft", "sft", "supervised fine-tuning on conversations (assistant tokens only)"),
-            ("lora", "lora", "LoRA fine-tuning on conversations (`minimind lora merge` folds it in)"),
-            ("dpo", "dpo", "preference tuning on chosen/rejected pairs: DPO, IPO or SimPO (dpo.loss=…)"),
-            ("reward-model", "reward", "train a Bradley–Terry reward model on chosen/rejected pairs"),
-            ("grpo", "grpo", "RL with verifiable rewards: GRPO, Dr. GRPO, DAPO options, CISPO (rl.loss=cispo)"),
-            ("ppo", "ppo", "RL with a learned value function: PPO with GAE, clipped policy and value losses"),
-            ("distill", "distill", "distil a teacher into a student: logits (white-box), or --generate answers")):
-        p = sub.add_parser(command, help=description)
-        p.add_argument("--config", help="YAML file, e.g. configs/tiny/pretrain.yaml")
+    from minimind.train.registry import STAGES
+
+    for stage, spec in STAGES.items():
+        p = sub.add_parser(spec.command, help=spec.help)
+        p.add_argument("--config", help=f"YAML file, e.g. configs/tiny/{stage}.yaml")
         p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in out/")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-3")
         p.set_defaults(func=cmd_train, stage=stage)
-        if command == "grpo":
+        if "rl" in spec.sections:
             p.add_argument("--agent", action="store_true",
                            help="agentic RL: multi-turn rollouts calling rl.tools (the same as rl.agent=true)")
-    g = p.add_argument_group("black-box distillation (--generate)")
-    g.add_argument("--generate", action="store_true", help="write the teacher's answers to --prompts as sft data")
-    g.add_argument("--teacher", help="the teacher's model directory")
-    g.add_argument("--prompts", help="a jsonl of prompts (sft or rl records; a final assistant turn is dropped)")
-    g.add_argument("--out", help="the sft jsonl file to write")
-    g.add_argument("--n", type=int, default=1, help="answers per prompt")
-    g.add_argument("--temperature", type=float, default=0.7)
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
-    g.add_argument("--keep-truncated", action="store_true", help="keep answers cut at --max-new-tokens too")
-    g.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-
+        if spec.black_box:
+            _black_box_args(p)
     p = sub.add_parser("lora-merge", help="`minimind lora merge`: fold a LoRA adapter into its base model")
     p.add_argument("--model", required=True, help="the base model directory")
     p.add_argument("--adapter", required=True, help="the adapter directory (e.g. runs/lora/adapter)")
     p.add_argument("--out", required=True, help="the merged model directory to write")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: float32)")
+    _dtype_arg(p, "fp32", "dtype of the saved weights")
     p.set_defaults(func=cmd_lora_merge)
 
     export = sub.add_parser("export", help="export a model directory: gguf (llama.cpp), ollama, onnx")
     export_sub = export.add_subparsers(dest="format", required=True, metavar="<format>")
-    for fmt, help_text, out_help, dtypes, default in (
+    for fmt, help_text, out_help, types, default in (
             ("gguf", "one GGUF file for llama.cpp", "the .gguf file to write", ("f32", "f16", "bf16", "q8_0"), "f16"),
             ("ollama", "a GGUF plus an ollama Modelfile", "the directory to write", ("f32", "f16", "bf16", "q8_0"),
              "f16"),
@@ -473,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = export_sub.add_parser(fmt, help=help_text)
         p.add_argument("--model", required=True, help="the model directory")
         p.add_argument("--out", required=True, help=out_help)
-        p.add_argument("--dtype", choices=dtypes, default=default)
+        p.add_argument("--outtype", choices=types, default=default,
+                       help="the file's tensor type, as llama.cpp names it (q8_0: 8-bit blocks)")
         p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="a GGUF file or a transformers Qwen3/Qwen2/Llama directory → our model dir")
@@ -488,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="the files to evaluate on")
     p.add_argument("--out", help="write the figures and settings here (JSON)")
     g = p.add_argument_group("bpb and choice")
-    g.add_argument("--window", type=int, default=2048, help="tokens per forward (longer texts are scored in windows)")
+    _window_arg(g)
     g.add_argument("--stride", type=int, help="bpb: tokens scored per window (default: the window)")
     g.add_argument("--method", choices=["cloze", "letter"], default="cloze",
                    help="choice: score each option's text, or the option letters")
@@ -498,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--limit", type=int, help="the first N problems")
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    g.add_argument("--seed", type=int, default=0)
+    _seed_arg(g)
     g.add_argument("--max-turns", type=int, default=3, help="tools: assistant turns per problem")
     p.set_defaults(func=cmd_eval)
 
@@ -507,8 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="runs/data", help="the default data directory (its eval/ files are used)")
     p.add_argument("--out", required=True, help="directory for report.md, report.png and results.json")
     p.add_argument("--problems", type=int, default=100, help="arithmetic problems per model")
-    p.add_argument("--window", type=int, default=512, help="bpb: tokens per forward")
-    p.add_argument("--device", default=None)
+    _window_arg(p)
+    _device_arg(p)
+    p.add_argument("--kernels", choices=KERNELS, default="auto", help="as for eval")
     p.set_defaults(func=cmd_report)
 
     sub.add_parser("lm-eval", help="lm-evaluation-harness's command line with `--model minimind` registered",
@@ -532,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_fetch)
     p = data_sub.add_parser("build-default", help="write the default pretrain/sft/dpo/rl/eval jsonl files")
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated records")
     p.add_argument("--no-fetch", action="store_true", help="generated records only, no package download")
     p.add_argument("--cache-dir")
     p.set_defaults(func=cmd_data_build_default)

@@ -21,6 +21,10 @@ MOE = ("qwen3_moe", "Qwen3MoeForCausalLM")
 FAMILIES = {(True, False): DENSE, (False, True): ("qwen2", "Qwen2ForCausalLM"),
             (False, False): ("llama", "LlamaForCausalLM")}
 
+# The model's code paths, a choice at run time (never saved in config.json): "auto" runs the fast kernels of
+# `minimind.model.kernels` where they apply, "reference" the plain model of `minimind.model`.
+KERNELS = ("auto", "reference")
+
 # Fields a config.json must hold; the rest have Qwen3's defaults.
 REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 YARN_KEYS = {"rope_type", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow",

@@ -10,10 +10,10 @@ from minimind.model.io import to_checkpoint
 from tests.conftest import make_model
 
 
-def test_round_trip_is_exact(model, tmp_path):
+def test_round_trip_is_exact(model, kernels, tmp_path):
     model.save(tmp_path / "m")
     assert sorted(os.listdir(tmp_path / "m")) == ["config.json", "generation_config.json", "model.safetensors"]
-    loaded = load_model(tmp_path / "m", device="cpu")
+    loaded = load_model(tmp_path / "m", device="cpu", kernels=kernels)
     assert loaded.config == model.config and not loaded.training
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
@@ -71,7 +71,7 @@ def test_failed_save_leaves_the_old_directory(tmp_path, monkeypatch):
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
-    monkeypatch.setattr("minimind.model.io.save_file", boom)
+    monkeypatch.setattr("minimind.model.save.save_file", boom)
     with pytest.raises(OSError, match="disk full"):
         make_model(seed=2).save(tmp_path / "m")
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == before

@@ -3,10 +3,6 @@ import torch
 import torch.nn.functional as F
 
 from minimind import KVCache
-from minimind.model import layers, transformer
-from minimind.model.layers import RMSNorm, first_key_block, matmul_attention, single_query_attention
-from minimind.model.rope import apply_rope
-from minimind.model.transformer import document_block_mask
 from tests.conftest import make_model
 
 
@@ -32,8 +28,8 @@ def test_kv_cache_decoding_equals_full_forward(model):
     assert (torch.cat(steps, dim=1) - full).abs().max() <= 1e-5
 
 
-def test_kv_cache_overflow_is_an_error():
-    model = make_model()
+def test_kv_cache_overflow_is_an_error(kernels):
+    model = make_model(kernels=kernels)
     cache = KVCache(model.config, batch_size=1, max_len=4)
     with pytest.raises(ValueError, match="holds 4 positions"):
         model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
@@ -83,7 +79,7 @@ def test_loss_is_shifted_cross_entropy(model):
     labels = x.clone()
     labels[0, :5] = -100
     out = model(x, labels=labels)
-    assert out.logits is None                      # the fused loss never builds the batch's logits
+    assert out.logits is None                      # only logits_to_keep asks for logits beside the loss
     logits = model(x).logits
     expected = F.cross_entropy(logits[:, :-1].reshape(-1, 6400), labels[:, 1:].reshape(-1), ignore_index=-100)
     torch.testing.assert_close(out.loss, expected + out.aux_loss)
@@ -95,8 +91,8 @@ def test_loss_is_shifted_cross_entropy(model):
         assert out.aux_loss == 0
 
 
-def test_loss_without_targets_is_zero_not_nan():
-    model = make_model()
+def test_loss_without_targets_is_zero_not_nan(kernels):
+    model = make_model(kernels=kernels)
     x = torch.randint(0, 6400, (1, 8))
     assert model(x, labels=torch.full_like(x, -100)).loss.item() == 0.0
 
@@ -121,6 +117,37 @@ def test_gradients_reach_every_parameter(model):
         assert p.grad.abs().sum() > 0, name
 
 
+def gradients(model, x):
+    model.train().zero_grad()
+    loss = model(x, labels=x).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def assert_same_gradients(got, want, tolerance):
+    (loss, grads), (loss_want, grads_want) = got, want
+    torch.testing.assert_close(loss.to(loss_want.dtype), loss_want, atol=tolerance, rtol=0)
+    for name, g in grads.items():
+        torch.testing.assert_close(g.to(grads_want[name].dtype), grads_want[name], rtol=0, msg=name,
+                                   atol=tolerance * grads_want[name].abs().max().item())
+
+
+def test_gradients_equal_float64(kernels):
+    """Loss and gradients of the fp32 model (either kernel setting) against the float64 reference model: a wrong
+    backward formula would show far above fp32 rounding. (Grouped GEMMs have no float64 kernel: the MoE model is
+    checked across settings below and against a loop over tokens in test_moe.py.)"""
+    model = make_model(kernels=kernels)
+    exact = make_model(kernels="reference").double()
+    x = torch.randint(0, 6400, (2, 24))
+    assert_same_gradients(gradients(model, x), gradients(exact, x), 1e-4)
+
+
+def test_moe_gradients_equal_across_kernels():
+    x = torch.randint(0, 6400, (2, 24))
+    auto, reference = (gradients(make_model("tiny-moe", kernels=k), x) for k in ("auto", "reference"))
+    assert_same_gradients(auto, reference, 1e-4)
+
+
 def test_bf16_autocast_is_close_to_fp32(model):
     x = torch.randint(0, 6400, (2, 16))
     with torch.no_grad():
@@ -130,8 +157,8 @@ def test_bf16_autocast_is_close_to_fp32(model):
     assert torch.isfinite(half) and abs(half.item() - ref.item()) < 0.05 * ref.item()
 
 
-def test_half_precision_model_keeps_fp32_rope():
-    model = make_model().to(torch.bfloat16)
+def test_half_precision_model_keeps_fp32_rope(kernels):
+    model = make_model(kernels=kernels).to(torch.bfloat16)
     assert model.model.rotary.inv_freq.dtype == torch.float32
     x = torch.randint(0, 6400, (1, 8))
     assert model(x).logits.dtype == torch.bfloat16
@@ -175,195 +202,3 @@ def packed_positions(*lengths_per_row: tuple[int, ...]) -> torch.Tensor:
     return torch.stack([torch.cat([torch.arange(n) for n in lengths]) for lengths in lengths_per_row])
 
 
-def test_document_block_mask_equals_the_dense_document_mask():
-    """The flex-attention mask of packed rows (the GPU path) allows exactly the pairs the dense mask does, and
-    skips the 128 × 128 tiles that lie wholly across documents."""
-    positions = packed_positions((100, 200, 1, 99), (256, 144))
-    dense = transformer._document_mask(positions)                         # [B, 1, T, T]
-    block_mask = document_block_mask(positions)
-    assert block_mask.shape == (2, 1, 400, 400)
-    mask_mod = block_mask.mask_mod
-    b, q, k = torch.meshgrid(torch.arange(2), torch.arange(400), torch.arange(400), indexing="ij")
-    assert torch.equal(mask_mod(b, torch.zeros_like(b), q, k), dense[:, 0])
-    # row 1: documents [0, 256) and [256, 400); the tile of queries 256–383 × keys 0–127 is skipped
-    tiles = block_mask.to_dense()[1, 0]
-    assert tiles[2, 0] == 0 and tiles[2, 2] == 1 and tiles[0, 1] == 0
-
-
-@torch.no_grad()
-def test_packed_rows_through_flex_attention_equal_the_dense_mask(monkeypatch):
-    """The model's GPU path for packed rows, run on the CPU (flex attention has no CPU backward, so forward
-    only): the logits equal those of the dense document mask, for a dense and an MoE model, with GQA."""
-    positions = packed_positions((20, 50, 30), (64, 36))
-    for name in ("tiny", "tiny-moe"):
-        model = make_model(name)
-        ids = torch.randint(3, 6400, positions.shape)
-        dense = model(ids, position_ids=positions).logits
-        monkeypatch.setattr(transformer, "FLEX_ATTENTION_DEVICES", {"cpu"})
-        flex = model(ids, position_ids=positions).logits
-        monkeypatch.undo()
-        torch.testing.assert_close(flex, dense, atol=2e-5, rtol=2e-5)
-
-
-@pytest.mark.slow
-@torch.no_grad()
-def test_compiled_model_traces_the_block_mask_and_flex_attention(monkeypatch):
-    """compile=true on a GPU compiles the whole model: building the BlockMask and flex attention trace in one graph
-    (fullgraph), checked here on the CPU, forward only; the logits equal the eager dense-mask ones."""
-    positions = packed_positions((20, 50, 30), (64, 36))
-    model = make_model()
-    ids = torch.randint(3, 6400, positions.shape)
-    dense = model(ids, position_ids=positions).logits
-    monkeypatch.setattr(transformer, "FLEX_ATTENTION_DEVICES", {"cpu"})
-    flex = torch.compile(model, fullgraph=True)(ids, position_ids=positions).logits
-    torch.testing.assert_close(flex, dense, atol=2e-5, rtol=2e-5)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention's backward runs on a GPU only")
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_flex_attention_gradients_equal_the_dense_mask_on_cuda(monkeypatch, checkpointing):
-    """On CUDA, packed rows take flex attention; loss and gradients equal SDPA with the dense document mask, also
-    with activation checkpointing (the BlockMask passes through `checkpoint` into every block)."""
-    positions = packed_positions((300, 212), (512,)).cuda()
-    model = make_model().cuda().train()
-    if checkpointing:
-        transformer.checkpoint_blocks(model)
-    ids = torch.randint(3, 6400, positions.shape, device="cuda")
-    results = []
-    for devices in ({"cuda"}, set()):
-        monkeypatch.setattr(transformer, "FLEX_ATTENTION_DEVICES", devices)
-        model.zero_grad()
-        loss = model(ids, labels=ids, position_ids=positions).loss
-        loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    (loss_flex, grads_flex), (loss_dense, grads_dense) = results
-    torch.testing.assert_close(loss_flex, loss_dense, atol=1e-4, rtol=1e-4)
-    for a, b in zip(grads_flex, grads_dense, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-3 * b.abs().max().item(), rtol=0)
-
-
-@pytest.mark.parametrize("mask_rows", [0, 1, 3])
-def test_single_query_attention_equals_sdpa(mask_rows):
-    """Decoding's attention path: grouped heads, a per-row key mask (or one shared row, or none), fp32 softmax."""
-    torch.manual_seed(0)
-    q, k, v = torch.randn(3, 4, 1, 16), torch.randn(3, 2, 9, 16), torch.randn(3, 2, 9, 16)
-    mask = torch.rand(mask_rows, 1, 1, 9) > 0.4 if mask_rows else None
-    if mask is not None:
-        mask[..., -1] = True                                    # the row's own new key
-    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-    torch.testing.assert_close(single_query_attention(q, k, v, mask), want)
-    got = single_query_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
-    assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=3e-2)
-
-
-@pytest.mark.parametrize("block", [128, 5])
-@pytest.mark.parametrize("masked", ["causal", "documents"])
-def test_matmul_attention_values_and_gradients_equal_sdpa(masked, block, monkeypatch):
-    """Training's CPU bf16 attention, checked in float64 so that a wrong backward formula cannot hide in rounding:
-    grouped heads (4 query heads on 2 key heads), a non-contiguous q as the model passes it, causal or per-row
-    document masks, one block of query rows or blocks of 5 (the last one short) that see only earlier keys."""
-    monkeypatch.setattr(layers, "MATMUL_ATTENTION_BLOCK", block)
-    torch.manual_seed(0)
-    B, T = 2, 12
-    q = torch.randn(B, T, 4, 8, dtype=torch.float64).transpose(1, 2).requires_grad_()
-    k, v = (torch.randn(B, 2, T, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    mask = None
-    if masked == "documents":
-        doc = torch.tensor([[0] * 5 + [1] * 7, [0] * 9 + [1] * 3])
-        mask = (torch.ones(T, T, dtype=torch.bool).tril() & (doc[:, :, None] == doc[:, None, :]))[:, None]
-    grad_out = torch.randn(B, 4, T, 8, dtype=torch.float64)
-    results = []
-    for attend in (lambda: matmul_attention(q, k, v, mask),
-                   lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                                          enable_gqa=True)):
-        out = attend()
-        grads = torch.autograd.grad(out, (q, k, v), grad_out)
-        results.append((out, *grads))
-    for got, want in zip(*results, strict=True):
-        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
-
-
-@pytest.mark.parametrize("rope", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_fused_norm_and_rope_backward_equals_autograd(dtype, rope, monkeypatch):
-    """RMSNorm's eager training path (`_NormRope`, a hand-written backward) against autograd through the same
-    formula (the path torch.compile traces) and, in float64, against Qwen3's formula written out, with q/k's rope
-    or without: float64, so that a wrong backward cannot hide in rounding, and bf16 input as under autocast (the
-    norm rounded to bf16 before the weight), output in bf16. Without gradients the output is the same to the bit,
-    so that a policy and its no-grad reference agree exactly."""
-    torch.manual_seed(0)
-    B, T, H, d = 2, 5, 3, 8
-    x = torch.randn(B, T, H, d, dtype=torch.float64).to(dtype).requires_grad_()
-    norm = RMSNorm(d, 1e-6).to(torch.float64 if dtype == torch.float64 else torch.float32)
-    with torch.no_grad():
-        norm.weight.uniform_(0.5, 1.5)
-    freqs = torch.randn(1, T, d // 2, dtype=torch.float64)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    cos, sin = (emb.cos(), emb.sin()) if rope else (None, None)
-    grad_y = torch.randn(B, T, H, d, dtype=torch.float64).to(dtype)
-    results = []
-    for compiling in (False, True):
-        monkeypatch.setattr(torch.compiler, "is_compiling", lambda compiling=compiling: compiling)
-        y = norm(x, cos, sin, dtype)
-        assert y.dtype == dtype
-        results.append((y, *torch.autograd.grad(y, (x, norm.weight), grad_y)))
-    with torch.no_grad():
-        assert torch.equal(norm(x, cos, sin, dtype), results[0][0])
-    if dtype == torch.float64:
-        want = norm.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
-        want = apply_rope(want, cos, sin) if rope else want
-        torch.testing.assert_close(results[0][0], want, atol=1e-12, rtol=1e-12)
-    tolerance = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else dict(atol=2e-2, rtol=2e-2)
-    for got, want in zip(*results, strict=True):
-        torch.testing.assert_close(got.double(), want.double(), **tolerance)
-
-
-def test_a_block_of_query_rows_skips_the_key_blocks_before_its_documents(monkeypatch):
-    monkeypatch.setattr(layers, "MATMUL_ATTENTION_BLOCK", 4)
-    doc = torch.tensor([[0] * 6 + [1] * 10, [0] * 11 + [1] * 5])            # documents start at 6 and 11
-    allowed = (torch.ones(16, 16, dtype=torch.bool).tril() & (doc[:, :, None] == doc[:, None, :]))[:, None, None]
-    assert first_key_block(allowed[..., 12:16, :16]) == 4                   # row 0 still sees key 6 → block 4
-    assert first_key_block(allowed[1:, ..., 12:16, :16]) == 8               # row 1 alone: key 11 → block 8
-    assert first_key_block(allowed[..., 0:4, :4]) == 0
-
-
-def test_bf16_cpu_training_uses_matmul_attention_up_to_its_length(monkeypatch):
-    """The model routes bf16 CPU attention without a cache through matmul_attention when T is at most
-    MATMUL_ATTENTION_MAX_T, and through SDPA above it; both give the same loss and gradients within bf16."""
-    model = make_model()
-    x = torch.randint(0, 6400, (2, 16))
-    calls = []
-    monkeypatch.setattr(layers, "matmul_attention",
-                        lambda *args: calls.append(args[0].dtype) or matmul_attention(*args))
-    results = []
-    for max_t in (16, 15):
-        monkeypatch.setattr(layers, "MATMUL_ATTENTION_MAX_T", max_t)
-        model.zero_grad()
-        with torch.autocast("cpu", torch.bfloat16):
-            loss = model(x, labels=x).loss
-        loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    assert calls == [torch.bfloat16] * model.config.num_hidden_layers
-    (loss_a, grads_a), (loss_b, grads_b) = results
-    torch.testing.assert_close(loss_a, loss_b, atol=2e-3, rtol=0)
-    for a, b in zip(grads_a, grads_b, strict=True):
-        torch.testing.assert_close(a, b, atol=3e-2 * b.abs().max().item(), rtol=0)
-
-
-def test_compiled_bf16_cpu_training_step_equals_eager():
-    """torch.compile traces the CPU bf16 training path (matmul_attention's blocks, the norms' `norm_rope`):
-    the same loss and gradients as eager, within bf16. One layer, to keep compilation short."""
-    model = make_model(num_hidden_layers=1)
-    x = torch.randint(0, 6400, (2, 16))
-    results = []
-    for forward in (model, torch.compile(model)):
-        model.zero_grad()
-        with torch.autocast("cpu", torch.bfloat16):
-            loss = forward(x, labels=x).loss
-        loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    (loss_a, grads_a), (loss_b, grads_b) = results
-    torch.testing.assert_close(loss_a, loss_b, atol=1e-2, rtol=0)
-    for a, b in zip(grads_a, grads_b, strict=True):
-        torch.testing.assert_close(a, b, atol=5e-2 * b.abs().max().item(), rtol=0)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from minimind.data.loader import TokenData, build_row, collate
 from minimind.data.prepare import _tokenize
 from minimind.model import RewardModel, load_model, load_reward_model
-from minimind.model.reward import Scorer
+from minimind.rl.rewards import RewardScorer
 from minimind.tokenizer import load_tokenizer
 from minimind.train.config import load_config
 from minimind.train.preference import DPO, pack_pairs, preference_loss
@@ -189,7 +189,7 @@ def test_reward_model_learns_the_default_preferences_and_transformers_reads_it(p
     transformers = pytest.importorskip("transformers")
     theirs = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     assert type(theirs).__name__ == "Qwen3ForSequenceClassification"
-    scorer = Scorer.load(model_dir, device="cpu")
+    scorer = RewardScorer.load(model_dir, device="cpu")
     conversations = [p["chosen"] for p in PAIRS[:3]] + [p["rejected"] for p in PAIRS[:3]]
     ours = scorer.score(conversations)
     for conversation, score in zip(conversations, ours, strict=True):

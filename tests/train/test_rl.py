@@ -1,6 +1,7 @@
 """RL: rewards, advantages, GAE and policy losses against hand computations; the calculator's refusals; a GRPO
 run through the trainer whose clip acts when num_iterations > 1, and which resumes exactly."""
 
+import dataclasses
 import json
 import math
 import time
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from minimind.data.default.calculator import CalculatorError, calculate
+from minimind.rl.config import GRPOConfig, PPOConfig
 from minimind.rl.losses import aggregate, gae, group_advantages, k3, masked_whiten, policy_loss
 from minimind.rl.rewards import Rewards, accuracy, extract_answer, repetition, think_format
 from minimind.train.config import load_config
@@ -75,6 +77,25 @@ def test_gae_by_hand():
     torch.testing.assert_close(returns[:, :3], torch.tensor([[a0 + 0.5, a1 + 0.4, a2 + 0.8]]))
     white = masked_whiten(torch.tensor([[1.0, 2.0, 3.0, 100.0]]), mask)
     torch.testing.assert_close(white[0, :3], torch.tensor([-1.0, 0.0, 1.0]) * math.sqrt(3 / 2), atol=1e-4, rtol=0)
+
+
+def test_gae_flows_across_a_tool_turn():
+    """An agentic row: tokens 0–1 call a tool, 2–3 are its result (masked out), 4 is the answer that earns the
+    reward. GAE skips the result: the call's tokens get credit for the final reward, as one episode."""
+    rewards = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0, 0.0]])
+    values = torch.tensor([[0.2, 0.3, 7.0, 7.0, 0.6, 9.0]])     # values under the tool result are never read
+    mask = torch.tensor([[1, 1, 0, 0, 1, 0]])
+    gamma, lam = 0.9, 0.8
+    d4 = 1.0 - 0.6
+    d1 = 0.0 + gamma * 0.6 - 0.3                   # token 1's next state is token 4's
+    d0 = 0.0 + gamma * 0.3 - 0.2
+    a4 = d4
+    a1 = d1 + gamma * lam * a4
+    a0 = d0 + gamma * lam * a1
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    torch.testing.assert_close(advantages, torch.tensor([[a0, a1, 0.0, 0.0, a4, 0.0]]))
+    torch.testing.assert_close(returns, torch.tensor([[a0 + 0.2, a1 + 0.3, 0.0, 0.0, a4 + 0.6, 0.0]]))
+    assert a1 > 0.3                                  # the call's tokens see the answer's reward
 
 
 def hand_clip(logp, old, a, lo, hi):
@@ -154,14 +175,22 @@ def prompts(tmp_path_factory):
     return root
 
 
-def grpo_config(root, out, model_dir, **rl):
+def grpo_config(root, out, model_dir, **options):
+    """A small RL run; each option goes to its section (rl, grpo or ppo)."""
+    sections = {"rl": {}, "grpo": {}, "ppo": {}}
+    for key, value in options.items():
+        section = next((name for name, cls in (("grpo", GRPOConfig), ("ppo", PPOConfig))
+                        if key in {f.name for f in dataclasses.fields(cls)}), "rl")
+        sections[section][key] = value
+    rl = sections.pop("rl")
     overrides = {"stage": "grpo", "model": str(model_dir), "out": str(out), "max_steps": 4, "log_every": 1,
                  "eval_every": 0, "save_every": 0, "dtype": "fp32", "seed": 0,
                  "data": {"train": [str(root / "train.jsonl")], "val": [str(root / "val.jsonl")], "seq_len": 64,
                           "prepared": str(root / "prepared")},
                  "optim": {"lr": 1e-2, "warmup_steps": 0},
                  "rl": {"rewards": {"tests.train.test_rl:text_length": 1.0}, "prompts_per_rollout": 2, "group_size": 4,
-                        "max_new_tokens": 12, "num_iterations": 2, "mini_batches": 2, "eval_prompts": 4} | rl}
+                        "max_new_tokens": 12, "num_iterations": 2, "mini_batches": 2, "eval_prompts": 4} | rl,
+                 **sections}
     return load_config(None, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
 
 
@@ -212,7 +241,7 @@ def test_dynamic_sampling_trains_on_mixed_groups_and_logs_the_drawn_reward(promp
 
 def test_token_entropy():
     """Uniform logits have entropy ln V; a confident distribution almost none; t = 0 predicts nothing."""
-    from minimind.model.transformer import token_entropy
+    from minimind.model.loss import token_entropy
 
     logits = torch.zeros(1, 3, 50)
     logits[0, 1, 7] = 30.0
@@ -272,7 +301,7 @@ def test_agent_rollout_runs_the_tool_and_masks_its_tokens(prompts, tmp_path, mon
     the prompt, the tool's result and the template around it carry none; the answer reached through the
     calculator is rewarded and counted."""
     import minimind.train.grpo as grpo
-    from minimind.train.registry import STAGES
+    from minimind.train.registry import make_stage
 
     monkeypatch.setattr(grpo, "Engine", ScriptedEngine)
     model_dir = make_model(seed=3).save(tmp_path / "start")
@@ -281,7 +310,7 @@ def test_agent_rollout_runs_the_tool_and_masks_its_tokens(prompts, tmp_path, mon
     from minimind.tokenizer import load_tokenizer
     from minimind.train.distributed import Dist
 
-    stage = STAGES["grpo"](config)
+    stage = make_stage(config)
     from minimind.tokenizer.tokenizer import DEFAULT_DIR
 
     data = stage.build(config, DEFAULT_DIR, True, lambda: None)

@@ -79,7 +79,7 @@ def test_sft_loss_counts_only_assistant_tokens(data):
     x = torch.tensor([ids])
     labels = torch.where(torch.tensor([mask]) == 1, x, -100)
     batch = {"input_ids": x, "labels": labels, "position_ids": torch.arange(len(ids))[None]}
-    sft = STAGES["sft"](None)
+    sft = STAGES["sft"].build(None)
     total, _, _ = sft.loss(model, batch)
     loss = total / sft.count(batch)
     logits = model(x).logits[0]
@@ -289,3 +289,21 @@ def test_lora_run_trains_only_the_adapter_and_resumes_exactly(data, tmp_path, ca
     with_adapter = capsys.readouterr().out
     assert main(["chat", "--model", str(tmp_path / "merged"), *ask]) == 0
     assert capsys.readouterr().out == with_adapter
+
+
+@pytest.mark.parametrize("name, dtype", [("tiny", "fp32"), ("tiny", "bf16"), ("tiny-moe", "bf16")])
+def test_the_kernels_train_like_the_reference(data, tmp_path, name, dtype):
+    """A few steps of pretraining with kernels=auto and kernels=reference, from the same seed on the same rows:
+    the logged losses agree within rounding (fp32), or within bf16's (where the fast paths differ the most: matmul
+    attention, fused norms, padded expert groups), and the runs record their setting."""
+    losses = {}
+    for kernels in ("auto", "reference"):
+        out = tmp_path / kernels
+        train(config(data, out, model=name, dtype=dtype, kernels=kernels, max_steps=8, log_every=1))
+        losses[kernels] = [m["loss"] for m in metrics(out)]
+        assert f"kernels: {kernels}" in (out / "config.yaml").read_text()
+    auto, reference = losses["auto"], losses["reference"]
+    assert len(auto) == 8 and auto[-1] < auto[0] - 0.5               # both learn
+    tolerance = 1e-4 if dtype == "fp32" else 1e-2
+    diff = max(abs(a - r) for a, r in zip(auto, reference, strict=True))
+    assert diff < tolerance, (auto, reference)

@@ -36,7 +36,7 @@ def read_problems(path: str | Path, limit: int | None = None) -> list[dict]:
 def evaluate_generative(model, tokenizer, records: list[dict], agent: bool = False, tools: tuple[str, ...] = (
         "calculator",), max_new_tokens: int = 256, max_turns: int = 3, temperature: float = 0.0,
         seed: int = 0) -> dict:
-    from minimind.train.grpo import RLConfig
+    from minimind.rl.config import RLConfig
 
     options = RLConfig(agent=agent, tools=list(tools), max_turns=max_turns)
     options.validate()

@@ -41,12 +41,12 @@ def model_dirs(run_dirs: list[str | Path]) -> list[tuple[str, Path]]:
     return found
 
 
-def evaluate_model(model_dir: Path, data_dir: Path, problems: int = 100, window: int = 512,
-                   device: str | None = None) -> dict:
+def evaluate_model(model_dir: Path, data_dir: Path, problems: int = 100, window: int = 2048,
+                   device: str | None = None, kernels: str = "auto") -> dict:
     from minimind.model import load_model
     from minimind.tokenizer import load_tokenizer, tokenizer_dir
 
-    model = load_model(model_dir, device=device)
+    model = load_model(model_dir, device=device, kernels=kernels)
     tokenizer = load_tokenizer(tokenizer_dir(model_dir))
     scorer = Scorer(model, tokenizer, window=window)
     out = {}

@@ -11,8 +11,8 @@ and whether every continuation token is the argmax (greedy).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from minimind.model.loss import token_logprobs
 from minimind.tokenizer import Tokenizer
 
 
@@ -75,10 +75,10 @@ class Scorer:
             for j, (_, seq, _) in enumerate(batch):
                 ids[j, :len(seq)] = torch.tensor(seq)
             ids = ids.to(self.device)
-            logits = self.model(ids[:, :-1]).logits
+            logits = self.model(ids).logits
+            logps = token_logprobs(logits, ids)                  # [rows, width + 1]; right padding is never seen
             for j, (i, seq, n) in enumerate(batch):
-                targets = ids[j, len(seq) - n:len(seq)]
-                row = F.log_softmax(logits[j, len(seq) - 1 - n:len(seq) - 1].float(), dim=-1)
-                out[i] = (row.gather(-1, targets[:, None]).sum().item(),
-                          bool((row.argmax(-1) == targets).all().item()))
+                end = len(seq)
+                greedy = logits[j, end - 1 - n:end - 1].argmax(-1) == ids[j, end - n:end]
+                out[i] = (logps[j, end - n:end].sum().item(), bool(greedy.all().item()))
         return out

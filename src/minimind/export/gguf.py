@@ -114,7 +114,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "f16") -> P
 
     model_dir, out = Path(model_dir), Path(out)
     if dtype not in DTYPES:
-        raise MiniMindError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        raise MiniMindError(f"--outtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     config = ModelConfig.load(model_dir / "config.json")
     _check_exportable(config, model_dir)
     state = from_checkpoint(read_tensors(model_dir), config)

@@ -70,7 +70,7 @@ def io_names(layers: int) -> tuple[list[str], list[str]]:
 def export_onnx(model_dir: str | Path, out: str | Path, dtype: str = "f32") -> Path:
     """Write `out`/model.onnx (+ config and tokenizer files) for the model at `model_dir`, atomically."""
     if dtype != "f32":
-        raise MiniMindError(f"--dtype {dtype!r}: the ONNX export is f32")
+        raise MiniMindError(f"--outtype {dtype!r}: the ONNX export is f32")
     model = load_model(model_dir, device="cpu", dtype=torch.float32)
     config = model.config
     if config.is_moe:

@@ -9,8 +9,8 @@
 
     tokenizer.json, tokenizer_config.json   the tokenizer and chat template (when saved with one)
 
-Saving writes a temporary sibling directory and renames it into place, so a crash never leaves half a model.
-Loading checks every tensor against the config and names the file and tensor of any mismatch.
+Writing lives in `minimind.model.save`. Loading checks every tensor against the config and names the file and
+tensor of any mismatch.
 """
 
 from __future__ import annotations
@@ -21,34 +21,20 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from minimind.config import ModelConfig
 from minimind.errors import MiniMindError
-from minimind.fileio import atomic_directory
+from minimind.model.kernels import Kernels, use_kernels
 from minimind.model.reward import SEQUENCE_CLASSIFICATION, RewardModel
+from minimind.model.save import INDEX, WEIGHTS, generation_config, save_model, to_checkpoint
 from minimind.model.transformer import Transformer
 from minimind.runtime import resolve_device
-from minimind.tokenizer import Tokenizer
 
-WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
+__all__ = ["INDEX", "WEIGHTS", "from_checkpoint", "generation_config", "is_reward_model", "load_model",
+           "load_reward_model", "read_tensors", "save_model", "to_checkpoint"]
+
 _EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
 _PROJS = ("gate_proj", "up_proj", "down_proj")
-
-
-def to_checkpoint(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Our state dict → checkpoint tensors: drop the tied head, split stacked experts into one per expert."""
-    out = {}
-    for name, t in state.items():
-        if name == "lm_head.weight" and config.tie_word_embeddings:
-            continue
-        stem, _, proj = name.rpartition(".")
-        if stem.endswith("mlp.experts"):
-            for e in range(t.shape[0]):
-                out[f"{stem}.{e}.{proj}.weight"] = t[e]
-        else:
-            out[name] = t
-    return {k: v.contiguous() for k, v in out.items()}
 
 
 def from_checkpoint(tensors: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
@@ -74,32 +60,6 @@ def from_checkpoint(tensors: dict[str, torch.Tensor], config: ModelConfig) -> di
     return out
 
 
-def save_model(model: Transformer | RewardModel, path: str | Path, dtype: torch.dtype | None = None,
-               tokenizer: Tokenizer | None = None) -> Path:
-    """Write `model` (and its tokenizer's files) as a model directory at `path`, replacing one that is there,
-    atomically."""
-    state = {k: v.detach().to("cpu", dtype or v.dtype) for k, v in model.state_dict().items()}
-    saved_dtype = str(dtype or model.model.embed_tokens.weight.dtype).removeprefix("torch.")
-    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
-        raise MiniMindError(f"the tokenizer has {tokenizer.vocab_size} tokens; the model's vocab_size is "
-                            f"{model.config.vocab_size}")
-    with atomic_directory(path, marker="config.json") as tmp:
-        config = model.config.to_hf_dict(saved_dtype)
-        if isinstance(model, RewardModel):
-            config |= SEQUENCE_CLASSIFICATION
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_file(to_checkpoint(state, model.config), tmp / WEIGHTS, metadata={"format": "pt"})
-        (tmp / "generation_config.json").write_text(json.dumps(generation_config(model.config), indent=2) + "\n")
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-    return Path(path)
-
-
-def generation_config(config: ModelConfig) -> dict:
-    return {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
-            "pad_token_id": config.pad_token_id, "do_sample": True, "temperature": 0.85, "top_p": 0.85}
-
-
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of model.safetensors (or of the shards its index lists), on the CPU."""
     files = [path / WEIGHTS]
@@ -123,24 +83,25 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None, rope_scaling: dict | None = None) -> Transformer:
+               dtype: torch.dtype | None = None, rope_scaling: dict | None = None,
+               kernels: Kernels = "auto") -> Transformer:
     """Read a model directory (ours, or any transformers Qwen3 / Qwen3-MoE checkpoint) into a Transformer in
     eval mode, on `device` (default: the best available) in `dtype` (default: as stored, fp32 on CPU for
     half-precision files). `rope_scaling` (e.g. `minimind.config.yarn(16, 2048)`) replaces the config's, to
-    extend the context at inference."""
+    extend the context at inference. `kernels`: "auto" (the fast paths) or "reference" (`minimind.model.kernels`)."""
     if is_reward_model(path):
         raise MiniMindError(f"{path}: a reward model (Qwen3ForSequenceClassification), not a language model")
-    return _load(path, Transformer, device, dtype, rope_scaling)
+    return use_kernels(_load(path, Transformer, device, dtype, rope_scaling), kernels)
 
 
 def load_reward_model(path: str | Path, device: str | torch.device | None = None,
-                      dtype: torch.dtype | None = None) -> RewardModel:
+                      dtype: torch.dtype | None = None, kernels: Kernels = "auto") -> RewardModel:
     """Read a reward model directory (Qwen3ForSequenceClassification, one label) into a RewardModel in eval
-    mode; see `load_model` for `device` and `dtype`."""
+    mode; see `load_model` for `device`, `dtype` and `kernels`."""
     if not is_reward_model(path):
         raise MiniMindError(f"{path}: not a reward model (config.json's architectures is not "
                             f"{SEQUENCE_CLASSIFICATION['architectures']})")
-    return _load(path, RewardModel, device, dtype, None)
+    return use_kernels(_load(path, RewardModel, device, dtype, None), kernels)
 
 
 def is_reward_model(path: str | Path) -> bool:

@@ -1,77 +1,37 @@
-"""The LM head and cross-entropy fused, in row chunks: the loss of hidden states h [N, H] under head W [V, H]
-without ever holding the logits of all N rows.
+"""The language-modelling loss and the per-token quantities every stage and evaluation reads off the logits.
 
-For a chunk of rows c (targets y_n; -100 = not a target, weight 0):
-    z      = h_c · Wᵀ                                 [c, V], in the autocast dtype, then fp32
-    loss  += Σ_n valid_n · (logsumexp(z_n) - z_n,y_n)
-    dz     = valid · (softmax(z) - onehot(y))           the gradient of that sum with respect to z
-    dh_c   = dz · W        dW += dzᵀ · h_c
-
-The gradients are computed in the forward pass, while the chunk's logits are at hand, and backward only scales
-them by the incoming gradient (the loss is a scalar). Memory: one [c, V] fp32 chunk instead of [N, V] logits plus
-their fp32 log-softmax kept for backward; time: no log-softmax backward, no copies of sliced logits. The same
-trick as Liger-Kernel's fused linear cross-entropy, written with plain PyTorch ops.
+    loss  = Σ_t [y_t ≠ -100] · −log softmax(z_t)[y_t]         z_t = h_t · W_headᵀ, in fp32
+    logp_t = log p(x_t | x_<t)                                  (`token_logprobs`, aligned with the tokens)
 """
 
 from __future__ import annotations
 
 import torch
-
-from minimind.model.layers import autocast_dtype
+import torch.nn.functional as F
 
 IGNORE_INDEX = -100
-CHUNK_ELEMENTS = 2**24          # fp32 logits per chunk: 64 MiB, 2,621 rows of a 6,400-token vocabulary
 
 
-class LinearCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                compute_dtype: torch.dtype) -> torch.Tensor:
-        need_h, need_w = ctx.needs_input_grad[:2]
-        n, vocab = h.shape[0], weight.shape[0]
-        rows = max(1, CHUNK_ELEMENTS // vocab)
-        w = weight.to(compute_dtype)
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
-        grad_h = torch.empty_like(h) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        for start in range(0, n, rows):
-            hc, yc = h[start:start + rows].to(compute_dtype), targets[start:start + rows]
-            z = (hc @ w.T).float()                                          # [c, V]
-            valid = (yc != IGNORE_INDEX).float()[:, None]
-            y = yc.clamp(min=0)[:, None]
-            z_target = z.gather(1, y)
-            z_max = z.amax(-1, keepdim=True)
-            e = z.sub_(z_max).exp_()                                        # exp(z - max), in place of z
-            norm = e.sum(-1, keepdim=True)
-            total += ((z_max + norm.log() - z_target) * valid).sum()        # logsumexp(z) - z_y
-            if need_h or need_w:
-                dz = e.mul_(valid / norm).scatter_add_(1, y, -valid)         # valid · (softmax - onehot)
-                dz = dz.to(compute_dtype)
-                if need_h:
-                    grad_h[start:start + rows] = dz @ w
-                if need_w:
-                    if dz.dtype == torch.float32:
-                        grad_w.addmm_(dz.T, hc)
-                    else:
-                        grad_w += dz.T @ hc
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.weight_dtype = weight.dtype
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_total: torch.Tensor):
-        grad_h, grad_w = ctx.saved_tensors
-        grad_h = grad_h * grad_total if grad_h is not None else None
-        grad_w = (grad_w * grad_total).to(ctx.weight_dtype) if grad_w is not None else None
-        return grad_h, grad_w, None, None
+def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Σ over targets ≠ -100 of −log softmax(logits)[target]: logits [..., V], targets [...] → [] in fp32 (fp64
+    for fp64 logits); 0 when nothing is a target."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX,
+                           reduction="sum")
 
 
-def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Σ over targets != -100 of -log softmax(h·Wᵀ)[target]: h [..., H], weight [V, H], targets [...] → [] fp32.
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits [B, T, V] of a sequence, labels [B, T] (its own ids, or -100 where not a target) → [B, T]:
+    log p(labels[t] | tokens < t) in fp32, 0 where labels[t] is -100 and at t = 0 (nothing predicts it)."""
+    targets = labels[:, 1:]
+    logps = -F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                             reduction="none").view_as(targets)
+    return F.pad(logps, (1, 0))
 
-    The matmuls run in the autocast dtype when autocast is on (as nn.Linear would), the softmax in fp32."""
-    dtype = autocast_dtype(h)
-    if not torch.is_grad_enabled():
-        h, weight = h.detach(), weight.detach()          # so that forward computes no gradients
-    with torch.autocast(h.device.type, enabled=False):
-        return LinearCrossEntropy.apply(h.reshape(-1, h.shape[-1]), weight, targets.reshape(-1), dtype)
+
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """logits [B, T, V] → [B, T]: H_t = -Σ_v p log p of the distribution that predicted token t (0 at t = 0),
+    aligned like `token_logprobs`; fp32, no gradient (a metric)."""
+    logp = logits[:, :-1].float().log_softmax(-1)
+    return F.pad(-(logp.exp() * logp).sum(-1), (1, 0))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minimind.config import ModelConfig
-from minimind.model.layers import autocast_dtype, one_compiled_cpu_row
+from minimind.model.layers import autocast_dtype
 
 
 @torch.library.custom_op("minimind::grouped_mm", mutates_args=())
@@ -79,50 +79,6 @@ class Experts(nn.Module):
         h = F.silu(GroupedMatmul.apply(x, gate, offsets)) * GroupedMatmul.apply(x, up, offsets)
         return GroupedMatmul.apply(h, down, offsets)
 
-    def one_token(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """y = Σ_j w_j · SwiGLU_{e_j}(x) for one token x [1, hidden], experts and weights [k] → [1, hidden], as
-        multiply-reduces over the chosen experts' rows (decoding one sequence under torch.compile on CPU, where
-        Inductor fuses the expert lookup into one loop that reads only those experts' weights; see Linear)."""
-        dtype = autocast_dtype(x)
-        x = x.to(dtype)
-        gate, up, down = (w[experts].to(dtype) for w in (self.gate_proj, self.up_proj, self.down_proj))
-        h = F.silu((x[:, None, :] * gate).sum(-1)) * (x[:, None, :] * up).sum(-1)         # [k, I]
-        y = (h[:, None, :] * down).sum(-1)                                                 # [k, hidden]
-        return (y.float() * weights[:, None]).sum(0, keepdim=True)
-
-
-# oneDNN, behind bf16 and fp16 GEMMs on the CPU, builds (JIT-compiles) kernels for every new matrix shape, and
-# expert group sizes change every step. So there each group is padded with zero rows to a multiple of a block of
-# rows: the shapes repeat and stay in oneDNN's cache. fp32 GEMMs do not need it (docs/performance.md).
-CPU_GROUP_BLOCK = 128
-
-
-def cpu_group_block(rows: int, num_experts: int) -> int:
-    """The padding block for `rows` assignments over `num_experts` groups: the largest power of two up to
-    CPU_GROUP_BLOCK that is at most 1/8 of the average group, so padding adds at most 1/8 to the rows (about
-    1/16 on average), and 1 (no padding) for a few tokens, as in decoding."""
-    block = CPU_GROUP_BLOCK
-    while block > 1 and rows < 8 * num_experts * block:
-        block //= 2
-    return block
-
-
-def expert_groups(grouped: torch.Tensor, num_experts: int, block: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Where each expert's rows go, for grouped [M] expert ids in ascending order → (offsets [E] int32, the end
-    row of each group; slots [M], the row of each assignment). With block > 1 every group is padded to a multiple
-    of `block` rows (at most M + E·(block − 1) rows in all); with block = 1 the groups are packed and slots is
-    None (the rows stay where they are). Computed on the device, without a host sync."""
-    ids = torch.arange(num_experts, device=grouped.device, dtype=grouped.dtype)
-    ends = torch.searchsorted(grouped, ids, right=True)
-    if block == 1:
-        return ends.to(torch.int32), None
-    counts = ends.diff(prepend=ends.new_zeros(1))
-    padded = (counts + block - 1) // block * block
-    padded_ends = padded.cumsum(0)
-    slots = torch.arange(grouped.shape[0], device=grouped.device) - (ends - counts)[grouped] \
-        + (padded_ends - padded)[grouped]
-    return padded_ends.to(torch.int32), slots
-
 
 class MoE(nn.Module):
     def __init__(self, config: ModelConfig):
@@ -140,29 +96,23 @@ class MoE(nn.Module):
         weights, experts = probs.topk(self.top_k, dim=-1)                   # [N, k]
         if self.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
+        return self.run_experts(x, experts, weights).view(shape), self.aux_loss(probs, experts, token_mask)
 
-        if one_compiled_cpu_row(x):
-            y = self.experts.one_token(x, experts[0], weights[0]).to(x.dtype)
-            return y.view(shape), self.aux_loss(probs, experts, token_mask)
+    def run_experts(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """x [N, hidden], the chosen experts and their weights [N, k] → y [N, hidden]:  y_n = Σ_j w_nj · SwiGLU_e(x_n).
 
-        # Group the N·k (token, expert) assignments by expert, run every expert on its tokens in grouped GEMMs,
-        # then scatter the weighted outputs back to their tokens. No host sync: group sizes stay on the device.
+        The N·k (token, expert) assignments are sorted by expert, every expert runs on its rows in one grouped
+        GEMM, and the weighted outputs are added back to their tokens. Group sizes stay on the device: no host
+        sync."""
         grouped, order = experts.flatten().sort(stable=True)               # [N·k] expert ids, ascending
         token = order // self.top_k
         # index_select, not x[token]: its backward is an index_add, several times faster on CPU than the
         # accumulating index_put that advanced indexing differentiates into.
         rows = x.index_select(0, token)
-        on_onednn = x.device.type == "cpu" and autocast_dtype(x) != torch.float32
-        block = cpu_group_block(rows.shape[0], self.num_experts) if on_onednn else 1
-        offsets, slots = expert_groups(grouped, self.num_experts, block)
-        if slots is None:
-            y = self.experts(rows, offsets)
-        else:
-            padded = rows.new_zeros(rows.shape[0] + self.num_experts * (block - 1), rows.shape[1])
-            y = self.experts(padded.index_copy(0, slots, rows), offsets).index_select(0, slots)
-        y = y * weights.flatten().index_select(0, order)[:, None]
-        out = torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
-        return out.view(shape), self.aux_loss(probs, experts, token_mask)
+        ids = torch.arange(self.num_experts, device=x.device, dtype=grouped.dtype)
+        offsets = torch.searchsorted(grouped, ids, right=True).to(torch.int32)        # end row of each group
+        y = self.experts(rows, offsets) * weights.flatten().index_select(0, order)[:, None]
+        return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
 
     def aux_loss(self, probs: torch.Tensor, experts: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
         chosen = F.one_hot(experts, self.num_experts).sum(dim=1).float()   # [N, E], 1 where expert in top-k

@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
 from minimind.config import ModelConfig
 from minimind.model.cache import KVCache
-from minimind.model.layers import MLP, Attention, Linear, RMSNorm, autocast_dtype
-from minimind.model.loss import IGNORE_INDEX, linear_cross_entropy
+from minimind.model.layers import MLP, Attention, Linear, RMSNorm
+from minimind.model.loss import IGNORE_INDEX, cross_entropy_sum
 from minimind.model.moe import MoE
 from minimind.model.rope import RotaryEmbedding
+from minimind.model.save import save_model
 
 
 @dataclass
@@ -42,12 +42,11 @@ class Block(nn.Module):
 
     def forward(self, h, cos, sin, mask, is_causal, cache=None, token_mask=None):
         """h [B, T, hidden] → (h [B, T, hidden], aux loss [] or None)."""
-        dtype = autocast_dtype(h)           # the norms hand attention and the MLP their input already cast
-        h = h + self.self_attn(self.input_layernorm(h, dtype=dtype), cos, sin, mask, is_causal, cache)
-        if isinstance(self.mlp, MoE):       # the router works on the residual stream's dtype
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask, is_causal, cache)
+        if isinstance(self.mlp, MoE):
             y, aux = self.mlp(self.post_attention_layernorm(h), token_mask)
             return h + y, aux
-        return h + self.mlp(self.post_attention_layernorm(h, dtype=dtype)), None
+        return h + self.mlp(self.post_attention_layernorm(h)), None
 
 
 class Backbone(nn.Module):
@@ -76,10 +75,7 @@ class Backbone(nn.Module):
         if position_ids is not None:
             if attention_mask is not None or cache is not None:
                 raise ValueError("position_ids (packed documents) cannot be combined with attention_mask or cache")
-            positions = position_ids
-            mask = (document_block_mask(position_ids) if input_ids.device.type in FLEX_ATTENTION_DEVICES
-                    else _document_mask(position_ids))
-            is_causal = False
+            positions, mask, is_causal = position_ids, self.document_mask(position_ids), False
         else:
             positions = _positions(attention_mask, past, T, input_ids.device)
             mask, is_causal = _attention_mask(attention_mask, past, T, input_ids.device)
@@ -95,6 +91,13 @@ class Backbone(nn.Module):
             cache.advance(T)
         return self.norm(h), aux
 
+    def document_mask(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """Causal attention within documents [B, 1, T, T] (True = may attend): in row b, query q may see key k
+        when k ≤ q and both lie in the same document (each 0 of position_ids starts one)."""
+        T = position_ids.shape[1]
+        doc = document_index(position_ids)
+        causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
+        return (causal & (doc[:, :, None] == doc[:, None, :]))[:, None]
 
     def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None,
                     cache: KVCache) -> torch.Tensor:
@@ -141,34 +144,9 @@ def _attention_mask(attention_mask, past: int, T: int, device) -> tuple[torch.Te
     return allowed[:, None], False
 
 
-FLEX_ATTENTION_DEVICES = {"cuda"}   # packed rows attend through flex attention here; on the CPU it has no backward
-
-
 def document_index(position_ids: torch.Tensor) -> torch.Tensor:
     """[B, T] → [B, T]: which of its row's documents each token belongs to (0, 1, …; each 0 position starts one)."""
     return (position_ids == 0).cumsum(dim=-1) - 1
-
-
-def _document_mask(position_ids: torch.Tensor) -> torch.Tensor:
-    """Causal attention within documents [B, 1, T, T]: document k of a row runs from its k-th 0 position."""
-    T = position_ids.shape[1]
-    doc = document_index(position_ids)
-    causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
-    return (causal & (doc[:, :, None] == doc[:, None, :]))[:, None]
-
-
-def document_block_mask(position_ids: torch.Tensor) -> BlockMask:
-    """The same attention as `_document_mask`, as a flex-attention BlockMask [B, 1, T, T]: query q may see key k
-    of its row when k ≤ q and both lie in the same document. Tiles of 128 × 128 that no query may see are skipped;
-    SDPA's flash kernel takes no mask at all, and with the dense one it falls back to a slower kernel on a GPU."""
-    B, T = position_ids.shape
-    doc = (position_ids == 0).cumsum(dim=-1)     # document_index + 1: with its "- 1", Inductor's CPU flex kernel
-                                                 # found no lowering (torch 2.13, the compiled-model test)
-
-    def same_document_causal(b, h, q, k):
-        return (k <= q) & (doc[b, q] == doc[b, k])
-
-    return create_block_mask(same_document_causal, B, None, T, T, device=position_ids.device)
 
 
 class Transformer(nn.Module):
@@ -191,9 +169,9 @@ class Transformer(nn.Module):
 
         labels [B, T] are the input ids themselves (the shift happens here): loss = mean over positions t with
         labels[t+1] != -100 of -log p(labels[t+1] | tokens ≤ t), plus the MoE aux loss; with reduction="sum",
-        the sum of those terms without the aux loss (the caller divides and adds `aux_loss`). The loss never
-        materialises the logits of the whole batch (`minimind.model.loss`), so with labels the logits are
-        returned only for the last `logits_to_keep` positions, and are None without it.
+        the sum of those terms without the aux loss (the caller divides and adds `aux_loss`). With labels the
+        logits are returned only for the last `logits_to_keep` positions, and are None without it (the fused
+        loss of `minimind.model.kernels` never forms them).
         position_ids [B, T] describe packed rows (see Backbone.forward).
         """
         h, aux = self.model(input_ids, attention_mask, cache, position_ids)
@@ -204,10 +182,14 @@ class Transformer(nn.Module):
             logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         if labels is not None:
             targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)         # targets[t] = labels[t+1]
-            loss = linear_cross_entropy(h, self.lm_head.weight, targets)
+            loss = self.lm_loss(h, targets)
             if reduction == "mean":
                 loss = loss / (targets != IGNORE_INDEX).sum().clamp(min=1) + aux
         return ModelOutput(logits=logits, loss=loss, aux_loss=aux)
+
+    def lm_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Σ_t −log softmax(lm_head(h_t))[targets_t] over targets ≠ -100: h [B, T, hidden] → [] fp32."""
+        return cross_entropy_sum(self.lm_head(h), targets)
 
     def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None,
                     cache: KVCache) -> torch.Tensor:
@@ -253,8 +235,7 @@ class Transformer(nn.Module):
         return training_flops(self, seq_len, lookup=0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size)
 
     def save(self, path: str | Path, dtype: torch.dtype | None = None, tokenizer=None) -> Path:
-        """Write a Hugging Face Qwen3 model directory atomically; see `minimind.model.io.save_model`."""
-        from minimind.model.io import save_model
+        """Write a Hugging Face Qwen3 model directory atomically; see `minimind.model.save.save_model`."""
         return save_model(self, path, dtype=dtype, tokenizer=tokenizer)
 
 
@@ -275,21 +256,3 @@ def training_flops(model, seq_len: int, lookup: int) -> int:
     norms = sum(p.numel() for p in model.parameters() if p.ndim == 1)
     matmul = model.num_params(active=True) - norms - lookup
     return 6 * matmul + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len
-
-
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """logits [B, T, V] of a sequence, labels [B, T] (its own ids, or -100 where not a target) → [B, T]:
-    log p(labels[t] | tokens < t) in fp32, 0 where labels[t] is -100 and at t = 0 (nothing predicts it)."""
-    targets = labels[:, 1:]
-    logps = -F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
-                             reduction="none").view_as(targets)
-    return F.pad(logps, (1, 0))
-
-
-@torch.no_grad()
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """logits [B, T, V] → [B, T]: H_t = -Σ_v p log p of the distribution that predicted token t (0 at t = 0),
-    aligned like `token_logprobs`; fp32, no gradient (a metric)."""
-    logp = logits[:, :-1].float().log_softmax(-1)
-    return F.pad(-(logp.exp() * logp).sum(-1), (1, 0))
-

@@ -71,19 +71,24 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, max_new_to
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
         lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over each row's masked tokens (a contiguous run), all [B, T]:
-    δ_t = r_t + γ·V_{t+1} - V_t (V after the last token = 0), A_t = δ_t + γλ·A_{t+1}; returns (A, A + V)."""
+    """Generalised advantage estimation over each row's masked tokens, all [B, T]: with t+1 the row's next masked
+    token after t,
+
+        δ_t = r_t + γ·V_{t+1} - V_t   (V after the last masked token = 0),   A_t = δ_t + γλ·A_{t+1}
+
+    → (A, A + V), 0 off the mask. Unmasked positions between masked ones (the tool results of an agentic rollout)
+    are skipped, not episode ends: credit flows across tool turns to the tokens that made the call."""
     B, T = rewards.shape
     advantages = torch.zeros_like(rewards)
     running = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
     next_value = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
     for t in reversed(range(T)):
-        m = mask[:, t].to(rewards.dtype)
+        m = mask[:, t].bool()
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = (delta + gamma * lam * running) * m
-        advantages[:, t] = running
-        next_value = values[:, t] * m
-    return advantages, advantages + values
+        running = torch.where(m, delta + gamma * lam * running, running)
+        advantages[:, t] = torch.where(m, running, 0.0)
+        next_value = torch.where(m, values[:, t], next_value)
+    return advantages, advantages + values * mask.to(values.dtype)
 
 
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

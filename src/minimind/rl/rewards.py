@@ -26,8 +26,13 @@ import importlib
 import math
 import re
 from collections.abc import Callable
+from pathlib import Path
+
+import torch
 
 from minimind.errors import MiniMindError
+from minimind.model import RewardModel, load_reward_model
+from minimind.tokenizer import load_tokenizer, tokenizer_dir
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 FINAL = re.compile(r"####\s*(-?\d[\d,]*(?:\.\d+)?)")
@@ -85,11 +90,42 @@ BUILT_IN: dict[str, Reward] = {"accuracy": accuracy, "think_format": think_forma
                                "repetition": repetition, "tool_use": tool_use}
 
 
+class RewardScorer:
+    """Rewards for whole conversations: `RewardScorer.load(DIR).score([[{"role": "user", …}, {"role": "assistant",
+    …}], …])` → [float, …]."""
+
+    def __init__(self, model: RewardModel, tokenizer, batch_size: int = 16):
+        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None, batch_size: int = 16) -> RewardScorer:
+        return cls(load_reward_model(path, device=device), load_tokenizer(tokenizer_dir(path)), batch_size)
+
+    @torch.no_grad()
+    def score(self, conversations: list[list[dict]], tools: list[list[dict] | None] | None = None) -> list[float]:
+        """The reward of each conversation (chat-format messages, usually ending with the assistant's answer),
+        read at its last rendered token. Batched longest first and padded on the right: with causal attention
+        a token never sees the padding after it, so no mask is needed."""
+        device = self.model.score.weight.device
+        pairs = list(zip(conversations, tools or [None] * len(conversations), strict=True))
+        ids = [ids[:self.model.config.max_position_embeddings] for ids, _ in self.tokenizer.render_chat_batch(pairs)]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        out = [0.0] * len(ids)
+        for first in range(0, len(order), self.batch_size):
+            chunk = order[first:first + self.batch_size]
+            batch = torch.full((len(chunk), len(ids[chunk[0]])), self.tokenizer.pad_id, dtype=torch.long)
+            for row, i in enumerate(chunk):
+                batch[row, :len(ids[i])] = torch.tensor(ids[i])
+            last = torch.tensor([len(ids[i]) - 1 for i in chunk], device=device)
+            rewards = self.model(batch.to(device))[torch.arange(len(chunk), device=device), last]
+            for i, r in zip(chunk, rewards.tolist(), strict=True):
+                out[i] = r
+        return out
+
+
 def reward_model(directory: str, device=None) -> Reward:
     """The reward model at `directory` as a reward: its score of the prompt's conversation plus the answer."""
-    from minimind.model.reward import Scorer
-
-    scorer = Scorer.load(directory, device=device)
+    scorer = RewardScorer.load(directory, device=device)
 
     def score(completions: list[str], records: list[dict]) -> list[float]:
         conversations = [[*r["messages"], {"role": "assistant", "content": c}]

@@ -4,15 +4,11 @@ generative evaluations."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from minimind.infer import Engine, SamplingParams
+from minimind.rl.config import RLConfig
 from minimind.rl.tools import TOOLS, run_tool
 from minimind.tokenizer import parse_output
 from minimind.tokenizer.template import THINK_OFF
-
-if TYPE_CHECKING:
-    from minimind.train.grpo import RLConfig
 
 
 def trajectories(engine: Engine, prompts: list[list[int]], params: list[SamplingParams], next_params,

@@ -11,10 +11,12 @@ import yaml
 
 from minimind.errors import MiniMindError
 from minimind.lora import LoRAConfig
+from minimind.model.kernels import Kernels
 from minimind.overrides import apply_overrides, from_dict, to_dict
+from minimind.rl.config import GRPOConfig, PPOConfig, RLConfig
 from minimind.train.distill import DistillConfig
-from minimind.train.grpo import RLConfig
 from minimind.train.preference import DPOConfig
+from minimind.train.registry import STAGES
 
 
 @dataclass
@@ -42,7 +44,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    stage: Literal["pretrain", "sft", "lora", "dpo", "reward", "distill", "grpo", "ppo"] = "pretrain"
+    stage: str = "pretrain"              # an entry of minimind.train.registry.STAGES
     model: str = "tiny"                  # a preset name (fresh weights) or a model directory to continue from
     out: str = "runs/train"              # run directory: model/, checkpoints/, metrics.jsonl, config.yaml
     data: DataConfig = field(default_factory=DataConfig)
@@ -51,6 +53,8 @@ class TrainConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)      # stage dpo: loss, β, the reference (dpo data)
     distill: DistillConfig = field(default_factory=DistillConfig)   # stage distill: the teacher, D, τ, α (sft data)
     rl: RLConfig = field(default_factory=RLConfig)            # stages grpo, ppo: rollouts, rewards, loss (rl data)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)      # stage grpo: group baselines, refills
+    ppo: PPOConfig = field(default_factory=PPOConfig)         # stage ppo: the critic, GAE
     batch_size: int = 8                  # packed rows per micro-batch (per process)
     tokens_per_step: int = 0             # tokens per optimiser step (all processes); 0 = one micro-batch each
     max_steps: int = 0                   # optimiser steps; 0 = `epochs` over the training rows
@@ -58,6 +62,7 @@ class TrainConfig:
     device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 where supported, else fp32
     compile: bool = False
+    kernels: Kernels = "auto"            # auto: the fast paths of minimind.model.kernels; reference: the plain model
     activation_checkpointing: bool = False
     fsdp: bool = False                   # shard parameters, gradients and optimiser state (FSDP2) under torchrun
     seed: int = 0
@@ -72,6 +77,8 @@ class TrainConfig:
     samples: list[str] = field(default_factory=list)   # prompts for sample generations
 
     def validate(self) -> None:
+        if self.stage not in STAGES:
+            raise MiniMindError(f"config key 'stage' must be one of {', '.join(STAGES)}; got {self.stage!r}")
         if not self.data.train:
             raise MiniMindError("config key 'data.train' must list at least one file")
         for name in ("batch_size", "log_every", "keep_last", "eval_batches", "max_bad_steps"):
@@ -85,14 +92,11 @@ class TrainConfig:
         if self.optim.warmup_steps < 0 or self.optim.grad_clip < 0 or self.optim.weight_decay < 0:
             raise MiniMindError("config keys 'optim.warmup_steps', 'optim.grad_clip', 'optim.weight_decay' "
                                 "must be ≥ 0")
-        if self.stage == "lora":
-            self.lora.validate()
-        if self.stage == "dpo":
-            self.dpo.validate()
-        if self.stage == "distill":
-            self.distill.validate()
-        if self.stage in ("grpo", "ppo"):
-            self.rl.validate(self.stage)
+        spec = STAGES[self.stage]
+        for section in spec.sections:
+            getattr(self, section).validate()
+        if spec.validate is not None:
+            spec.validate(self)
         if self.data.seq_len < 8:
             raise MiniMindError("config key 'data.seq_len' must be ≥ 8")
         if self.optim.lr <= 0 or not 0 <= self.optim.min_lr_ratio <= 1:

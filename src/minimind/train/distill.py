@@ -35,7 +35,7 @@ from minimind.errors import MiniMindError
 from minimind.fileio import atomic_write_text
 from minimind.infer import Engine, SamplingParams
 from minimind.model import Transformer, load_model
-from minimind.model.transformer import IGNORE_INDEX
+from minimind.model.loss import IGNORE_INDEX, token_logprobs
 from minimind.train.stages import LanguageModelling, Loss
 
 
@@ -75,13 +75,13 @@ def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind:
 
 class Distill(LanguageModelling):
     def __init__(self, config):
-        super().__init__("sft", pack_sft)
+        super().__init__(pack_sft)
         self.options: DistillConfig = config.distill
         self.teacher: Transformer | None = None
 
     def setup(self, model, data, config, device, autocast) -> None:
         teacher_dir = Path(self.options.teacher)
-        teacher = load_model(teacher_dir, device=device, dtype=torch.float32)
+        teacher = load_model(teacher_dir, device=device, dtype=torch.float32, kernels=config.kernels)
         if teacher.config.vocab_size < model.config.vocab_size:
             raise MiniMindError(f"config key 'distill.teacher': {teacher_dir} has a vocabulary of "
                                 f"{teacher.config.vocab_size}, smaller than the student's {model.config.vocab_size}")
@@ -99,8 +99,7 @@ class Distill(LanguageModelling):
         out = model(batch["input_ids"], position_ids=batch["position_ids"])
         student = out.logits[:, :-1]
         vocab = student.shape[-1]
-        ce = F.cross_entropy(student.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
-                             reduction="none").view_as(targets)
+        ce = -token_logprobs(out.logits, batch["labels"])[:, 1:]
         with torch.no_grad():
             hidden, _ = self.teacher.model(batch["input_ids"], position_ids=batch["position_ids"])
             hidden = hidden[:, :-1].flatten(0, 1)

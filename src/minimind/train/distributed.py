@@ -65,6 +65,7 @@ def gather_for_saving(model, optimizers: list) -> tuple:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     from minimind.model import Transformer
+    from minimind.model.kernels import kernels_of, use_kernels
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)
@@ -73,6 +74,7 @@ def gather_for_saving(model, optimizers: list) -> tuple:
         return None, None
     with torch.device("meta"):
         plain = Transformer(model.config)
+    use_kernels(plain, kernels_of(model))
     plain.load_state_dict(weights, assign=True)
     plain.tie_weights()
     return plain, states

@@ -12,7 +12,7 @@ second step on the policy has moved, ρ ≠ 1 and the clip acts. Then the next r
     per step   aggregated by token, sequence or Dr. GRPO's constant (rl.aggregation)
 
 DAPO's pieces are options: asymmetric clip (eps_low, eps_high), dynamic sampling (groups whose rewards are all
-equal carry no signal; up to `max_refills` extra draws of prompts replace them), and the soft overlong penalty
+equal carry no signal; up to `grpo.max_refills` extra draws of prompts replace them), and the soft overlong penalty
 (answers within `overlong_buffer` tokens of max_new_tokens lose up to `overlong_penalty`).
 
 Resuming: the loader's position (epoch, rollout, step within the rollout) is saved with each checkpoint and
@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -34,65 +32,13 @@ import torch
 from minimind.data.loader import TokenData
 from minimind.errors import MiniMindError
 from minimind.infer import Engine, SamplingParams
-from minimind.model.transformer import token_entropy, token_logprobs
+from minimind.model.loss import token_entropy, token_logprobs
+from minimind.rl.config import GRPOConfig, RLConfig
 from minimind.rl.losses import aggregate, group_advantages, k3, policy_loss
 from minimind.rl.rewards import Rewards, accuracy
 from minimind.rl.rollouts import solve, trajectories
 from minimind.rl.tools import TOOLS
 from minimind.train.stages import Loss, Stage, StageData
-
-
-@dataclass
-class RLConfig:
-    rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0})   # name → weight
-    reward_model: str = ""             # directory of a reward model, for the reward "reward_model"
-    prompts_per_rollout: int = 8       # per process
-    group_size: int = 8                # G: samples per prompt
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    num_iterations: int = 2            # passes over each rollout (μ); > 1 lets the ratio and the clip act
-    mini_batches: int = 2              # optimiser steps per pass
-    loss: Literal["clip", "cispo"] = "clip"
-    eps_low: float = 0.2
-    eps_high: float = 0.28             # DAPO's clip-higher
-    cispo_eps_high: float = 5.0        # CISPO: the importance weight is capped at 1 + this
-    aggregation: Literal["token", "sequence", "constant"] = "token"
-    scale_std: bool = True             # divide advantages by the group's std (off: Dr. GRPO)
-    kl_coef: float = 0.0               # β of the k3 KL to the reference (0: no reference model)
-    dynamic_sampling: bool = False     # refill groups whose rewards are all equal (DAPO)
-    max_refills: int = 2
-    overlong_buffer: int = 0           # soft overlong penalty over the last this-many tokens (0: off)
-    overlong_penalty: float = 1.0
-    eval_prompts: int = 100            # held-out prompts answered greedily at each evaluation
-    agent: bool = False                # multi-turn rollouts with tool calls (rl.tools), tool results masked out
-    tools: list[str] = field(default_factory=lambda: ["calculator"])   # whitelisted tools (minimind.rl.tools)
-    max_turns: int = 3                 # assistant turns per trajectory in agent mode
-    tool_timeout: float = 2.0          # seconds per tool call
-    rollout_backend: Literal["engine", "vllm"] = "engine"   # vllm: colocated vLLM on the GPU (rl/vllm_rollouts.py)
-    vllm_gpu_memory: float = 0.3       # the fraction of GPU memory vLLM may take
-    critic: Literal["separate", "shared"] = "separate"   # ppo: the value model's own trunk, or a head on the policy's
-    gamma: float = 1.0                 # ppo: GAE discount
-    lam: float = 0.95                  # ppo: GAE λ
-    whiten: bool = True                # ppo: whiten advantages over the rollout's tokens
-    vf_coef: float = 0.5               # ppo: weight of the value loss
-    vf_clip: float = 0.2               # ppo: value clip range around the rollout's values
-    kl_in_reward: bool = False         # ppo: the KL penalty in the per-token reward instead of the loss
-
-    def validate(self, stage: str = "grpo") -> None:
-        for name in ("prompts_per_rollout", "group_size", "max_new_tokens", "num_iterations", "mini_batches",
-                     "eval_prompts"):
-            if getattr(self, name) < 1:
-                raise MiniMindError(f"config key 'rl.{name}' must be ≥ 1")
-        if stage == "grpo" and self.group_size < 2:
-            raise MiniMindError("config key 'rl.group_size' must be ≥ 2 (advantages are relative to the group)")
-        if self.prompts_per_rollout * self.group_size < self.mini_batches:
-            raise MiniMindError("config key 'rl.mini_batches' exceeds the samples of a rollout")
-        unknown = [name for name in self.tools if name not in TOOLS]
-        if self.agent and unknown:
-            raise MiniMindError(f"config key 'rl.tools': unknown tool {unknown[0]!r}; known: {', '.join(TOOLS)}")
-        if not 0 <= self.overlong_buffer < self.max_new_tokens:
-            raise MiniMindError("config key 'rl.overlong_buffer' must be in [0, rl.max_new_tokens)")
 
 
 def token_logps(model, input_ids: torch.Tensor, chunk: int = 16) -> torch.Tensor:
@@ -109,12 +55,12 @@ def overlong(lengths: list[int], max_new_tokens: int, buffer: int, penalty: floa
 
 
 class GRPO(Stage):
-    name = "rl"
     generative = True
 
     def __init__(self, config):
         self.config = config
         self.options: RLConfig = config.rl
+        self.group: GRPOConfig = config.grpo
         self.rewards: Rewards | None = None
         self.reference = None
         self.records: dict[str, list[dict]] = {}
@@ -145,7 +91,7 @@ class GRPO(Stage):
 
     def advantages(self, rewards: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """What the loss needs beyond the rollout's tokens and log-probs: here group-normalised advantages [N]."""
-        return {"advantages": group_advantages(rewards, self.options.group_size, self.options.scale_std)}
+        return {"advantages": group_advantages(rewards, self.options.group_size, self.group.scale_std)}
 
     def validation(self, data, config, device) -> list:
         return self.records.get("val", [])[:self.options.eval_prompts]
@@ -317,9 +263,9 @@ class RolloutLoader:
         zero_variance = float(np.mean([len(set(g["rewards"])) == 1 for g in groups]))
         drawn = float(np.mean([r for g in groups for r in g["rewards"]]))     # the policy's, before any filter
         all_groups = list(groups)
-        if o.dynamic_sampling:
+        if self.stage.group.dynamic_sampling:
             groups = [g for g in groups if len(set(g["rewards"])) > 1]
-            for draw in range(1, o.max_refills + 1):
+            for draw in range(1, self.stage.group.max_refills + 1):
                 if len(groups) >= o.prompts_per_rollout:
                     break
                 extra = self._sample(self._prompt_ids(self.epoch, self.rollout, draw), draw)

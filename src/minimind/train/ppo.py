@@ -1,10 +1,10 @@
 """PPO with a learned value function, as a stage of the one trainer (rollouts as in GRPO; minimind.train.grpo).
 
-    critic      V(s_t) for the state before each completion token: its own trunk (rl.critic=separate, initialised
-                from the policy) or a value head on the policy's backbone (rl.critic=shared)
-    rewards     per token: the sequence's reward on its last token, and with rl.kl_in_reward
+    critic      V(s_t) for the state before each completion token: its own trunk (ppo.critic=separate, initialised
+                from the policy) or a value head on the policy's backbone (ppo.critic=shared)
+    rewards     per token: the sequence's reward on its last token, and with ppo.kl_in_reward
                 -kl_coef·(logπ_old - logπ_ref) on every token (else the k3 KL is a loss term, as in GRPO)
-    advantages  GAE(γ, λ) over the completion tokens, whitened over the rollout (rl.whiten); returns = A + V_old
+    advantages  GAE(γ, λ) over the completion tokens, whitened over the rollout (ppo.whiten); returns = A + V_old
     loss        clip policy loss + vf_coef · ½·max((V - R)², (clip(V, V_old ± vf_clip) - R)²), per token
 
 The model the trainer holds is an `ActorCritic`; its directory is the policy (`OUT/model`, a plain Qwen3
@@ -22,7 +22,8 @@ import torch.nn as nn
 
 from minimind.model import RewardModel, Transformer, load_reward_model
 from minimind.model.layers import Linear
-from minimind.model.transformer import token_entropy, token_logprobs
+from minimind.model.loss import token_entropy, token_logprobs
+from minimind.rl.config import GRPOConfig, PPOConfig
 from minimind.rl.losses import aggregate, gae, k3, masked_whiten, policy_loss
 from minimind.train.grpo import GRPO
 from minimind.train.stages import Loss, Stage
@@ -68,6 +69,11 @@ class ActorCritic(nn.Module):
 
 
 class PPO(GRPO):
+    def __init__(self, config):
+        super().__init__(config)
+        self.ppo: PPOConfig = config.ppo
+        self.group = GRPOConfig()              # GRPO's group options (std scaling, refills) do not apply
+
     def build_model(self, source: str, device: torch.device) -> ActorCritic:
         """The policy from `source`; the critic from `source`/../critic when a PPO run left one there, else new:
         a copy of the policy's trunk with a fresh head (separate), or a fresh head (shared)."""
@@ -75,7 +81,7 @@ class PPO(GRPO):
         critic_dir = Path(source).parent / "critic"
         saved = load_reward_model(critic_dir, device=device, dtype=torch.float32) \
             if (critic_dir / "config.json").is_file() else None
-        if self.options.critic == "shared":
+        if self.ppo.critic == "shared":
             head = saved.score if saved is not None else _fresh_head(policy)
             return ActorCritic(policy, None, head)
         critic = saved if saved is not None else RewardModel.from_lm(copy.deepcopy(policy))
@@ -91,29 +97,29 @@ class PPO(GRPO):
     @torch.no_grad()
     def advantages(self, rewards: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Old values, per-token rewards, GAE advantages (whitened) and returns, all [N, T]."""
-        o, mask = self.options, batch["mask"]
+        o, mask = self.ppo, batch["mask"]
         with self.autocast:
             values = torch.cat([_shift(self.actor_critic(ids)[1]) for ids in batch["input_ids"].split(16)])
         last = mask * (mask.cumsum(dim=1) == mask.sum(dim=1, keepdim=True))     # each row's last completion token
         token_rewards = last * rewards[:, None]
         if o.kl_in_reward and self.reference is not None:
-            token_rewards = token_rewards - o.kl_coef * (batch["old_logps"] - batch["ref_logps"]) * mask
+            token_rewards = token_rewards - self.options.kl_coef * (batch["old_logps"] - batch["ref_logps"]) * mask
         advantages, returns = gae(token_rewards, values * mask, mask, o.gamma, o.lam)
         if o.whiten:
             advantages = masked_whiten(advantages, mask)
         return {"advantages": advantages, "returns": returns, "old_values": values}
 
     def loss(self, model, batch):
-        o, mask = self.options, batch["mask"]
+        o, p, mask = self.options, self.ppo, batch["mask"]
         logits, values = model(batch["input_ids"])
         logps = token_logprobs(logits, batch["input_ids"])
         values = _shift(values)
         per_token, clipped = policy_loss(logps, batch["old_logps"], batch["advantages"], "clip", o.eps_low,
                                          o.eps_high)
-        clipped_values = batch["old_values"] + (values - batch["old_values"]).clamp(-o.vf_clip, o.vf_clip)
+        clipped_values = batch["old_values"] + (values - batch["old_values"]).clamp(-p.vf_clip, p.vf_clip)
         value_loss = 0.5 * torch.maximum((values - batch["returns"]) ** 2, (clipped_values - batch["returns"]) ** 2)
-        kl = k3(logps, batch["ref_logps"]) if o.kl_coef > 0 and not o.kl_in_reward else torch.zeros_like(logps)
-        total, units = aggregate(per_token + o.vf_coef * value_loss + o.kl_coef * kl, mask, o.aggregation,
+        kl = k3(logps, batch["ref_logps"]) if o.kl_coef > 0 and not p.kl_in_reward else torch.zeros_like(logps)
+        total, units = aggregate(per_token + p.vf_coef * value_loss + o.kl_coef * kl, mask, o.aggregation,
                                  o.max_new_tokens)
         tokens = mask.sum().clamp(min=1)
         metrics = {name: (value * mask).sum() / tokens * units for name, value in

@@ -32,7 +32,8 @@ from minimind.data.loader import row_batches
 from minimind.data.packing import Row, pack_sft
 from minimind.errors import MiniMindError
 from minimind.model import RewardModel, Transformer, is_reward_model, load_reward_model
-from minimind.model.transformer import IGNORE_INDEX, document_index, token_logprobs
+from minimind.model.loss import IGNORE_INDEX, token_logprobs
+from minimind.model.transformer import document_index
 from minimind.train.stages import Loss, Stage, StageData
 
 
@@ -127,7 +128,6 @@ class PairScores(NamedTuple):
 
 class PreferenceStage(Stage):
     """The data side both preference stages share."""
-    name = "dpo"
     pack = staticmethod(pack_pairs)
     generative = False
 

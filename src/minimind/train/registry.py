@@ -1,22 +1,62 @@
-"""The stages `minimind.train.trainer.train` runs, by the name `config.stage` gives: each entry builds the stage
-from the run's config."""
+"""The one list of training stages. Each entry says what the stage is called on the command line, which record
+format its files hold, which sections of the run's config carry its options (validated when it runs), and how
+the stage is built; the CLI, `TrainConfig` and the trainer read this list and name no stage themselves."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from minimind.data.packing import pack_pretrain, pack_sft
+from minimind.errors import MiniMindError
 from minimind.train.distill import Distill
 from minimind.train.grpo import GRPO
 from minimind.train.ppo import PPO
 from minimind.train.preference import DPO, RewardModelling
-from minimind.train.stages import LanguageModelling
+from minimind.train.stages import LanguageModelling, Stage
 
-STAGES = {
-    "pretrain": lambda config: LanguageModelling("pretrain", pack_pretrain),
-    "sft": lambda config: LanguageModelling("sft", pack_sft),
-    "lora": lambda config: LanguageModelling("sft", pack_sft),     # sft's data and loss; the trainer adds adapters
-    "dpo": DPO,
-    "reward": RewardModelling,
-    "distill": Distill,
-    "grpo": GRPO,
-    "ppo": PPO,
+
+@dataclass(frozen=True)
+class StageSpec:
+    command: str                         # `minimind <command>`
+    help: str
+    data: str                            # the record format of its files (minimind.data.formats.STAGES)
+    build: Callable[..., Stage]          # the run's config → the stage
+    sections: tuple[str, ...] = ()       # TrainConfig sections holding its options
+    validate: Callable | None = None     # checks across sections: the run's config → None or MiniMindError
+    adapters: bool = False               # trains LoRA adapters on a frozen base (checkpoints hold the adapter)
+    chat: bool = True                    # its samples are chat replies (else raw continuations)
+    black_box: bool = False              # offers `--generate`: the teacher's answers written as sft data
+
+
+def _groups_of_two(config) -> None:
+    if config.rl.group_size < 2:
+        raise MiniMindError("config key 'rl.group_size' must be ≥ 2 (advantages are relative to the group)")
+
+
+STAGES: dict[str, StageSpec] = {
+    "pretrain": StageSpec("pretrain", "pretrain a model on text (next-token prediction)", "pretrain",
+                          lambda config: LanguageModelling(pack_pretrain), chat=False),
+    "sft": StageSpec("sft", "supervised fine-tuning on conversations (assistant tokens only)", "sft",
+                     lambda config: LanguageModelling(pack_sft)),
+    "lora": StageSpec("lora", "LoRA fine-tuning on conversations (`minimind lora merge` folds it in)", "sft",
+                      lambda config: LanguageModelling(pack_sft), sections=("lora",), adapters=True),
+    "dpo": StageSpec("dpo", "preference tuning on chosen/rejected pairs: DPO, IPO or SimPO (dpo.loss=…)", "dpo",
+                     DPO, sections=("dpo",)),
+    "reward": StageSpec("reward-model", "train a Bradley–Terry reward model on chosen/rejected pairs", "dpo",
+                        RewardModelling),
+    "grpo": StageSpec("grpo", "RL with verifiable rewards: GRPO, Dr. GRPO, DAPO options, CISPO (rl.loss=cispo)",
+                      "rl", GRPO, sections=("rl", "grpo"), validate=_groups_of_two),
+    "ppo": StageSpec("ppo", "RL with a learned value function: PPO with GAE, clipped policy and value losses", "rl",
+                     PPO, sections=("rl", "ppo")),
+    "distill": StageSpec("distill", "distil a teacher into a student: logits (white-box), or --generate answers",
+                         "sft", Distill, sections=("distill",), black_box=True),
 }
+
+
+def make_stage(config) -> Stage:
+    """The stage `config.stage` names, built from the run's config, reading its spec's data format."""
+    spec = STAGES[config.stage]
+    stage = spec.build(config)
+    stage.name = spec.data
+    return stage

@@ -22,14 +22,14 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from minimind.config import PRESETS, preset
 from minimind.data.loader import PackedLoader, TokenData
 from minimind.data.prepare import prepare
 from minimind.errors import MiniMindError
 from minimind.model import Transformer, load_model
-from minimind.model.transformer import IGNORE_INDEX
+from minimind.model.kernels import use_kernels
+from minimind.model.loss import IGNORE_INDEX, token_logprobs
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Stage:
     """A stage's loss is a *sum* over its units (target tokens, preference pairs, …) with the units counted
     separately, so that the trainer divides by the count of the whole optimiser step: k accumulated
     micro-batches, or N DDP ranks, then give exactly the step one big batch would."""
-    name: str                        # the prepared data format it reads (minimind.data.formats.STAGES)
+    name: str                        # the prepared data format it reads, set from its registry entry
     pack: Callable                   # document lengths, seq_len → rows (minimind.data.packing)
     generative: bool = True          # the trainer samples generations from the model
     with_docs: bool = False          # batches carry "doc_ids"
@@ -66,7 +66,8 @@ class Stage:
         the trainer made them, so a resumed run rebuilds the same ones), frozen: a reference for DPO and RL."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            return Stage.build_model(self, source, device).eval().requires_grad_(False)
+            model = use_kernels(Stage.build_model(self, source, device), config.kernels)
+            return model.eval().requires_grad_(False)
 
     def setup(self, model, data: StageData, config, device: torch.device, autocast) -> None:
         """Anything frozen the loss needs beside the model (a reference model, a teacher), made once."""
@@ -135,10 +136,11 @@ def _model_dir(source: str) -> str:
     return source
 
 
-@dataclass
 class LanguageModelling(Stage):
-    name: str
-    pack: Callable
+    """Next-token cross-entropy on the labels' targets: pretraining (every token) and SFT (the assistant's)."""
+
+    def __init__(self, pack: Callable):
+        self.pack = pack
 
     def count(self, batch):
         return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
@@ -159,10 +161,9 @@ class LanguageModelling(Stage):
         text_nats = torch.zeros((), dtype=torch.float64)
         text_bytes = torch.zeros((), dtype=torch.float64)
         for batch in batches:
-            logits = model(batch["input_ids"], position_ids=batch["position_ids"]).logits[:, :-1]
+            logits = model(batch["input_ids"], position_ids=batch["position_ids"]).logits
             targets = batch["labels"][:, 1:]
-            losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                     ignore_index=IGNORE_INDEX, reduction="none")
+            losses = -token_logprobs(logits, batch["labels"])[:, 1:].reshape(-1)
             valid = targets.reshape(-1) != IGNORE_INDEX
             nbytes = token_bytes[targets.reshape(-1).clamp(min=0)] * valid
             nats += losses.sum().double().cpu()

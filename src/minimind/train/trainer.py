@@ -22,6 +22,7 @@ import json
 import math
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,6 +34,7 @@ from minimind.errors import MiniMindError
 from minimind.fileio import atomic_directory
 from minimind.infer import Engine, SamplingParams
 from minimind.lora import apply_lora, load_adapter, save_adapter
+from minimind.model.kernels import use_kernels
 from minimind.model.transformer import checkpoint_blocks
 from minimind.overrides import to_dict
 from minimind.perf import device_peak_flops, measure_matmul_peak
@@ -51,16 +53,16 @@ from minimind.train.distributed import (
 )
 from minimind.train.logging import Progress, RunLogger
 from minimind.train.optim import build_optimizers
-from minimind.train.registry import STAGES
+from minimind.train.registry import STAGES, make_stage
 from minimind.train.schedule import lr_multiplier, set_lr
-from minimind.train.stages import token_bytes
+from minimind.train.stages import Stage, StageData, token_bytes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Run `config`; returns the final model directory OUT/model (a LoRA run: the adapter, OUT/adapter)."""
-    stage = STAGES[config.stage](config)
+    stage = make_stage(config)
     device = resolve_device(None if config.device == "auto" else config.device)
     if device.type == "cpu":
         keep_freed_memory()
@@ -73,16 +75,54 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         cleanup(info)
 
 
-def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume: bool) -> Path:
+@dataclass
+class Run:
+    """What a run holds from its setup to its end: the model (`raw`, and `model` wrapped for compile and DDP),
+    its data, optimisers and position, and where it reports."""
+    config: TrainConfig
+    stage: Stage
+    out: Path
+    device: torch.device
+    info: Dist
+    dtype: torch.dtype
+    autocast: contextlib.AbstractContextManager
+    raw: torch.nn.Module
+    model: torch.nn.Module
+    tokenizer: object
+    data: StageData
+    loader: object
+    optimizers: list
+    scaler: torch.amp.GradScaler
+    accumulation: int
+    total_steps: int
+    step: int
+    tokens_seen: int
+    resumed: bool
+    logger: RunLogger
+    progress: Progress
+    evaluation: list
+    byte_counts: torch.Tensor
+    flops_per_token: int
+    peak: float | None
+
+
+def _train(config: TrainConfig, stage: Stage, device: torch.device, info: Dist, resume: bool) -> Path:
+    run = _setup(config, stage, device, info, resume)
+    interrupted = _loop(run)
+    return _finish(run, interrupted)
+
+
+def _setup(config: TrainConfig, stage: Stage, device: torch.device, info: Dist, resume: bool) -> Run:
+    """Model (resumed, fresh or with adapters; kernels chosen), tokenizer, data, optimisers, restored state, wrappers
+    (activation checkpointing, compile, DDP; FSDP2 shards in place), logger; the step-0 evaluation of a fresh run."""
     out = Path(config.out)
     dtype = _dtype(config.dtype, device)
     torch.manual_seed(config.seed)
 
-    # ---- model, tokenizer, data ------------------------------------------------------------------------------
     resumed = checkpoint.load_latest(out) if resume else None
-    lora = config.stage == "lora"                 # the checkpoint then holds the adapter; the base is config.model
+    lora = STAGES[config.stage].adapters          # the checkpoint then holds the adapter; the base is config.model
     source = str(resumed[0]) if resumed and not lora else config.model
-    model = stage.build_model(source, device)
+    model = use_kernels(stage.build_model(source, device), config.kernels)
     tokenizer_path = tokenizer_dir(source)
     if lora and resumed:
         load_adapter(model, resumed[0])
@@ -121,7 +161,7 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
     optimizers = build_optimizers(model, config.optim, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
-    step, tokens_seen, trainer_info = 0, 0, {}
+    step, tokens_seen = 0, 0
     if resumed is not None:
         _, state, trainer_info = resumed
         if config.fsdp:
@@ -137,157 +177,179 @@ def _train(config: TrainConfig, stage, device: torch.device, info: Dist, resume:
                                 "(raise max_steps or epochs to continue it)")
         loader.load_state_dict(_loader_state(trainer_info, info.world_size, loader.steps_per_epoch))
 
-    # ---- wrappers: activation checkpointing, compile, DDP (FSDP2 shards in place, above) -------------------
     raw = model
     if config.activation_checkpointing:
         checkpoint_blocks(model)
     if config.compile:
         model = torch.compile(model)
-    ddp = info.enabled and not config.fsdp
-    if ddp:
+    if info.enabled and not config.fsdp:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     logger = RunLogger(out, config.logger, config=to_dict(config), enabled=info.main)
     logger.truncate_after(step if resumed is not None else -1)     # a fresh run starts a fresh log
     if info.main:
         _truncate_samples(out / "samples.jsonl", step if resumed is not None else -1)
-    progress = Progress(total_steps, initial_step=step, enabled=info.main)
-    peak = device_peak_flops(device) or (_measured_peak(dtype, device.type) if info.main else None)
-    flops_per_token = stage.flops_per_token(raw, seq)
-    evaluation = stage.validation(data, config, device)
-    byte_counts = token_bytes(tokenizer).to(device)
+    run = Run(config=config, stage=stage, out=out, device=device, info=info, dtype=dtype, autocast=autocast, raw=raw,
+              model=model, tokenizer=tokenizer, data=data, loader=loader, optimizers=optimizers, scaler=scaler,
+              accumulation=accumulation, total_steps=total_steps, step=step, tokens_seen=tokens_seen,
+              resumed=resumed is not None, logger=logger,
+              progress=Progress(total_steps, initial_step=step, enabled=info.main),
+              evaluation=stage.validation(data, config, device), byte_counts=token_bytes(tokenizer).to(device),
+              flops_per_token=stage.flops_per_token(raw, seq),
+              peak=device_peak_flops(device) or (_measured_peak(dtype, device.type) if info.main else None))
     if info.main:
-        progress.write(f"{config.stage}: {raw.num_params() / 1e6:.2f}M parameters · {total_steps} steps of "
-                       f"{accumulation}×{micro_tokens:,} tokens · {device} {str(dtype).removeprefix('torch.')} · "
-                       f"{len(data.rows):,} rows of {seq}")
+        run.progress.write(f"{config.stage}: {raw.num_params() / 1e6:.2f}M parameters · {total_steps} steps of "
+                           f"{accumulation}×{micro_tokens:,} tokens · {device} {str(dtype).removeprefix('torch.')} · "
+                           f"{len(data.rows):,} rows of {seq}")
+    if run.evaluation and not run.resumed:             # the "before" figure, at step 0
+        _evaluate(run, write=False)
+    return run
 
-    if evaluation and resumed is None:                 # the "before" figure, at step 0
-        raw.eval()
-        with autocast:
-            logger.log(0, stage.evaluate(raw, evaluation, byte_counts), kind="val")
-        raw.train()
 
+def _loop(run: Run) -> bool:
+    """Optimiser steps until the last; after each, what falls due (log, evaluation, samples, checkpoint).
+    Returns whether a signal stopped the run (a checkpoint is then saved)."""
+    config, info = run.config, run.info
     stop, interrupted = _StopFlag(), False
     bad_steps, window_start, window_tokens = 0, time.perf_counter(), 0
     gc.collect()
     gc.freeze()                      # the objects so far live for the whole run: spare the GC rescanning them
     try:
-        while step < total_steps:
-            multiplier = lr_multiplier(step, total_steps, config.optim.warmup_steps, config.optim.decay,
+        while run.step < run.total_steps:
+            multiplier = lr_multiplier(run.step, run.total_steps, config.optim.warmup_steps, config.optim.decay,
                                        config.optim.min_lr_ratio)
-            set_lr(optimizers, multiplier)
-            batches = [next(loader) for _ in range(accumulation)]
-            count = torch.stack([stage.count(b) for b in batches]).sum().float()
-            local_count = count.clone()
-            if info.enabled:
-                dist.all_reduce(count)               # units of the whole step, on the device: no host sync
-            loss_sum, metric_sums = torch.zeros((), device=device), {}
-            for micro, batch_data in enumerate(batches):
-                sync = micro == accumulation - 1
-                if config.fsdp:
-                    raw.set_requires_gradient_sync(sync)
-                no_sync = model.no_sync() if ddp and not sync else contextlib.nullcontext()
-                with no_sync:
-                    with autocast:
-                        total, aux, metrics = stage.loss(model, batch_data)
-                    # DDP averages gradients over ranks; × world_size turns that back into a sum
-                    loss = total / count.clamp(min=1) * info.world_size + aux / accumulation
-                    scaler.scale(loss).backward()
-                loss_sum += total.detach() / local_count.clamp(min=1) + aux.detach() / accumulation
-                for name, value in metrics.items():
-                    metric_sums[name] = metric_sums.get(name, 0) + value.float() / local_count.clamp(min=1)
-            for optimizer in optimizers:
-                scaler.unscale_(optimizer)
-            grad_norm = (torch.nn.utils.clip_grad_norm_(raw.parameters(), config.optim.grad_clip)
-                         if config.optim.grad_clip > 0 else torch.zeros((), device=device))
-            if isinstance(grad_norm, DTensor):              # FSDP2: the norm of the sharded gradients
-                grad_norm = grad_norm.full_tensor()
-            loss_value, norm_value, *metric_values = torch.stack(
-                [loss_sum, grad_norm.float(), *metric_sums.values()]).tolist()            # the one sync
-            step_tokens = sum(stage.tokens(b) for b in batches) * info.world_size
+            set_lr(run.optimizers, multiplier)
+            loss_value, norm_value, metrics, step_tokens = _optimizer_step(run)
+            run.step += 1
+            run.tokens_seen += step_tokens
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                 bad_steps += 1
-                for optimizer in optimizers:
-                    optimizer.zero_grad(set_to_none=True)
-                scaler.update()
-                progress.write(f"step {step}: loss {loss_value}, grad norm {norm_value}; update skipped "
-                               f"({bad_steps} in a row)")
+                run.progress.write(f"step {run.step - 1}: loss {loss_value}, grad norm {norm_value}; update skipped "
+                                   f"({bad_steps} in a row)")
                 if bad_steps >= config.max_bad_steps:
-                    raise MiniMindError(f"{bad_steps} consecutive non-finite losses at step {step}; stopping "
-                                        "(lower optim.lr, or check the data)")
-                step += 1
-                tokens_seen += step_tokens
+                    raise MiniMindError(f"{bad_steps} consecutive non-finite losses at step {run.step - 1}; "
+                                        "stopping (lower optim.lr, or check the data)")
                 continue
             bad_steps = 0
-            for optimizer in optimizers:
-                scaler.step(optimizer)
-            scaler.update()
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += step_tokens
             window_tokens += step_tokens
 
-            last = step == total_steps
-            if step % config.log_every == 0 or last:
-                elapsed = time.perf_counter() - window_start
-                tokens_per_s = window_tokens / max(elapsed, 1e-9)
-                mfu = tokens_per_s * flops_per_token / peak if peak else None
+            last = run.step == run.total_steps
+            if run.step % config.log_every == 0 or last:
+                tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                mfu = tokens_per_s * run.flops_per_token / run.peak if run.peak else None
                 lr = config.optim.lr * multiplier
-                metrics = {"loss": loss_value, "lr": lr, "grad_norm": norm_value, "tokens": tokens_seen,
-                           "tokens_per_s": tokens_per_s} | ({"mfu": mfu} if mfu is not None else {})
-                metrics |= dict(zip(metric_sums, metric_values, strict=True)) | stage.step_log()
-                logger.log(step, metrics)
-                progress.update(step, loss_value, lr, tokens_per_s, mfu)
+                logged = {"loss": loss_value, "lr": lr, "grad_norm": norm_value, "tokens": run.tokens_seen,
+                          "tokens_per_s": tokens_per_s} | ({"mfu": mfu} if mfu is not None else {})
+                run.logger.log(run.step, logged | metrics | run.stage.step_log())
+                run.progress.update(run.step, loss_value, lr, tokens_per_s, mfu)
                 window_start, window_tokens = time.perf_counter(), 0
-            if evaluation and ((config.eval_every and step % config.eval_every == 0) or last):
-                raw.eval()
-                with autocast:
-                    result = stage.evaluate(raw, evaluation, byte_counts)
-                raw.train()
-                logger.log(step, result, kind="val")
-                progress.write(f"step {step}: " + " · ".join(f"val {k} {v:.4f}" if isinstance(v, float) else
-                                                             f"val {k} {v}" for k, v in result.items()))
-            if stage.generative and (info.main or config.fsdp) and \
-                    ((config.sample_every and step % config.sample_every == 0) or last):
-                _samples(stage.policy(raw), tokenizer, config, progress, out, step, write=info.main)
-            interrupted = stop.agreed(device, info) if (not info.enabled or step % config.log_every == 0) else False
-            if last or interrupted or (config.save_every and step % config.save_every == 0):
-                _save(out, step, raw, tokenizer, optimizers, scaler, loader, tokens_seen, config, info)
+            if run.evaluation and ((config.eval_every and run.step % config.eval_every == 0) or last):
+                _evaluate(run, write=True)
+            if run.stage.generative and (info.main or config.fsdp) and \
+                    ((config.sample_every and run.step % config.sample_every == 0) or last):
+                _samples(run.stage.policy(run.raw), run.tokenizer, config, run.progress, run.out, run.step,
+                         write=info.main)
+            interrupted = (stop.agreed(run.device, info) if (not info.enabled or run.step % config.log_every == 0)
+                           else False)
+            if last or interrupted or (config.save_every and run.step % config.save_every == 0):
+                _save(run)
             if interrupted:
                 break
     finally:
         gc.unfreeze()
         stop.restore()
-        progress.close()
-        logger.close()
-    if interrupted:
-        raise KeyboardInterrupt(f"interrupted at step {step}; the checkpoint is saved, continue with --resume")
-    final = out / ("adapter" if lora else "model")
-    if step == total_steps:
-        plain = gather_for_saving(raw, [])[0] if config.fsdp else raw
-        if info.main and lora:
-            save_adapter(plain, final, base=config.model)
-        elif info.main:
-            with atomic_directory(final, marker="config.json") as tmp:
-                plain.save(tmp, tokenizer=tokenizer)
+        run.progress.close()
+        run.logger.close()
+    return interrupted
+
+
+def _optimizer_step(run: Run) -> tuple[float, float, dict, int]:
+    """One optimiser step over `accumulation` micro-batches: the loss of each is its stage's sum over units divided
+    by the step's units (all ranks), so the gradient is the one big batch's. The update is skipped when the loss or
+    the gradient norm is not finite. → (loss, grad norm, the stage's metrics, tokens), read in one host sync."""
+    config, info, stage, device = run.config, run.info, run.stage, run.device
+    batches = [next(run.loader) for _ in range(run.accumulation)]
+    count = torch.stack([stage.count(b) for b in batches]).sum().float()
+    local_count = count.clone()
     if info.enabled:
+        dist.all_reduce(count)               # units of the whole step, on the device: no host sync
+    loss_sum, metric_sums = torch.zeros((), device=device), {}
+    ddp = isinstance(run.model, DistributedDataParallel)
+    for micro, batch_data in enumerate(batches):
+        sync = micro == run.accumulation - 1
+        if config.fsdp:
+            run.raw.set_requires_gradient_sync(sync)
+        no_sync = run.model.no_sync() if ddp and not sync else contextlib.nullcontext()
+        with no_sync:
+            with run.autocast:
+                total, aux, metrics = stage.loss(run.model, batch_data)
+            # DDP averages gradients over ranks; × world_size turns that back into a sum
+            loss = total / count.clamp(min=1) * info.world_size + aux / run.accumulation
+            run.scaler.scale(loss).backward()
+        loss_sum += total.detach() / local_count.clamp(min=1) + aux.detach() / run.accumulation
+        for name, value in metrics.items():
+            metric_sums[name] = metric_sums.get(name, 0) + value.float() / local_count.clamp(min=1)
+    for optimizer in run.optimizers:
+        run.scaler.unscale_(optimizer)
+    grad_norm = (torch.nn.utils.clip_grad_norm_(run.raw.parameters(), config.optim.grad_clip)
+                 if config.optim.grad_clip > 0 else torch.zeros((), device=device))
+    if isinstance(grad_norm, DTensor):              # FSDP2: the norm of the sharded gradients
+        grad_norm = grad_norm.full_tensor()
+    loss_value, norm_value, *metric_values = torch.stack(
+        [loss_sum, grad_norm.float(), *metric_sums.values()]).tolist()            # the one sync
+    step_tokens = sum(stage.tokens(b) for b in batches) * info.world_size
+    if math.isfinite(loss_value) and math.isfinite(norm_value):
+        for optimizer in run.optimizers:
+            run.scaler.step(optimizer)
+    run.scaler.update()
+    for optimizer in run.optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    return loss_value, norm_value, dict(zip(metric_sums, metric_values, strict=True)), step_tokens
+
+
+def _evaluate(run: Run, write: bool) -> None:
+    """The stage's validation figures at this step, logged (and printed when `write`)."""
+    run.raw.eval()
+    with run.autocast:
+        result = run.stage.evaluate(run.raw, run.evaluation, run.byte_counts)
+    run.raw.train()
+    run.logger.log(run.step, result, kind="val")
+    if write:
+        run.progress.write(f"step {run.step}: " + " · ".join(f"val {k} {v:.4f}" if isinstance(v, float) else
+                                                             f"val {k} {v}" for k, v in result.items()))
+
+
+def _finish(run: Run, interrupted: bool) -> Path:
+    """The final model directory (or adapter) of a completed run, written by rank 0."""
+    if interrupted:
+        raise KeyboardInterrupt(f"interrupted at step {run.step}; the checkpoint is saved, continue with --resume")
+    spec = STAGES[run.config.stage]
+    final = run.out / ("adapter" if spec.adapters else "model")
+    if run.step == run.total_steps:
+        plain = gather_for_saving(run.raw, [])[0] if run.config.fsdp else run.raw
+        if run.info.main and spec.adapters:
+            save_adapter(plain, final, base=run.config.model)
+        elif run.info.main:
+            with atomic_directory(final, marker="config.json") as tmp:
+                plain.save(tmp, tokenizer=run.tokenizer)
+    if run.info.enabled:
         dist.barrier()
     return final
 
 
-def _save(out, step, raw, tokenizer, optimizers, scaler, loader, tokens_seen, config, info: Dist) -> None:
+def _save(run: Run) -> None:
     """Checkpoint: rank 0 writes (under DDP every rank holds the same model and optimiser states; under FSDP2
     they are gathered to rank 0 first)."""
+    raw, config, info = run.raw, run.config, run.info
     if config.fsdp:
-        raw, optimizer_states = gather_for_saving(raw, optimizers)
+        raw, optimizer_states = gather_for_saving(raw, run.optimizers)
     else:
-        optimizer_states = [o.state_dict() for o in optimizers]
+        optimizer_states = [o.state_dict() for o in run.optimizers]
     if info.main:
-        state = {"optimizers": optimizer_states, "scaler": scaler.state_dict(), "rng": checkpoint.rng_states()}
-        trainer = {"step": step, "tokens_seen": tokens_seen, "loader": loader.state_dict(),
+        state = {"optimizers": optimizer_states, "scaler": run.scaler.state_dict(), "rng": checkpoint.rng_states()}
+        trainer = {"step": run.step, "tokens_seen": run.tokens_seen, "loader": run.loader.state_dict(),
                    "world_size": info.world_size, "config": to_dict(config)}
-        checkpoint.save_checkpoint(out, step, raw, tokenizer, state, trainer, config.keep_last)
+        checkpoint.save_checkpoint(run.out, run.step, raw, run.tokenizer, state, trainer, config.keep_last)
     if info.enabled:
         dist.barrier()
 
@@ -329,7 +391,7 @@ def _samples(model, tokenizer, config, progress, out: Path, step: int, write: bo
     every rank generates, since each forward gathers parameters from all of them)."""
     model.eval()
     for prompt in config.samples:
-        text = sample(model, tokenizer, prompt, chat=config.stage != "pretrain")
+        text = sample(model, tokenizer, prompt, chat=STAGES[config.stage].chat)
         if write:
             progress.write(f"  {prompt!r} → {text!r}")
             with open(out / "samples.jsonl", "a", encoding="utf-8") as f:

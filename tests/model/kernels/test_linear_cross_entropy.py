@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minimind.model import loss as fused
-from minimind.model.loss import linear_cross_entropy
+from minimind.model.kernels import linear_cross_entropy as fused
+from minimind.model.kernels.linear_cross_entropy import linear_cross_entropy
 
 
 @pytest.fixture

@@ -1,0 +1,58 @@
+"""Writing a model directory: a Hugging Face Qwen3 / Qwen3-MoE checkpoint (the layout is described in
+`minimind.model.io`, which reads it). Saving writes a temporary sibling directory and renames it into place, so a
+crash never leaves half a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from minimind.config import ModelConfig
+from minimind.errors import MiniMindError
+from minimind.fileio import atomic_directory
+from minimind.tokenizer import Tokenizer
+
+WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
+
+
+def to_checkpoint(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our state dict → checkpoint tensors: drop the tied head, split stacked experts into one per expert."""
+    out = {}
+    for name, t in state.items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        stem, _, proj = name.rpartition(".")
+        if stem.endswith("mlp.experts"):
+            for e in range(t.shape[0]):
+                out[f"{stem}.{e}.{proj}.weight"] = t[e]
+        else:
+            out[name] = t
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def save_model(model: nn.Module, path: str | Path, dtype: torch.dtype | None = None,
+               tokenizer: Tokenizer | None = None) -> Path:
+    """Write `model` (and its tokenizer's files) as a model directory at `path`, replacing one that is there,
+    atomically."""
+    state = {k: v.detach().to("cpu", dtype or v.dtype) for k, v in model.state_dict().items()}
+    saved_dtype = str(dtype or model.model.embed_tokens.weight.dtype).removeprefix("torch.")
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise MiniMindError(f"the tokenizer has {tokenizer.vocab_size} tokens; the model's vocab_size is "
+                            f"{model.config.vocab_size}")
+    with atomic_directory(path, marker="config.json") as tmp:
+        config = model.config.to_hf_dict(saved_dtype) | getattr(model, "hf_config", {})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file(to_checkpoint(state, model.config), tmp / WEIGHTS, metadata={"format": "pt"})
+        (tmp / "generation_config.json").write_text(json.dumps(generation_config(model.config), indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+    return Path(path)
+
+
+def generation_config(config: ModelConfig) -> dict:
+    return {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+            "pad_token_id": config.pad_token_id, "do_sample": True, "temperature": 0.85, "top_p": 0.85}
