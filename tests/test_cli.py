@@ -123,3 +123,45 @@ def test_chat_rejects_an_empty_prompt_and_a_broken_model(tmp_path, capsys):
     (tmp_path / "m" / "model.safetensors").write_bytes(b"junk")
     assert main(["chat", "--model", str(tmp_path / "m"), "--prompt", "hi"]) == 2
     assert "not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_one_grammar_across_commands():
+    """The same flag has the same spelling, values and default wherever it means the same thing; stage commands
+    come from the registry; export's file types have their own flag."""
+    from minimind.cli import build_parser
+    from minimind.train.registry import STAGES
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+
+    def flags(command):
+        return {o: a for a in commands[command]._actions for o in a.option_strings}
+
+    for command in ("generate", "chat", "serve", "eval"):
+        f = flags(command)
+        assert f["--dtype"].choices == ("fp32", "bf16", "fp16", "auto") and f["--dtype"].default == "auto"
+        assert f["--device"].default == "auto" and f["--kernels"].choices == ("auto", "reference")
+    for command in ("init", "lora-merge"):
+        assert flags(command)["--dtype"].choices == ("fp32", "bf16", "fp16")
+    seeds = {c: flags(c)["--seed"].default for c in ("generate", "chat", "eval", "init", "distill")}
+    assert set(seeds.values()) == {0}, seeds
+    assert flags("eval")["--window"].default == flags("report")["--window"].default
+    assert flags("serve")["--batch-size"].default == flags("distill")["--batch-size"].default == 16
+    export = commands["export"]._subparsers._group_actions[0].choices["gguf"]
+    assert "--outtype" in {o for a in export._actions for o in a.option_strings}
+    assert {spec.command for spec in STAGES.values()} <= set(commands)
+    assert "--agent" in flags("ppo") and "--agent" in flags("grpo") and "--generate" in flags("distill")
+
+
+def test_kernels_flag_chooses_the_model_path(tmp_path, capsys):
+    """`--kernels reference` and `auto` give the same greedy tokens; a wrong value is refused by argparse."""
+    make_model().save(tmp_path / "m")
+    outputs = []
+    for kernels in ("auto", "reference"):
+        assert main(["generate", "--model", str(tmp_path / "m"), "--prompt-ids", "1", "77", "--max-new-tokens", "6",
+                     "--kernels", kernels]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]
+    result = subprocess.run([sys.executable, "-m", "minimind", "chat", "--model", str(tmp_path / "m"),
+                             "--kernels", "fast"], capture_output=True, text=True)
+    assert result.returncode == 2 and "invalid choice: 'fast'" in result.stderr

@@ -45,7 +45,7 @@ def keep_freed_memory() -> None:
 
     glibc's default places blocks over 32 MiB (a batch's logits, its MLP activations) in fresh mmap'd pages and
     unmaps them when freed. Every step then page-faults that memory in again. With mmap off and the heap never
-    trimmed, the pages stay mapped and are reused; bf16 training steps ran 5–9% faster on this project's CPU. The
+    trimmed, the pages stay mapped and are reused (the speed-up is measured in docs/performance.md). The
     price is a process that keeps its peak heap: fine for training, which reaches its peak every step. Linux with
     glibc only; elsewhere this does nothing."""
     if not sys.platform.startswith("linux"):
