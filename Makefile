@@ -49,7 +49,7 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 
 # The main job: default data → tokenizer → pretrain → SFT → report card → runs/quickstart/report.md
-# (about 12.5 minutes on a 2-core CPU: 10.9 measured for the training, 1.8 for the report card).
+# (5–12 minutes on a 2-core CPU: 4.5 on the latest machine, training 3.5 of them; 8–12 on earlier ones).
 demo: install
 	$(BIN)/minimind quickstart --out runs/quickstart
 

@@ -1,4 +1,5 @@
-"""The contract of the model directory: transformers reads ours, we read transformers', same logits."""
+"""The contract of the model directory: transformers reads ours, we read transformers', same logits — with the
+fast kernels and with the reference model alike."""
 
 import pytest
 import torch
@@ -15,8 +16,8 @@ CASES = [("tiny", None), ("tiny", yarn(4, 256)), ("tiny-moe", None), ("tiny-moe"
 
 
 @pytest.mark.parametrize("name, rope_scaling", CASES)
-def test_transformers_reads_our_directory(tmp_path, name, rope_scaling):
-    ours = make_model(name, rope_scaling=rope_scaling)
+def test_transformers_reads_our_directory(tmp_path, name, rope_scaling, kernels):
+    ours = make_model(name, kernels=kernels, rope_scaling=rope_scaling)
     ours.save(tmp_path / "m")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()
     assert type(theirs).__name__ == ("Qwen3MoeForCausalLM" if ours.config.is_moe else "Qwen3ForCausalLM")
@@ -46,10 +47,10 @@ def hf_model(moe: bool, yarn_block: dict | None):
 
 @pytest.mark.parametrize("moe, yarn_block", [(False, None), (False, yarn(4, 256)), (True, None),
                                              (True, yarn(4, 256))])
-def test_we_read_a_transformers_directory(tmp_path, moe, yarn_block):
+def test_we_read_a_transformers_directory(tmp_path, moe, yarn_block, kernels):
     theirs = hf_model(moe, yarn_block)
     theirs.save_pretrained(tmp_path / "hf")
-    ours = load_model(tmp_path / "hf", device="cpu")
+    ours = load_model(tmp_path / "hf", device="cpu", kernels=kernels)
     assert ours.config.is_moe == moe and ours.config.tie_word_embeddings is False
     assert (ours.config.rope_scaling is not None) == (yarn_block is not None)
     x = torch.randint(0, 512, (2, 80))
@@ -60,8 +61,8 @@ def test_we_read_a_transformers_directory(tmp_path, moe, yarn_block):
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-moe"])
-def test_greedy_generation_matches_transformers(tmp_path, name):
-    ours = make_model(name)
+def test_greedy_generation_matches_transformers(tmp_path, name, kernels):
+    ours = make_model(name, kernels=kernels)
     ours.save(tmp_path / "m")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()
     prompt = [1, 400, 2000, 33]
@@ -85,7 +86,7 @@ def imported_family(family: str):
 
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_qwen2_and_llama_directories_round_trip(tmp_path, family):
+def test_qwen2_and_llama_directories_round_trip(tmp_path, family, kernels):
     theirs = imported_family(family)
     if family == "qwen2":                           # transformers initialises biases to 0: make them matter
         with torch.no_grad():
@@ -94,7 +95,7 @@ def test_qwen2_and_llama_directories_round_trip(tmp_path, family):
                 layer.self_attn.k_proj.bias.normal_(0, 0.5)
                 layer.self_attn.v_proj.bias.normal_(0, 0.5)
     theirs.save_pretrained(tmp_path / "hf")
-    ours = load_model(tmp_path / "hf", device="cpu")
+    ours = load_model(tmp_path / "hf", device="cpu", kernels=kernels)
     assert (ours.config.qk_norm, ours.config.attention_bias) == (False, family == "qwen2")
     x = torch.randint(0, 512, (2, 40))
     with torch.no_grad():
