@@ -470,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", nargs="*", metavar="FILE", help="held-out files to report characters per token on")
     p.set_defaults(func=cmd_train_tokenizer)
 
+    from minimind.data.formats import STAGES as FORMATS
     from minimind.train.registry import STAGES
 
     for stage, spec in STAGES.items():
@@ -478,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in out/")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-3")
         p.set_defaults(func=cmd_train, stage=stage)
-        if "rl" in spec.sections:
+        if spec.data == "rl":                  # rollouts: agentic rollouts are an option of every RL stage
             p.add_argument("--agent", action="store_true",
                            help="agentic RL: multi-turn rollouts calling rl.tools (the same as rl.agent=true)")
         if spec.black_box:
@@ -551,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="data: prepare (tokenize once), fetch and build the default data")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="<data command>")
     p = data_sub.add_parser("prepare", help="tokenize jsonl files into a memory-mapped prepared directory")
-    p.add_argument("--stage", required=True, choices=["pretrain", "sft", "dpo", "rl"])
+    p.add_argument("--stage", required=True, choices=FORMATS, help="the record format of the files")
     p.add_argument("--data", nargs="+", required=True, metavar="FILE")
     p.add_argument("--tokenizer", required=True, help="a directory with tokenizer.json (e.g. a model directory)")
     p.add_argument("--out", required=True)
