@@ -48,7 +48,7 @@ def cmd_init(args) -> None:
 def cmd_info(args) -> None:
     from minimind.model import load_model
 
-    model = load_model(args.model, device="cpu")
+    model = load_model(args.model, device="cpu", allow_nonfinite=args.allow_nonfinite)
     c = model.config
     kind = f"Qwen3-MoE, {c.num_experts} experts top-{c.num_experts_per_tok}" if c.is_moe else "Qwen3 (dense)"
     print(f"{args.model}: {kind}, {_param_summary(model)}")
@@ -69,7 +69,8 @@ def _load_for_inference(args):
         config = ModelConfig.load(Path(args.model) / "config.json")
         rope = parse_rope_scaling(args.rope_scaling, config.max_position_embeddings)
     dtype = None if args.dtype == "auto" else resolve_dtype(args.dtype)
-    model = load_model(args.model, device=args.device, dtype=dtype, rope_scaling=rope, kernels=args.kernels)
+    model = load_model(args.model, device=args.device, dtype=dtype, rope_scaling=rope, kernels=args.kernels,
+                       allow_nonfinite=args.allow_nonfinite)
     if args.adapter:                    # merged in memory: the adapted model at the base model's speed
         from minimind.lora import load_adapter, merge
 
@@ -379,6 +380,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernels", choices=KERNELS, default="auto",
                    help="auto: the fast paths (minimind.model.kernels); reference: the plain model")
     p.add_argument("--rope-scaling", metavar="yarn:FACTOR", help="extend the context with YaRN, e.g. yarn:4")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="load a model whose weights hold NaN or inf (refused otherwise), to inspect it")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the one-sequence decode step (first reply waits for the compilation)")
     p.add_argument("--int8", action="store_true", help="int8 weight-only quantization (CPU, dense models)")
@@ -438,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe a model directory")
     p.add_argument("--model", required=True)
+    p.add_argument("--allow-nonfinite", action="store_true", help="describe it even if a weight holds NaN or inf")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("generate", help="continue a prompt (raw completion, for base models)")

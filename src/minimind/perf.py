@@ -47,11 +47,29 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def matmul_size(seconds_at_smallest: float, n: int, budget: float, smallest: int = 256) -> int:
+    """The matrix size to time: the largest power-of-two multiple of `smallest`, up to n, whose one matmul is
+    expected (from the smallest one's time, ×8 per doubling) to take at most `budget` seconds."""
+    size, expected = smallest, seconds_at_smallest
+    while size * 2 <= n and expected * 8 <= budget:
+        size, expected = size * 2, expected * 8
+    return size
+
+
 def measure_matmul_peak(dtype: torch.dtype, device: str | torch.device, n: int = 2048,
                         seconds: float = 1.0) -> float:
-    """FLOP/s of back-to-back n×n @ n×n matmuls in `dtype` for about `seconds`: 2·n³ FLOPs per matmul divided
-    by the wall time. The reference peak where no published figure applies (the CPU)."""
+    """FLOP/s of back-to-back size×size @ size×size matmuls in `dtype` for about `seconds`: 2·size³ FLOPs per matmul
+    divided by the wall time. The reference peak where no published figure applies (the CPU). size is n unless a
+    matmul of that size would take over a tenth of `seconds` (fp16 on most CPUs: a 2048² fp16 matmul can take
+    seconds), so a slow dtype is measured in about `seconds` too."""
     device = torch.device(device)
+    a = torch.randn(256, 256, dtype=dtype, device=device)
+    a @ a  # warm-up
+    synchronize(device)
+    t0 = time.perf_counter()
+    a @ a
+    synchronize(device)
+    n = matmul_size(time.perf_counter() - t0, n, seconds / 10)
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     a @ b  # warm-up

@@ -136,13 +136,27 @@ def test_sigkill_then_resume_is_bitwise_identical(data, tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 16                # no duplicated or ghost steps
 
 
-def test_resume_skips_a_damaged_checkpoint(data, tmp_path):
+def test_resume_skips_a_damaged_checkpoint_and_moves_it_aside(data, tmp_path, capfd):
     out = tmp_path / "run"
     train(config(data, out, max_steps=6, save_every=3, keep_last=3))
     (out / "checkpoints" / "step-000006" / "state.pt").write_bytes(b"truncated")
-    with pytest.warns(UserWarning, match="skipping checkpoint .*step-000006"):
-        train(config(data, out, max_steps=6, save_every=3, keep_last=3), resume=True)
+    train(config(data, out, max_steps=6, save_every=3, keep_last=3), resume=True)
     assert [m["step"] for m in metrics(out)][-1] == 6
+    assert "checkpoint" in (err := capfd.readouterr().err) and "moved aside to damaged-step-000006" in err
+    assert (out / "checkpoints" / "damaged-step-000006" / "state.pt").read_bytes() == b"truncated"   # kept
+
+
+def test_resume_without_a_loadable_checkpoint_stops_and_deletes_nothing(data, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(MiniMindError, match="no checkpoint under .*start without --resume"):
+        train(config(data, out, max_steps=4), resume=True)
+    train(config(data, out, max_steps=4, save_every=2, keep_last=2))
+    for step in ("step-000002", "step-000004"):
+        (out / "checkpoints" / step / "trainer.json").write_text("{not json")
+    with pytest.raises(MiniMindError, match=r"no checkpoint .* loads \(step-000004: JSONDecodeError.*step-000002: "
+                                            r"JSONDecodeError.*nothing was deleted"):
+        train(config(data, out, max_steps=4), resume=True)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
@@ -235,8 +249,8 @@ def test_resume_skips_a_checkpoint_with_broken_weights(data, tmp_path):
     train(config(data, out, max_steps=4, save_every=2, keep_last=3))
     weights_file = out / "checkpoints" / "step-000004" / "model" / "model.safetensors"
     weights_file.write_bytes(weights_file.read_bytes()[:100])
-    with pytest.warns(UserWarning, match="skipping checkpoint .*step-000004"):
-        train(config(data, out, max_steps=4, save_every=2, keep_last=3), resume=True)
+    train(config(data, out, max_steps=4, save_every=2, keep_last=3), resume=True)
+    assert (out / "checkpoints" / "damaged-step-000004").is_dir()
 
 
 def test_loader_position_survives_a_world_size_change():
@@ -307,3 +321,11 @@ def test_the_kernels_train_like_the_reference(data, tmp_path, name, dtype):
     tolerance = 1e-4 if dtype == "fp32" else 1e-2
     diff = max(abs(a - r) for a, r in zip(auto, reference, strict=True))
     assert diff < tolerance, (auto, reference)
+
+
+def test_a_warmup_longer_than_the_run_is_announced(data, tmp_path, capfd):
+    train(config(data, tmp_path / "run", max_steps=3, optim={"lr": 1e-3, "warmup_steps": 10}))
+    err = capfd.readouterr().err
+    assert "optim.warmup_steps (10) ≥ the run's 3 steps" in err and "ends at 0.0003" in err
+    train(config(data, tmp_path / "ok", max_steps=3, optim={"lr": 1e-3, "warmup_steps": 1}))
+    assert "warmup" not in capfd.readouterr().err

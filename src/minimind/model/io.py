@@ -26,7 +26,7 @@ from minimind.config import ModelConfig
 from minimind.errors import MiniMindError
 from minimind.model.kernels import Kernels, use_kernels
 from minimind.model.reward import SEQUENCE_CLASSIFICATION, RewardModel
-from minimind.model.save import INDEX, WEIGHTS, generation_config, save_model, to_checkpoint
+from minimind.model.save import INDEX, WEIGHTS, generation_config, nonfinite_count, save_model, to_checkpoint
 from minimind.model.transformer import Transformer
 from minimind.runtime import resolve_device
 
@@ -84,24 +84,26 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_model(path: str | Path, device: str | torch.device | None = None,
                dtype: torch.dtype | None = None, rope_scaling: dict | None = None,
-               kernels: Kernels = "auto") -> Transformer:
+               kernels: Kernels = "auto", allow_nonfinite: bool = False) -> Transformer:
     """Read a model directory (ours, or any transformers Qwen3 / Qwen3-MoE checkpoint) into a Transformer in
     eval mode, on `device` (default: the best available) in `dtype` (default: as stored, fp32 on CPU for
     half-precision files). `rope_scaling` (e.g. `minimind.config.yarn(16, 2048)`) replaces the config's, to
-    extend the context at inference. `kernels`: "auto" (the fast paths) or "reference" (`minimind.model.kernels`)."""
+    extend the context at inference. `kernels`: "auto" (the fast paths) or "reference" (`minimind.model.kernels`).
+    A tensor holding NaN or inf is refused, naming it, unless `allow_nonfinite` (to inspect a broken model)."""
     if is_reward_model(path):
         raise MiniMindError(f"{path}: a reward model (Qwen3ForSequenceClassification), not a language model")
-    return use_kernels(_load(path, Transformer, device, dtype, rope_scaling), kernels)
+    return use_kernels(_load(path, Transformer, device, dtype, rope_scaling, allow_nonfinite), kernels)
 
 
 def load_reward_model(path: str | Path, device: str | torch.device | None = None,
-                      dtype: torch.dtype | None = None, kernels: Kernels = "auto") -> RewardModel:
+                      dtype: torch.dtype | None = None, kernels: Kernels = "auto",
+                      allow_nonfinite: bool = False) -> RewardModel:
     """Read a reward model directory (Qwen3ForSequenceClassification, one label) into a RewardModel in eval
-    mode; see `load_model` for `device`, `dtype` and `kernels`."""
+    mode; see `load_model` for the other arguments."""
     if not is_reward_model(path):
         raise MiniMindError(f"{path}: not a reward model (config.json's architectures is not "
                             f"{SEQUENCE_CLASSIFICATION['architectures']})")
-    return use_kernels(_load(path, RewardModel, device, dtype, None), kernels)
+    return use_kernels(_load(path, RewardModel, device, dtype, None, allow_nonfinite), kernels)
 
 
 def is_reward_model(path: str | Path) -> bool:
@@ -113,7 +115,7 @@ def is_reward_model(path: str | Path) -> bool:
     return any(str(a).endswith("ForSequenceClassification") for a in architectures)
 
 
-def _load(path, build, device, dtype, rope_scaling):
+def _load(path, build, device, dtype, rope_scaling, allow_nonfinite=False):
     path = Path(path)
     if not path.is_dir():
         raise MiniMindError(f"{path}: not a model directory")
@@ -142,6 +144,12 @@ def _load(path, build, device, dtype, rope_scaling):
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise MiniMindError(f"{weights_file}: unexpected tensor '{unexpected[0]}' (not part of this config)")
+    if not allow_nonfinite:
+        for name, t in state.items():
+            bad = nonfinite_count(t)
+            if bad:
+                raise MiniMindError(f"{weights_file}: tensor '{_disk_name(name)}' holds {bad:,} non-finite values "
+                                    "(NaN or inf); the model is broken (load it with --allow-nonfinite to inspect it)")
 
     if dtype is None:
         stored = state["model.embed_tokens.weight"].dtype

@@ -34,15 +34,25 @@ def to_checkpoint(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[s
     return {k: v.contiguous() for k, v in out.items()}
 
 
+def nonfinite_count(t: torch.Tensor) -> int:
+    """How many entries of a floating-point tensor are NaN or ±inf (0 for other dtypes)."""
+    return int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+
+
 def save_model(model: nn.Module, path: str | Path, dtype: torch.dtype | None = None,
                tokenizer: Tokenizer | None = None) -> Path:
     """Write `model` (and its tokenizer's files) as a model directory at `path`, replacing one that is there,
-    atomically."""
+    atomically. A model with a NaN or inf weight (in the saved dtype) is refused, naming the tensor: a training run
+    never leaves a broken model or checkpoint behind."""
     state = {k: v.detach().to("cpu", dtype or v.dtype) for k, v in model.state_dict().items()}
     saved_dtype = str(dtype or model.model.embed_tokens.weight.dtype).removeprefix("torch.")
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise MiniMindError(f"the tokenizer has {tokenizer.vocab_size} tokens; the model's vocab_size is "
                             f"{model.config.vocab_size}")
+    for name, t in state.items():
+        bad = nonfinite_count(t)
+        if bad:
+            raise MiniMindError(f"{path}: not saved: tensor '{name}' holds {bad:,} non-finite values (NaN or inf)")
     with atomic_directory(path, marker="config.json") as tmp:
         config = model.config.to_hf_dict(saved_dtype) | getattr(model, "hf_config", {})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -6,7 +6,8 @@
     OUT/checkpoints/step-000200/trainer.json  step, loader position, tokens seen, world size, the config
 
 The step directory appears complete or not at all (temp dir + rename), the last `keep_last` are kept, and
-resuming takes the newest one that loads, skipping (with a warning) any that does not.
+resuming takes the newest one that loads; any newer one that does not is moved aside (`damaged-step-…`, with a
+notice), and when none loads resuming stops with an error that names each and why.
 """
 
 from __future__ import annotations
@@ -14,19 +15,21 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import warnings
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from minimind.errors import MiniMindError
 from minimind.fileio import atomic_directory
 from minimind.lora import WEIGHTS as ADAPTER_WEIGHTS
 from minimind.lora import adapted, save_adapter
 from minimind.model.io import read_tensors
 
 PREFIX = "step-"
+DAMAGED = "damaged-"                 # a checkpoint that did not load on resume, moved aside
 
 
 def rng_states() -> dict:
@@ -75,8 +78,12 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
 
 
-def load_latest(out: Path) -> tuple[Path, dict, dict] | None:
-    """(model or adapter directory, state, trainer info) of the newest checkpoint that loads; None if none."""
+def load_latest(out: Path) -> tuple[Path, dict, dict]:
+    """(model or adapter directory, state, trainer info) of the newest checkpoint that loads.
+
+    Damaged checkpoints newer than that one are moved aside to OUT/checkpoints/damaged-<name> (never deleted), each
+    with a notice on stderr. When none loads, MiniMindError names every checkpoint found and why it was rejected."""
+    root, rejected = Path(out) / "checkpoints", []
     for path in checkpoints(out):
         try:
             trainer = json.loads((path / "trainer.json").read_text())
@@ -87,7 +94,23 @@ def load_latest(out: Path) -> tuple[Path, dict, dict] | None:
             else:
                 read_tensors(weights)
         except Exception as e:                    # any damage: fall back to the previous checkpoint
-            warnings.warn(f"skipping checkpoint {path}: it does not load ({e})", stacklevel=2)
+            rejected.append((path, f"{type(e).__name__}: {e}".splitlines()[0]))
             continue
+        for bad, reason in rejected:
+            aside = _free_name(root / f"{DAMAGED}{bad.name}")
+            bad.rename(aside)
+            print(f"notice: checkpoint {bad} does not load ({reason}); moved aside to {aside.name}", file=sys.stderr)
         return weights, state, trainer
-    return None
+    if not rejected:
+        raise MiniMindError(f"--resume: no checkpoint under {root} (start without --resume for a fresh run)")
+    found = "; ".join(f"{path.name}: {reason}" for path, reason in rejected)
+    raise MiniMindError(f"--resume: no checkpoint under {root} loads ({found}); nothing was deleted")
+
+
+def _free_name(path: Path) -> Path:
+    """path, or path.1, path.2, … : the first that does not exist."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate

@@ -21,6 +21,7 @@ import gc
 import json
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,12 @@ def _setup(config: TrainConfig, stage: Stage, device: torch.device, info: Dist, 
     accumulation = max(1, round(config.tokens_per_step / micro_tokens)) if config.tokens_per_step else 1
     loader = stage.loader(model, tokenizer, data, config, info, device)
     total_steps = config.max_steps or max(1, math.floor(config.epochs * loader.steps_per_epoch / accumulation))
+    if config.optim.warmup_steps >= total_steps and info.main:
+        o = config.optim
+        last = o.lr * lr_multiplier(total_steps - 1, total_steps, o.warmup_steps, o.decay, o.min_lr_ratio)
+        print(f"notice: optim.warmup_steps ({o.warmup_steps}) ≥ the run's {total_steps} steps: the warmup takes the "
+              f"whole run and the learning rate ends at {last:.3g}, not decaying from its peak {o.lr:g}",
+              file=sys.stderr)
     if config.fsdp:
         if not info.enabled:
             raise MiniMindError("fsdp=true shards the model across processes: launch with torchrun, 2 or more")
