@@ -140,9 +140,10 @@ def cmd_serve(args) -> None:
     """The OpenAI-compatible server and the web chat page."""
     from minimind.infer import Engine
     from minimind.serve import serve
+    from minimind.serve.app import default_model_name
 
     engine = Engine(*_load_for_inference(args), compile=args.compile)
-    name = args.name or Path(args.model).resolve().name
+    name = args.name or default_model_name(args.model)
     where = f"http://{args.host}:{args.port}"
     print(f"serving {name!r} at {where}/v1 · chat page at {where}/", file=sys.stderr)
     serve(engine, name, host=args.host, port=args.port, api_key=args.api_key, cors_origins=args.cors_origin or [],
@@ -462,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=8998)
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
-    p.add_argument("--name", help="the model id clients send (default: the directory's name)")
+    p.add_argument("--name", help="the model id clients send (default: the run's name, e.g. sft for "
+                                  "runs/quickstart/sft/model; 'minimind' is always accepted too)")
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow browser calls from ORIGIN")
     _batch_size_arg(p, "rows decoded together across requests")
     p.set_defaults(func=cmd_serve)

@@ -11,6 +11,8 @@ from minimind.serve.app import (
     chat_delta_chunks,
     completion_choice,
     completion_logprobs,
+    default_model_name,
+    reply_start,
 )
 from minimind.serve.protocol import ChatRequest, StreamSplitter, TokenText
 from minimind.tokenizer import load_tokenizer
@@ -43,14 +45,21 @@ def test_chat_choice_parses_reasoning_and_tool_calls(token_text):
     assert with_lp["index"] == 1 and [e["logprob"] for e in with_lp["logprobs"]["content"]] == [-0.5] * 3
 
 
-def test_forced_prefix_never_leaks_into_reasoning(token_text):
-    """A forced tool call starts the reply with "<tool_call>" as a prefix: the whole reply is a tool call,
-    content and reasoning both empty."""
-    prefix = '<think>\n\n</think>\n\n<tool_call>\n{"name": "calculator", "arguments": '
-    row = deltas(token_text, ['{"expression": "1+1"}}\n</tool_call>'])
-    message = chat_choice(0, prefix, row, None)["message"]
-    assert "reasoning_content" not in message and message["content"] is None
+@pytest.mark.parametrize("generated", ['{"expression": "1+1"}}\n</tool_call>',
+                                       '{"expression": "1+1"}}\n</tool_call>\n</think>\n\nmore'])
+def test_forced_prefix_never_leaks_into_reasoning(token_text, generated):
+    """A forced tool call starts the reply with "<tool_call>" as a prefix: it is the answer, never reasoning, even
+    when the model writes a stray "</think>" after it (which once turned the prefix into reasoning_content)."""
+    start = reply_start('<tool_call>\n{"name": "calculator", "arguments": ')
+    row = deltas(token_text, [generated])
+    message = chat_choice(0, start, row, None)["message"]
+    assert "reasoning_content" not in message
     assert message["tool_calls"][0]["function"]["name"] == "calculator"
+    splitter, chunks = StreamSplitter(start), []
+    for d in row:
+        chunks += chat_delta_chunks(d, splitter, start + d.text, token_text)
+    assert not any("reasoning_content" in c["delta"] for c in chunks)
+    assert any("tool_calls" in c["delta"] for c in chunks)
 
 
 def test_stream_chunks_end_with_the_finish_reason(token_text):
@@ -94,3 +103,11 @@ def test_parse_refuses_bad_bodies(body, status, message):
     assert error.value.status == status and message in error.value.body["error"]["message"]
     ok = server.parse(b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}', ChatRequest)
     assert ok.messages[0].content == "hi"
+    alias = server.parse(b'{"model": "minimind", "messages": [{"role": "user", "content": "hi"}]}', ChatRequest)
+    assert alias.model == "minimind"
+
+
+def test_the_default_model_id_is_the_run_name(tmp_path):
+    assert default_model_name(tmp_path / "runs" / "quickstart" / "sft" / "model") == "sft"
+    assert default_model_name(tmp_path / "runs" / "x" / "checkpoints" / "step-000200" / "model") == "step-000200"
+    assert default_model_name(tmp_path / "my-model") == "my-model"

@@ -66,7 +66,11 @@ def _read_csv(path: Path, subject: str) -> list[Item]:
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f))
     header = [cell.strip().lower() for cell in rows[0]] if rows else []
-    has_header = "question" in header and "answer" in header and "a" in header     # C-Eval, CMMLU; MMLU has none
+    has_header = "question" in header and "a" in header and "b" in header           # C-Eval, CMMLU; MMLU has none
+    if has_header and "answer" not in header:
+        raise MiniMindError(f"{path}: the header ({','.join(rows[0])}) has no answer column: a test split without "
+                            "answers (C-Eval publishes answers in its val and dev splits, e.g. "
+                            f"{subject}_val.csv; CMMLU's test and dev splits carry them)")
     if has_header:
         q, a = header.index("question"), header.index("answer")
         options = [header.index(x.lower()) for x in LETTERS if x.lower() in header]

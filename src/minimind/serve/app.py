@@ -19,6 +19,7 @@ import contextlib
 import json
 import time
 from importlib import resources
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -41,6 +42,14 @@ from minimind.serve.scheduler import Scheduler, Ticket
 from minimind.tokenizer import parse_output
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+ALIAS = "minimind"          # accepted as the model id too: the one model served answers to the project's name
+
+
+def default_model_name(model_dir: str | Path) -> str:
+    """The id clients send by default: the run's name for a run's output (`runs/quickstart/sft/model` → "sft",
+    a checkpoint's `…/checkpoints/step-000200/model` → "step-000200"), else the directory's name."""
+    path = Path(model_dir).resolve()
+    return path.parent.name if path.name in ("model", "adapter") and path.parent.name else path.name
 
 
 class APIError(Exception):
@@ -95,9 +104,9 @@ class Server:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise APIError(422, f"{where}: {first['msg']}", param=where) from None
-        if parsed.model != self.model_name:
-            raise APIError(404, f"model {parsed.model!r} does not exist; this server serves {self.model_name!r}",
-                           param="model", code="model_not_found")
+        if parsed.model not in (self.model_name, ALIAS):
+            raise APIError(404, f"model {parsed.model!r} does not exist; this server serves {self.model_name!r} "
+                           f"(also called {ALIAS!r})", param="model", code="model_not_found")
         return parsed
 
     def ticket(self, prompt: list[int], request, max_new_tokens: int | None, logprobs: int | None) -> Ticket:
@@ -154,32 +163,34 @@ class Server:
         body: ChatRequest = await self.read(request, ChatRequest)
         tools = [t.model_dump() for t in body.tools] if body.tools and body.tool_choice != "none" else None
         prefix = body.forced_prefix()
+        thinking = body.thinking() and not prefix       # a forced tool call is the answer: no reasoning before it
         try:
-            prompt = self.engine.chat_prompt([m.as_template() for m in body.messages], tools, body.thinking())
+            prompt = self.engine.chat_prompt([m.as_template() for m in body.messages], tools, thinking)
         except (KeyError, TypeError, ValueError) as e:
             raise APIError(400, f"messages cannot be rendered: {e}", param="messages") from None
         prompt += self.tokenizer.encode(prefix) if prefix else []
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         ticket = self.ticket(prompt, body, body.max_completion_tokens or body.max_tokens, logprobs)
         head = {"id": new_id("chatcmpl"), "created": int(time.time()), "model": self.model_name}
+        start = reply_start(prefix)
         if body.stream:
-            events = self.chat_events(ticket, request, body, prefix, head | {"object": "chat.completion.chunk"},
+            events = self.chat_events(ticket, request, body, start, head | {"object": "chat.completion.chunk"},
                                       len(prompt))
             return StreamingResponse(guarded(events), media_type="text/event-stream", headers=SSE_HEADERS)
         rows = await self.rows(ticket, request, body.n)
         if rows is None:
             return JSONResponse(error_body("cancelled"), status_code=499)
-        choices = [chat_choice(j, prefix, row, self.token_text if logprobs is not None else None)
+        choices = [chat_choice(j, start, row, self.token_text if logprobs is not None else None)
                    for j, row in enumerate(rows)]
         return head | {"object": "chat.completion", "choices": choices,
                        "usage": usage(len(prompt), sum(map(len, rows)))}
 
-    async def chat_events(self, ticket: Ticket, request: Request, body: ChatRequest, prefix: str, head: dict,
+    async def chat_events(self, ticket: Ticket, request: Request, body: ChatRequest, start: str, head: dict,
                           prompt_tokens: int):
         """The chat stream: a role chunk per sample, then reasoning/content deltas as the splitter separates them,
         each sample's tool calls and finish reason at its end, usage if asked, [DONE]."""
-        splitters = [StreamSplitter(prefix) for _ in range(body.n)]
-        texts, generated = [prefix] * body.n, 0
+        splitters = [StreamSplitter(start) for _ in range(body.n)]
+        texts, generated = [start] * body.n, 0
         for j in range(body.n):
             yield sse(head | {"choices": [{"index": j, "delta": {"role": "assistant", "content": ""},
                                            "logprobs": None, "finish_reason": None}]})
@@ -268,14 +279,20 @@ async def guarded(events):
         yield "data: [DONE]\n\n"
 
 
+def reply_start(prefix: str) -> str:
+    """What the parsed reply starts with: nothing, or for a forced prefix (a tool call the client demands) the end of
+    the reasoning and the prefix, so that nothing the model writes after it can turn the call into reasoning."""
+    return "</think>" + prefix if prefix else ""
+
+
 def finish_reason(reason: str, parsed) -> str:
     return "tool_calls" if parsed.tool_calls else reason
 
 
-def chat_choice(index: int, prefix: str, row: list, token_text: TokenText | None) -> dict:
+def chat_choice(index: int, start: str, row: list, token_text: TokenText | None) -> dict:
     """One whole chat choice from a sample's Deltas: content, reasoning_content and tool calls parsed from the
-    text (after a forced prefix), logprobs when token_text is given."""
-    parsed = parse_output(prefix + "".join(d.text for d in row))
+    text (after `reply_start`), logprobs when token_text is given."""
+    parsed = parse_output(start + "".join(d.text for d in row))
     message = {"role": "assistant", "content": parsed.content or (None if parsed.tool_calls else "")}
     if parsed.reasoning_content:
         message["reasoning_content"] = parsed.reasoning_content
