@@ -165,3 +165,14 @@ def test_kernels_flag_chooses_the_model_path(tmp_path, capsys):
     result = subprocess.run([sys.executable, "-m", "minimind", "chat", "--model", str(tmp_path / "m"),
                              "--kernels", "fast"], capture_output=True, text=True)
     assert result.returncode == 2 and "invalid choice: 'fast'" in result.stderr
+
+
+def test_data_prepare_reports_what_rows_of_a_length_keep(tmp_path, capsys):
+    chats = [{"conversations": [{"role": "user", "content": "say something long " * 8},
+                                {"role": "assistant", "content": "a long answer " * 20}]},
+             {"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
+    assert main(["data", "prepare", "--stage", "sft", "--data", str(tmp_path / "sft.jsonl"), "--tokenizer",
+                 str(DEFAULT_DIR), "--out", str(tmp_path / "p"), "--seq-len", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "rows of 64: 1 of 2 documents do not fit whole" in out and "lost" in out

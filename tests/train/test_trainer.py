@@ -329,3 +329,14 @@ def test_a_warmup_longer_than_the_run_is_announced(data, tmp_path, capfd):
     assert "optim.warmup_steps (10) ≥ the run's 3 steps" in err and "ends at 0.0003" in err
     train(config(data, tmp_path / "ok", max_steps=3, optim={"lr": 1e-3, "warmup_steps": 1}))
     assert "warmup" not in capfd.readouterr().err
+
+
+def test_truncation_is_announced_and_rows_without_targets_are_refused(data, tmp_path, capfd):
+    """SFT rows shorter than the conversations: the run says how many targets it loses; rows so short that no
+    answer token is left (the assistant turn starts past them) refuse to train instead of logging loss 0."""
+    sft = {"train": [str(data / "sft.jsonl")], "val": [], "seq_len": 24, "prepared": str(data / "prepared")}
+    train(config(data, tmp_path / "cut", stage="sft", data=sft, max_steps=1))
+    err = capfd.readouterr().err
+    assert "documents do not fit whole in rows of data.seq_len 24" in err and "target tokens" in err
+    with pytest.raises(MiniMindError, match="hold no training targets"):
+        train(config(data, tmp_path / "none", stage="sft", data=sft | {"seq_len": 8}, max_steps=1))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,37 @@ def _map(file: Path, dtype: str, count: int) -> np.ndarray:
     if count == 0:
         return np.zeros(0, dtype=dtype)          # an empty file cannot be memory-mapped
     return np.memmap(file, dtype=dtype, mode="r", shape=(count,))
+
+
+def target_report(data: TokenData, rows: list[Row]) -> dict:
+    """What packing keeps of the documents' training targets (mask = 1; a document's first token is never one):
+
+        docs            documents with at least one token
+        docs_truncated  documents the rows leave some tokens of out (cut at seq_len, or in a dropped final row)
+        targets         target tokens the documents hold
+        targets_kept    target tokens the rows train on (a piece's first token has no context: a cut costs one)
+        targets_lost    targets − targets_kept
+
+    One pass over the mask (np.add.reduceat over the pieces' spans), so a corpus of any size is counted."""
+    lengths, begins = data.doc_lengths, data.offsets[:-1]
+    nonempty = lengths > 0
+    targets = int(data.mask.sum(dtype=np.int64)) - int(data.mask[begins[nonempty]].sum(dtype=np.int64))
+    pieces = np.fromiter(chain.from_iterable(chain.from_iterable(rows)), dtype=np.int64).reshape(-1, 3)
+    covered = np.bincount(pieces[:, 0], weights=pieces[:, 2], minlength=len(lengths)) if len(pieces) else \
+        np.zeros(len(lengths))
+    start = begins[pieces[:, 0]] + pieces[:, 1] + 1                     # a piece's first token is no target
+    end = begins[pieces[:, 0]] + pieces[:, 1] + pieces[:, 2]
+    spans = end > start
+    order = np.argsort(start[spans], kind="stable")
+    start, end = start[spans][order], end[spans][order]
+    kept = 0
+    if len(start):
+        bounds = np.stack([start, end], axis=1).reshape(-1)
+        if bounds[-1] == len(data.mask):                               # reduceat's last sum runs to the end
+            bounds = bounds[:-1]
+        kept = int(np.add.reduceat(data.mask, bounds, dtype=np.int64)[0::2].sum())
+    return {"docs": int(nonempty.sum()), "docs_truncated": int((covered < lengths).sum()), "targets": targets,
+            "targets_kept": kept, "targets_lost": targets - kept}
 
 
 def build_row(data: TokenData, pieces: Row, seq_len: int, pad_id: int,

@@ -36,6 +36,8 @@ from itertools import chain
 
 import numpy as np
 
+from minimind.errors import MiniMindError
+
 Piece = tuple[int, int, int]   # (doc, start, length)
 Row = list[Piece]
 
@@ -125,6 +127,23 @@ def pack_sft(doc_lengths, seq_len: int) -> list[Row]:
     return rows
 
 
+def pack_pairs(doc_lengths, seq_len: int) -> list[Row]:
+    """Documents (chosen 2i, rejected 2i+1) → rows holding whole pairs, best-fit decreasing on the pair's length.
+    A pair longer than a row is truncated (the ends cut) so that each side keeps at least half the row, or all
+    of itself if shorter."""
+    lengths = np.asarray(doc_lengths, dtype=np.int64)
+    if len(lengths) % 2:
+        raise MiniMindError(f"preference data holds {len(lengths)} documents; expected chosen/rejected pairs")
+    chosen, rejected = lengths[0::2], lengths[1::2]
+    over = chosen + rejected > seq_len
+    keep_chosen = np.where(over, np.minimum(chosen, np.maximum(seq_len - rejected, seq_len // 2)), chosen)
+    keep_rejected = np.where(over, np.minimum(rejected, seq_len - keep_chosen), rejected)
+    rows = pack_sft(keep_chosen + keep_rejected, seq_len)
+    return [[piece for pair, _, _ in row
+             for piece in ((2 * pair, 0, int(keep_chosen[pair])), (2 * pair + 1, 0, int(keep_rejected[pair])))]
+            for row in rows]
+
+
 def packing_stats(rows: list[Row], doc_lengths, seq_len: int) -> dict:
     """How well `rows` use their seq_len slots, against padding every document to seq_len on its own.
 
@@ -145,3 +164,6 @@ def packing_stats(rows: list[Row], doc_lengths, seq_len: int) -> dict:
         "efficiency": packed / slots if slots else 0.0,
         "padded_efficiency": int(np.minimum(lengths, seq_len).sum()) / (docs * seq_len) if docs else 0.0,
     }
+
+
+PACKERS = {"pretrain": pack_pretrain, "sft": pack_sft, "dpo": pack_pairs}    # record format → its rows (rl: none)

@@ -56,6 +56,7 @@ def overlong(lengths: list[int], max_new_tokens: int, buffer: int, penalty: floa
 
 class GRPO(Stage):
     generative = True
+    trains_on_targets = False                # prompts only: the rollouts make the targets
 
     def __init__(self, config):
         self.config = config

@@ -23,13 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from minimind.config import PRESETS
 from minimind.data.loader import row_batches
-from minimind.data.packing import Row, pack_sft
+from minimind.data.packing import pack_pairs
 from minimind.errors import MiniMindError
 from minimind.model import RewardModel, Transformer, is_reward_model, load_reward_model
 from minimind.model.loss import IGNORE_INDEX, token_logprobs
@@ -51,23 +50,6 @@ class DPOConfig:
             raise MiniMindError("config key 'dpo.beta' must be > 0")
         if not 0 <= self.label_smoothing < 0.5:
             raise MiniMindError("config key 'dpo.label_smoothing' must be in [0, 0.5)")
-
-
-def pack_pairs(doc_lengths, seq_len: int) -> list[Row]:
-    """Documents (chosen 2i, rejected 2i+1) → rows holding whole pairs, best-fit decreasing on the pair's length.
-    A pair longer than a row is truncated (the ends cut) so that each side keeps at least half the row, or all
-    of itself if shorter."""
-    lengths = np.asarray(doc_lengths, dtype=np.int64)
-    if len(lengths) % 2:
-        raise MiniMindError(f"preference data holds {len(lengths)} documents; expected chosen/rejected pairs")
-    chosen, rejected = lengths[0::2], lengths[1::2]
-    over = chosen + rejected > seq_len
-    keep_chosen = np.where(over, np.minimum(chosen, np.maximum(seq_len - rejected, seq_len // 2)), chosen)
-    keep_rejected = np.where(over, np.minimum(rejected, seq_len - keep_chosen), rejected)
-    rows = pack_sft(keep_chosen + keep_rejected, seq_len)
-    return [[piece for pair, _, _ in row
-             for piece in ((2 * pair, 0, int(keep_chosen[pair])), (2 * pair + 1, 0, int(keep_rejected[pair])))]
-            for row in rows]
 
 
 def sequence_sums(values: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:

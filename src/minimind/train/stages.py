@@ -15,6 +15,7 @@ registry of stages is `minimind.train.registry.STAGES`.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from minimind.config import PRESETS, preset
-from minimind.data.loader import PackedLoader, TokenData
+from minimind.data.loader import PackedLoader, TokenData, target_report
 from minimind.data.prepare import prepare
 from minimind.errors import MiniMindError
 from minimind.model import Transformer, load_model
@@ -53,6 +54,7 @@ class Stage:
     name: str                        # the prepared data format it reads, set from its registry entry
     pack: Callable                   # document lengths, seq_len → rows (minimind.data.packing)
     generative: bool = True          # the trainer samples generations from the model
+    trains_on_targets: bool = True   # its loss reads the data's targets (RL's come from its rollouts instead)
     with_docs: bool = False          # batches carry "doc_ids"
 
     def build_model(self, source: str, device: torch.device) -> torch.nn.Module:
@@ -108,7 +110,10 @@ class Stage:
         train = TokenData.open(root / "train")
         val = TokenData.open(root / "val") if config.data.val else None
         seq = config.data.seq_len
-        return StageData(train, self.pack(train.doc_lengths, seq), val, self.pack(val.doc_lengths, seq) if val else [])
+        rows = self.pack(train.doc_lengths, seq)
+        if self.trains_on_targets:
+            check_targets(target_report(train, rows), self.name, seq, announce=main)
+        return StageData(train, rows, val, self.pack(val.doc_lengths, seq) if val else [])
 
     def prepared_root(self, config) -> Path:
         """Where this stage's prepared train/ and val/ directories go."""
@@ -172,6 +177,19 @@ class LanguageModelling(Stage):
             text_bytes += nbytes.sum().double().cpu()
         return {"loss": (nats / count.clamp(min=1)).item(),
                 "bpb": (text_nats / (math.log(2) * text_bytes.clamp(min=1))).item()}
+
+
+def check_targets(report: dict, data_format: str, seq_len: int, announce: bool = True) -> None:
+    """Say how many targets packing loses (`data.loader.target_report`), and refuse data whose rows keep none."""
+    if report["targets_kept"] == 0:
+        raise MiniMindError(f"{data_format} data: the rows of data.seq_len {seq_len} hold no training targets (of "
+                            f"{report['targets']:,} in {report['docs']:,} documents): every loss would be 0; raise "
+                            "data.seq_len or check the data's answers")
+    if announce and report["docs_truncated"]:
+        lost = report["targets_lost"] / max(report["targets"], 1)
+        print(f"notice: {data_format} data: {report['docs_truncated']:,} of {report['docs']:,} documents do not fit "
+              f"whole in rows of data.seq_len {seq_len}; {report['targets_lost']:,} of {report['targets']:,} target "
+              f"tokens ({lost:.1%}) are not trained on", file=sys.stderr)
 
 
 def token_bytes(tokenizer) -> torch.Tensor:
