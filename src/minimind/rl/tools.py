@@ -1,19 +1,27 @@
-"""Tools an agent may call during RL rollouts: whitelisted Python functions with a time limit.
+"""Tools an agent may call during RL rollouts: whitelisted Python functions, run in a separate process.
 
 A tool is a function of its JSON arguments returning text, with the OpenAI function schema the prompt shows.
 Built in: `calculator` (an AST evaluator — never eval/exec — with bounded magnitudes), `convert_units`
-(length, mass, volume, time, temperature) and `lookup` (small fact tables). `register_tool` adds more. A call
-runs in a worker thread with `timeout` seconds; a failure of any kind — unknown tool, bad arguments, an
-exception, the time limit — becomes the text "error: …", which the model sees as the tool's answer.
+(length, mass, volume, time, temperature) and `lookup` (small fact tables). `register_tool` adds more.
+
+Calls run in a worker process (forked once, re-forked when a tool is registered or the worker dies) under limits:
+CPU time (the call's timeout, rounded up, + 1 s; the kernel stops it past that), address space (`MEMORY_LIMIT`
+beyond what the worker starts with), and wall time (the worker is killed at `timeout`). A failure of any kind —
+unknown tool, bad arguments, any exception, a non-finite number, a limit — becomes the text "error: …", which the
+model sees as the tool's answer; nothing a tool does can end a rollout or an evaluation.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import math
+import multiprocessing
+import os
+import resource
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from minimind.data.default.calculator import CALCULATOR_TOOL, CalculatorError, calculate, format_number
+from minimind.data.default.calculator import CALCULATOR_TOOL, calculate, format_number
 
 
 @dataclass
@@ -90,9 +98,11 @@ def register_tool(name: str, function: Callable[..., str], description: str, pro
                   required: list[str] | None = None) -> None:
     """Make `function` callable by agents under `name` (its parameters described as JSON-schema properties)."""
     TOOLS[name] = Tool(_schema(name, description, properties, list(required or properties)), function)
+    _VERSION[0] += 1
 
 
-_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="minimind-tool")
+MEMORY_LIMIT = 256 << 20          # bytes a call may allocate beyond the worker's starting address space
+MAX_RESULT = 4000                 # characters of a result the model sees; the rest is cut, and says so
 
 
 def run_tool(call: dict, allowed: list[str], timeout: float = 2.0) -> str:
@@ -102,11 +112,83 @@ def run_tool(call: dict, allowed: list[str], timeout: float = 2.0) -> str:
         return f"error: unknown tool {name!r}"
     if not isinstance(arguments, dict):
         return "error: arguments must be a JSON object"
-    future = _POOL.submit(TOOLS[name].function, **arguments)
+    with _LOCK:
+        return _worker().call(name, arguments, timeout)
+
+
+def _answer(name: str, arguments: dict) -> str:
+    """Run one call in the worker: its text, or "error: …" for anything that goes wrong (non-finite numbers too)."""
     try:
-        return str(future.result(timeout=timeout))
-    except concurrent.futures.TimeoutError:
-        future.cancel()
-        return f"error: {name} took longer than {timeout} s"
-    except (CalculatorError, ValueError, TypeError, ArithmeticError) as e:
-        return f"error: {e}"
+        text = str(TOOLS[name].function(**arguments))
+    except MemoryError:
+        return f"error: {name} ran out of memory (limit {MEMORY_LIMIT >> 20} MiB)"
+    except Exception as e:                              # any failure is an answer the model sees, never a crash
+        return f"error: {e}" if str(e) else f"error: {type(e).__name__}"
+    try:
+        value = float(text)
+    except ValueError:
+        return text if len(text) <= MAX_RESULT else f"{text[:MAX_RESULT]}… (cut: {len(text):,} characters in all)"
+    return text if math.isfinite(value) else f"error: {name} gave a non-finite number ({text})"
+
+
+class _Worker:
+    """One forked process answering calls over a pipe, with the tools as they were when it was forked."""
+
+    def __init__(self):
+        self.version = _VERSION[0]
+        self.conn, child = multiprocessing.get_context("fork").Pipe()
+        self.process = multiprocessing.get_context("fork").Process(target=_serve, args=(child,), daemon=True,
+                                                                   name="minimind-tools")
+        self.process.start()
+        child.close()
+
+    def call(self, name: str, arguments: dict, timeout: float) -> str:
+        try:
+            self.conn.send((name, arguments, timeout))
+            if self.conn.poll(timeout):
+                return self.conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            self.stop()
+            return f"error: {name} stopped its process (CPU time or memory limit, or a crash)"
+        except Exception as e:                          # e.g. arguments that cannot be sent
+            self.stop()
+            return f"error: {e}"
+        self.stop()
+        return f"error: {name} took longer than {timeout:g} s"
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+def _serve(conn) -> None:
+    """The worker's loop: limits set, then one answer per request until the parent closes the pipe."""
+    with open("/proc/self/statm") as f:
+        start = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (start + MEMORY_LIMIT, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    hard_cpu = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    while True:
+        try:
+            name, arguments, timeout = conn.recv()
+        except EOFError:
+            return
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = math.ceil(used.ru_utime + used.ru_stime + timeout) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu if hard_cpu == resource.RLIM_INFINITY else min(cpu, hard_cpu),
+                                                 hard_cpu))
+        conn.send(_answer(name, arguments))
+
+
+_LOCK = threading.Lock()
+_VERSION = [0]                  # bumped by register_tool: the worker is re-forked to see the new tool
+_CURRENT: list[_Worker] = []
+
+
+def _worker() -> _Worker:
+    if _CURRENT and (_CURRENT[0].version != _VERSION[0] or not _CURRENT[0].process.is_alive()):
+        _CURRENT.pop().stop()
+    if not _CURRENT:
+        _CURRENT.append(_Worker())
+    return _CURRENT[0]
