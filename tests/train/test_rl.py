@@ -474,3 +474,29 @@ def test_vllm_rollout_backend_against_a_stand_in_vllm(prompts, tmp_path, monkeyp
     done = engine._completion(Output(1), tokenizer.eos_id)
     assert done.token_ids == answer + [tokenizer.eos_id] and done.text == "#### 7" and done.finish_reason == "stop"
     assert done.logprobs == [-0.1] * len(answer) + [0.0]
+
+
+def test_records_without_answers_are_refused_for_an_answer_based_reward():
+    """The reference's rlaif.jsonl: prompts whose last assistant turn is the placeholder "无", no answer."""
+    from minimind.errors import MiniMindError
+    from minimind.train.grpo import check_answers
+
+    rlaif = [{"messages": [{"role": "user", "content": "讲个故事"}], "tools": None, "answer": None}] * 3
+    with pytest.raises(MiniMindError, match=r"rlaif.jsonl: 3 of 3 records carry no 'answer'.*reward_model"):
+        check_answers(rlaif, {"accuracy": 1.0, "length": 0.1}, ["rlaif.jsonl"])
+    check_answers(rlaif, {"reward_model": 1.0}, ["rlaif.jsonl"])                    # a reward model needs none
+    check_answers([{"answer": "3"}, {"answer": None, "gt": ["Paris"]}], {"accuracy": 1.0}, ["x.jsonl"])
+
+
+def test_gt_items_are_kept_and_scored_as_the_reference_does(tmp_path):
+    from minimind.data.formats import read_records
+    from minimind.rl.rewards import accuracy
+
+    record = {"conversations": [{"role": "system", "content": "", "tools": "[]"},
+                                {"role": "user", "content": "weather in Paris?"},
+                                {"role": "assistant", "content": "无"}], "gt": ["Paris", 21]}
+    (tmp_path / "agent.jsonl").write_text(json.dumps(record) + "\n")
+    (parsed,) = read_records(tmp_path / "agent.jsonl", "rl")
+    assert parsed["gt"] == ["Paris", "21"] and parsed["answer"] is None
+    texts = ['<tool_call>{"name": "w"}</tool_call> It is 21.0 degrees in paris.', "It is sunny.", "paris"]
+    assert accuracy(texts, [parsed] * 3) == [1.0, 0.0, 0.5]

@@ -116,10 +116,19 @@ def _rl(raw: dict) -> dict:
     if not messages or messages[-1]["role"] not in ("user", "tool"):
         raise _Bad("conversations", "must end with a user (or tool) message: it is the prompt")
     answer = raw.get("answer")
-    if answer is not None and (isinstance(answer, bool) or not isinstance(answer, (str, int, float))
-                               or answer != answer):
+    if answer is not None and not _scalar(answer):
         raise _Bad("answer", f"must be a string or number, got {answer!r}")
-    return {"messages": messages, "tools": tools, "answer": None if answer is None else str(answer)}
+    gt = raw.get("gt")                       # the reference's agentic records: every expected item of the answer
+    if gt is not None:
+        gt = gt if isinstance(gt, list) else [gt]
+        if not gt or not all(_scalar(item) for item in gt):
+            raise _Bad("gt", f"must be a non-empty list of strings or numbers, got {raw.get('gt')!r}")
+    record = {"messages": messages, "tools": tools, "answer": None if answer is None else str(answer)}
+    return record | ({"gt": [str(item) for item in gt]} if gt is not None else {})
+
+
+def _scalar(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (str, int, float)) and value == value
 
 
 def _conversation(raw: dict, key: str) -> tuple[list[dict], list[dict] | None]:

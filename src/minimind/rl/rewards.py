@@ -46,18 +46,33 @@ def extract_answer(text: str) -> str | None:
     return numbers[-1].replace(",", "") if numbers else None
 
 
-def same_number(a: str | None, b: str | None) -> bool:
+def same_number(a: str | None, b: str | None, tolerance: float = 1e-9) -> bool:
     if a is None or b is None:
         return False
     try:
         x, y = float(a), float(b)
     except ValueError:
         return a.strip() == b.strip()
-    return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9)
+    return math.isclose(x, y, rel_tol=tolerance, abs_tol=tolerance)
 
 
 def accuracy(completions: list[str], records: list[dict]) -> list[float]:
-    return [float(same_number(extract_answer(c), r.get("answer"))) for c, r in zip(completions, records, strict=True)]
+    """1 when the final answer equals the record's `answer` (numerically where both are numbers); for a record with
+    `gt` (the reference's agentic layout), the fraction of its items found in the text after the last tool call."""
+    return [found(c, r["gt"]) if r.get("gt") else float(same_number(extract_answer(c), r.get("answer")))
+            for c, r in zip(completions, records, strict=True)]
+
+
+def found(text: str, items: list[str]) -> float:
+    """The fraction of `items` in the final text (after the last "</tool_call>"): as a case-insensitive substring,
+    or as a number equal to one in the text within 1e-6."""
+    final = text.split("</tool_call>")[-1].split("</think>")[-1]
+    numbers = [n.replace(",", "") for n in NUMBER.findall(final)]
+    hits = [item.lower() in final.lower() or any(same_number(item, n, 1e-6) for n in numbers) for item in items]
+    return sum(hits) / len(items)
+
+
+ANSWER_REWARDS = {"accuracy"}             # rewards that read each record's answer (or gt)
 
 
 def think_format(completions: list[str], records: list[dict]) -> list[float]:

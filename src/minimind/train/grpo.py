@@ -35,7 +35,7 @@ from minimind.infer import Engine, SamplingParams
 from minimind.model.loss import token_entropy, token_logprobs
 from minimind.rl.config import GRPOConfig, RLConfig
 from minimind.rl.losses import aggregate, group_advantages, k3, policy_loss
-from minimind.rl.rewards import Rewards, accuracy
+from minimind.rl.rewards import ANSWER_REWARDS, Rewards, accuracy
 from minimind.rl.rollouts import solve, trajectories
 from minimind.rl.tools import TOOLS
 from minimind.train.stages import Loss, Stage, StageData
@@ -44,6 +44,19 @@ from minimind.train.stages import Loss, Stage, StageData
 def token_logps(model, input_ids: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     """[B, T] → [B, T]: log p(input_ids[t] | < t) in fp32 (0 at t = 0), `chunk` rows per forward."""
     return torch.cat([token_logprobs(model(ids).logits, ids) for ids in input_ids.split(chunk)])
+
+
+def check_answers(records: list[dict], rewards: dict[str, float], files: list[str]) -> None:
+    """Refuse, before step 1, an answer-based reward over records that carry no answer: every such sample would
+    earn 0 and teach nothing (the reference's rlaif.jsonl holds prompts whose last turn is a placeholder)."""
+    needs = sorted(set(rewards) & ANSWER_REWARDS)
+    missing = sum(1 for r in records if r.get("answer") is None and not r.get("gt"))
+    if needs and missing:
+        raise MiniMindError(
+            f"{', '.join(files)}: {missing:,} of {len(records):,} records carry no 'answer' (or 'gt'), which the "
+            f"reward {needs[0]!r} compares against; give them answers, or train on them with a reward model: "
+            "`minimind reward-model --config configs/tiny/reward.yaml`, then "
+            "rl.rewards='{\"reward_model\": 1.0}' rl.reward_model=runs/tiny/reward/model")
 
 
 def overlong(lengths: list[int], max_new_tokens: int, buffer: int, penalty: float) -> list[float]:
@@ -81,6 +94,7 @@ class GRPO(Stage):
 
     def setup(self, model, data, config, device, autocast) -> None:
         self.autocast = autocast
+        check_answers(self.records["train"], self.options.rewards, config.data.train)
         self.rewards = Rewards(self.options.rewards, self.options.reward_model, device)
         if self.options.kl_coef > 0:
             self.reference = self.frozen_start(config.model, config, device)
