@@ -500,3 +500,41 @@ def test_gt_items_are_kept_and_scored_as_the_reference_does(tmp_path):
     assert parsed["gt"] == ["Paris", "21"] and parsed["answer"] is None
     texts = ['<tool_call>{"name": "w"}</tool_call> It is 21.0 degrees in paris.', "It is sunny.", "paris"]
     assert accuracy(texts, [parsed] * 3) == [1.0, 0.0, 0.5]
+
+
+def fake_weather(city: str) -> str:
+    """An implementation of the reference's weather tool, named by module:function in rl.tool_functions."""
+    return f"{city}: sunny, 21 °C"
+
+
+WEATHER = {"type": "function", "function": {"name": "get_current_weather", "description": "the weather in a city",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                           "required": ["city"]}}}
+
+
+def test_a_records_own_tools_are_offered_resolved_by_name_or_refused():
+    """The reference's agentic records carry their own tool schemas: the prompt offers those (not rl.tools), a
+    call may use only those, each is implemented by a built-in of that name or by rl.tool_functions, and a tool
+    with no implementation is refused before any rollout."""
+    from minimind.errors import MiniMindError
+    from minimind.rl.config import RLConfig
+    from minimind.rl.rollouts import offered
+    from minimind.rl.tools import TOOLS, resolve_record_tools, run_tool
+
+    record = {"messages": [{"role": "user", "content": "weather in Paris?"}], "tools": [WEATHER], "gt": ["Paris"]}
+    with pytest.raises(MiniMindError, match=r"offer the tool 'get_current_weather'.*rl.tool_functions"):
+        resolve_record_tools([record], {})
+    try:
+        resolve_record_tools([record], {"get_current_weather": "tests.train.test_rl:fake_weather"})
+        options = RLConfig(agent=True, tools=["calculator"])
+        schemas, names = offered(record, options)
+        assert schemas == [WEATHER] and names == ["get_current_weather"]
+        assert offered({"messages": [], "tools": None}, options)[1] == ["calculator"]
+        call = {"name": "get_current_weather", "arguments": {"city": "Paris"}}
+        assert run_tool(call, names) == "Paris: sunny, 21 °C"
+        assert run_tool({"name": "calculator", "arguments": {"expression": "1+1"}}, names).startswith(
+            "error: unknown tool")
+        with pytest.raises(MiniMindError, match="cannot import 'nothing'"):
+            resolve_record_tools([record], {"get_current_weather": "tests.train.test_rl:nothing"})
+    finally:
+        TOOLS.pop("get_current_weather", None)

@@ -38,8 +38,12 @@ def evaluate_generative(model, tokenizer, records: list[dict], agent: bool = Fal
         seed: int = 0) -> dict:
     from minimind.rl.config import RLConfig
 
+    from minimind.rl.tools import resolve_record_tools
+
     options = RLConfig(agent=agent, tools=list(tools), max_turns=max_turns)
     options.validate()
+    if agent:
+        resolve_record_tools(records, {})          # a record's own tool without an implementation is refused
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     samples = solve(Engine(model.eval(), tokenizer), records, params, options)
     texts = [s.texts[-1] for s in samples]

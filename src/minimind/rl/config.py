@@ -31,7 +31,9 @@ class RLConfig:
     overlong_penalty: float = 1.0
     eval_prompts: int = 100            # held-out prompts answered greedily at each evaluation
     agent: bool = False                # multi-turn rollouts with tool calls (rl.tools), tool results masked out
-    tools: list[str] = field(default_factory=lambda: ["calculator"])   # whitelisted tools (minimind.rl.tools)
+    tools: list[str] = field(default_factory=lambda: ["calculator"])   # whitelisted tools (minimind.rl.tools),
+    #                                                     offered where a record carries no tool schemas of its own
+    tool_functions: dict[str, str] = field(default_factory=dict)   # a record's own tool → its "module:function"
     max_turns: int = 3                 # assistant turns per trajectory in agent mode
     tool_timeout: float = 2.0          # seconds per tool call
     rollout_backend: Literal["engine", "vllm"] = "engine"   # vllm: colocated vLLM on the GPU (rl/vllm_rollouts.py)

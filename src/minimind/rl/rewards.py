@@ -22,7 +22,6 @@ A name with a colon, "module:function", imports a user function with the signatu
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 from collections.abc import Callable
@@ -32,6 +31,7 @@ import torch
 
 from minimind.errors import MiniMindError
 from minimind.model import RewardModel, load_reward_model
+from minimind.rl.tools import import_function
 from minimind.tokenizer import load_tokenizer, tokenizer_dir
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -158,14 +158,7 @@ def resolve(name: str, reward_model_dir: str = "", device=None) -> Reward:
             raise MiniMindError("reward 'reward_model' needs config key 'rl.reward_model' (a reward model directory)")
         return reward_model(reward_model_dir, device)
     if ":" in name:
-        module, _, function = name.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), function)
-        except (ImportError, AttributeError) as e:
-            raise MiniMindError(f"reward {name!r}: cannot import {function} from {module} ({e})") from None
-        if not callable(fn):
-            raise MiniMindError(f"reward {name!r} is not callable")
-        return fn
+        return import_function(name, f"reward {name!r}")
     raise MiniMindError(f"unknown reward {name!r}: use one of {', '.join([*BUILT_IN, 'reward_model'])} "
                         "or 'module:function'")
 

@@ -6,24 +6,33 @@ from __future__ import annotations
 
 from minimind.infer import Engine, SamplingParams
 from minimind.rl.config import RLConfig
-from minimind.rl.tools import TOOLS, run_tool
+from minimind.rl.tools import TOOLS, run_tool, tool_name
 from minimind.tokenizer import parse_output
 from minimind.tokenizer.template import THINK_OFF
 
 
+def offered(record: dict, options: RLConfig) -> tuple[list[dict], list[str]]:
+    """The tools a prompt offers in agent mode, as (schemas for the prompt, names a call may use): the record's own
+    tool schemas where it carries some (the reference's agentic data), else the configured `rl.tools`."""
+    if record.get("tools"):
+        return record["tools"], [tool_name(s) for s in record["tools"]]
+    return [TOOLS[name].schema for name in options.tools], list(options.tools)
+
+
 def trajectories(engine: Engine, prompts: list[list[int]], params: list[SamplingParams], next_params,
-                 options: RLConfig) -> list[list[Sample]]:
+                 options: RLConfig, allowed: list[list[str]] | None = None) -> list[list[Sample]]:
     """Sample each prompt's group ([prompt][sample]). In agent mode a sample whose turn ends with tool calls
-    gets the tools' results and continues, up to options.max_turns turns; the samples waiting for a turn
-    decode together, turn t's i-th of them with next_params(t, i)."""
-    groups = [[Sample(prompt, c, options.agent) for c in completions]
-              for prompt, completions in zip(prompts, engine.generate(prompts, params), strict=True)]
+    gets the results of those among its prompt's `allowed` tools (default: rl.tools) and continues, up to
+    options.max_turns turns; the samples waiting for a turn decode together, turn t's i-th with next_params(t, i)."""
+    allowed = allowed or [list(options.tools)] * len(prompts)
+    groups = [[Sample(prompt, c, options.agent, names) for c in completions]
+              for prompt, completions, names in zip(prompts, engine.generate(prompts, params), allowed, strict=True)]
     for turn in range(1, options.max_turns if options.agent else 1):
         waiting = [s for group in groups for s in group if s.pending]
         if not waiting:
             break
         for sample in waiting:
-            results = [run_tool(call, options.tools, options.tool_timeout) for call in sample.pending]
+            results = [run_tool(call, sample.allowed, options.tool_timeout) for call in sample.pending]
             sample.add_tool_results(results, engine.tokenizer)
         outputs = engine.generate([s.tokens for s in waiting], [next_params(turn, i) for i in range(len(waiting))])
         for sample, (completion,) in zip(waiting, outputs, strict=True):
@@ -32,13 +41,15 @@ def trajectories(engine: Engine, prompts: list[list[int]], params: list[Sampling
 
 
 def solve(engine: Engine, records: list[dict], params: SamplingParams, options, batch: int = 32) -> list[Sample]:
-    """One trajectory per record (agent mode per options.agent, with options.tools offered)."""
-    schemas = [TOOLS[name].schema for name in options.tools] if options.agent else None
+    """One trajectory per record (agent mode per options.agent, with the tools `offered` offers)."""
     samples = []
     for first in range(0, len(records), batch):
         chunk = records[first:first + batch]
-        prompts = [engine.chat_prompt(r["messages"], schemas or r["tools"]) for r in chunk]
-        samples += [g[0] for g in trajectories(engine, prompts, [params] * len(chunk), lambda t, i: params, options)]
+        tools = [offered(r, options) if options.agent else (r["tools"], []) for r in chunk]
+        prompts = [engine.chat_prompt(r["messages"], schemas) for r, (schemas, _) in zip(chunk, tools, strict=True)]
+        groups = trajectories(engine, prompts, [params] * len(chunk), lambda t, i: params, options,
+                              [names for _, names in tools])
+        samples += [g[0] for g in groups]
     return samples
 
 
@@ -46,7 +57,8 @@ class Sample:
     """One sampled trajectory: its tokens (prompt included), which of them are trained (the model's own:
     mask 1; prompt and tool results: 0), the sampler's log-probs, and each turn's text."""
 
-    def __init__(self, prompt: list[int], completion, agent: bool):
+    def __init__(self, prompt: list[int], completion, agent: bool, allowed: list[str] = ()):
+        self.allowed = list(allowed)                 # the tools its calls may use
         self.tokens, self.mask, self.logps = list(prompt), [0] * len(prompt), [0.0] * len(prompt)
         self.texts, self.pending, self.calls, self.errors = [], [], 0, 0
         self.add(completion, agent)

@@ -13,6 +13,7 @@ model sees as the tool's answer; nothing a tool does can end a rollout or an eva
 
 from __future__ import annotations
 
+import importlib
 import math
 import multiprocessing
 import os
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from minimind.data.default.calculator import CALCULATOR_TOOL, calculate, format_number
+from minimind.errors import MiniMindError
 
 
 @dataclass
@@ -97,8 +99,52 @@ TOOLS: dict[str, Tool] = {
 def register_tool(name: str, function: Callable[..., str], description: str, properties: dict,
                   required: list[str] | None = None) -> None:
     """Make `function` callable by agents under `name` (its parameters described as JSON-schema properties)."""
-    TOOLS[name] = Tool(_schema(name, description, properties, list(required or properties)), function)
+    register_schema(_schema(name, description, properties, list(required or properties)), function)
+
+
+def register_schema(schema: dict, function: Callable[..., str]) -> None:
+    """Make `function` the implementation of an OpenAI function schema (e.g. one a dataset's records carry)."""
+    TOOLS[schema["function"]["name"]] = Tool(schema, function)
     _VERSION[0] += 1
+
+
+def import_function(spec: str, what: str) -> Callable:
+    """"package.module:function" → the function; MiniMindError naming `what` when it cannot be imported."""
+    module, _, name = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise MiniMindError(f"{what}: cannot import {name!r} from {module!r} ({e})") from None
+    if not callable(function):
+        raise MiniMindError(f"{what}: {spec} is not callable")
+    return function
+
+
+def tool_name(schema: dict) -> str | None:
+    """The function name of an OpenAI tool schema ({"type": "function", "function": {"name", …}} or the bare
+    function object), or None."""
+    function = schema.get("function", schema) if isinstance(schema, dict) else None
+    return function.get("name") if isinstance(function, dict) else None
+
+
+def resolve_record_tools(records: list[dict], implementations: dict[str, str]) -> None:
+    """Make every tool the records offer callable: a built-in or registered one by its name, else the
+    `module:function` that `implementations` names for it (registered with the record's schema). Refuses, before
+    any rollout, a tool with neither."""
+    done = set()
+    for record in records:
+        for schema in record.get("tools") or []:
+            name = tool_name(schema)
+            if name in done:
+                continue
+            done.add(name)
+            if name in implementations:
+                function = import_function(implementations[name], f"config key 'rl.tool_functions.{name}'")
+                register_schema(schema if "function" in schema else {"type": "function", "function": schema},
+                                function)
+            elif name not in TOOLS:
+                raise MiniMindError(f"rl data: the records offer the tool {name!r}, which has no implementation: "
+                                    f"add rl.tool_functions.{name}=module:function (built in: {', '.join(TOOLS)})")
 
 
 MEMORY_LIMIT = 256 << 20          # bytes a call may allocate beyond the worker's starting address space

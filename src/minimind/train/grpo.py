@@ -36,8 +36,8 @@ from minimind.model.loss import token_entropy, token_logprobs
 from minimind.rl.config import GRPOConfig, RLConfig
 from minimind.rl.losses import aggregate, group_advantages, k3, policy_loss
 from minimind.rl.rewards import ANSWER_REWARDS, Rewards, accuracy
-from minimind.rl.rollouts import solve, trajectories
-from minimind.rl.tools import TOOLS
+from minimind.rl.rollouts import offered, solve, trajectories
+from minimind.rl.tools import resolve_record_tools
 from minimind.train.stages import Loss, Stage, StageData
 
 
@@ -95,6 +95,8 @@ class GRPO(Stage):
     def setup(self, model, data, config, device, autocast) -> None:
         self.autocast = autocast
         check_answers(self.records["train"], self.options.rewards, config.data.train)
+        if self.options.agent:
+            resolve_record_tools([r for split in self.records.values() for r in split], self.options.tool_functions)
         self.rewards = Rewards(self.options.rewards, self.options.reward_model, device)
         if self.options.kl_coef > 0:
             self.reference = self.frozen_start(config.model, config, device)
@@ -229,16 +231,19 @@ class RolloutLoader:
         o = self.options
         engine = self._engine()
         records = [self.records[d] for d in prompt_ids]
+        allowed = None
         if o.agent:
-            schemas = [TOOLS[name].schema for name in o.tools]
-            prompts = [engine.chat_prompt(r["messages"], schemas) for r in records]
+            tools = [offered(r, o) for r in records]
+            prompts = [engine.chat_prompt(r["messages"], schemas)
+                       for r, (schemas, _) in zip(records, tools, strict=True)]
+            allowed = [names for _, names in tools]
         else:
             prompts = [self.prompts.doc(d)[0].astype(np.int64).tolist() for d in prompt_ids]
         key = (self.seed, self.epoch, self.rollout, draw)
         with self.stage.autocast:
             groups = trajectories(engine, prompts, [self._params(o.group_size, hash((*key, d)) % 2**31)
                                                     for d in prompt_ids],
-                                  lambda turn, i: self._params(1, hash((*key, turn, i)) % 2**31), o)
+                                  lambda turn, i: self._params(1, hash((*key, turn, i)) % 2**31), o, allowed)
         self.model.train()
         out = []
         for record, samples in zip(records, groups, strict=True):
