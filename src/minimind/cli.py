@@ -265,6 +265,10 @@ def cmd_import(args) -> None:
         from minimind.export.gguf import import_gguf
 
         path = import_gguf(args.source, args.out)
+    elif _is_reference(Path(args.source)):
+        from minimind.export.reference import import_reference
+
+        path = import_reference(args.source, args.out, args.overrides, args.tokenizer)
     else:
         import shutil
 
@@ -282,6 +286,16 @@ def cmd_import(args) -> None:
                     shutil.copy(Path(args.source) / name, tmp / name)
         path = Path(args.out)
     print(f"wrote {path}")
+
+
+def _is_reference(source: Path) -> bool:
+    """The reference's own weights: a .pth state dict, or a directory whose config.json says model_type minimind."""
+    if source.suffix in (".pth", ".pt"):
+        return True
+    try:
+        return json.loads((source / "config.json").read_text()).get("model_type") == "minimind"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def cmd_quickstart(args) -> None:
@@ -522,9 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the file's tensor type, as llama.cpp names it (q8_0: 8-bit blocks)")
         p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("import", help="a GGUF file or a transformers Qwen3/Qwen2/Llama directory → our model dir")
-    p.add_argument("source", help="a .gguf file or a model directory")
+    p = sub.add_parser("import", help="a GGUF file, a transformers Qwen3/Qwen2/Llama directory, or the reference's "
+                                      "own weights (.pth, model_type minimind) → our model dir")
+    p.add_argument("source", help="a .gguf file, a .pth state dict or a model directory")
     p.add_argument("--out", required=True, help="the model directory to write")
+    p.add_argument("--tokenizer", help="a .pth import: the directory with the reference's tokenizer.json")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="a reference import: config fields its tensors cannot tell, e.g. num_experts_per_tok=2")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("eval", help="evaluate a model: bpb, multiple choice, arithmetic, calculator tool use",
@@ -596,7 +614,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv[:2] == ["lora", "merge"]:                  # `minimind lora merge` is the lora-merge command
         argv = ["lora-merge", *argv[2:]]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):       # key=value after the options (argparse binds them before): overrides too
+        args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
+        extra = [e for e in extra if e not in args.overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.func(args)
     except (MiniMindError, OSError) as e:

@@ -267,6 +267,11 @@ PRESETS: dict[str, ModelConfig] = {
                                    intermediate_size=_swiglu_width(512, 8 / 3), rms_norm_eps=1e-5),
     "minimind2": ModelConfig(hidden_size=768, num_hidden_layers=16, num_attention_heads=8, num_key_value_heads=2,
                              head_dim=96, intermediate_size=_swiglu_width(768, 8 / 3), rms_norm_eps=1e-5),
+    # Its MoE: 4 routed experts, top-2; the reference's extra shared expert has no Qwen3-MoE equivalent and is left out.
+    "minimind2-moe": ModelConfig(hidden_size=640, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
+                                 head_dim=80, intermediate_size=_swiglu_width(640, 8 / 3), rms_norm_eps=1e-5,
+                                 num_experts=4, num_experts_per_tok=2,
+                                 moe_intermediate_size=_swiglu_width(640, 8 / 3)),
     # A CPU-sized model for the quickstart: minutes on a laptop.
     "mini": ModelConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                         head_dim=64, intermediate_size=_swiglu_width(256, 8 / 3)),

@@ -19,6 +19,7 @@ def counts(name):
     ("minimind-3-moe", 198.4e6, 63.9e6),
     ("minimind2-small", 26e6, 26e6),
     ("minimind2", 104e6, 104e6),
+    ("minimind2-moe", 118.5e6, 65.4e6),       # the reference's 145M less its shared expert (8 × 3 × 640 × 1728)
 ])
 def test_preset_parameter_counts(name, total, active):
     n, a = counts(name)

@@ -126,7 +126,7 @@ def _set(name, value):
 
 @pytest.mark.parametrize("change, message", [
     (_set("model.layers.1.self_attn.k_proj.weight", torch.zeros(16, 64)),
-     r"tensor 'model.layers.1.self_attn.k_proj.weight' has shape \[16, 64\], config.json implies \[32, 64\]"),
+     r"tensor 'model.layers.1.self_attn.k_proj.weight' has shape \[16, 64\], the config implies \[32, 64\]"),
     (lambda tensors: tensors.pop("model.layers.0.mlp.experts.2.up_proj.weight"),
      r"missing tensor 'model.layers.0.mlp.experts.2.up_proj.weight'"),
     (_set("model.layers.7.mlp.gate.weight", torch.zeros(4, 64)),

@@ -37,7 +37,6 @@ def evaluate_generative(model, tokenizer, records: list[dict], agent: bool = Fal
         "calculator",), max_new_tokens: int = 256, max_turns: int = 3, temperature: float = 0.0,
         seed: int = 0) -> dict:
     from minimind.rl.config import RLConfig
-
     from minimind.rl.tools import resolve_record_tools
 
     options = RLConfig(agent=agent, tools=list(tools), max_turns=max_turns)

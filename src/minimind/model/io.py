@@ -122,9 +122,16 @@ def _load(path, build, device, dtype, rope_scaling, allow_nonfinite=False):
     config = ModelConfig.load(path / "config.json")
     if rope_scaling is not None:
         config = config.replace(rope_scaling=rope_scaling)
-    device = resolve_device(device)
     tensors = read_tensors(path)
     weights_file = path / (WEIGHTS if (path / WEIGHTS).is_file() else INDEX)
+    return from_tensors(tensors, config, weights_file, build, device, dtype, allow_nonfinite)
+
+
+def from_tensors(tensors: dict[str, torch.Tensor], config: ModelConfig, source: str | Path, build=Transformer,
+                 device=None, dtype: torch.dtype | None = None, allow_nonfinite: bool = False):
+    """A model (eval mode) from checkpoint tensors under transformers' names, each checked against `config`: a
+    missing, misshapen, unexpected or non-finite tensor is a MiniMindError naming `source` and the tensor."""
+    weights_file, device = source, resolve_device(device)
     try:
         state = from_checkpoint(tensors, config)
     except MiniMindError as e:
@@ -140,7 +147,7 @@ def _load(path, build, device, dtype, rope_scaling, allow_nonfinite=False):
             raise MiniMindError(f"{weights_file}: missing tensor '{_disk_name(name)}'")
         if tuple(state[name].shape) != tuple(ref.shape):
             raise MiniMindError(f"{weights_file}: tensor '{_disk_name(name)}' has shape "
-                                f"{list(state[name].shape)}, config.json implies {list(ref.shape)}")
+                                f"{list(state[name].shape)}, the config implies {list(ref.shape)}")
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise MiniMindError(f"{weights_file}: unexpected tensor '{unexpected[0]}' (not part of this config)")
