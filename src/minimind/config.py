@@ -134,6 +134,9 @@ class ModelConfig:
         """Read a Hugging Face Qwen3 / Qwen3-MoE / Qwen2 / Llama config dict (transformers 4 or 5 layout)."""
         model_type = d.get("model_type")
         families = {t: flags for flags, (t, _) in FAMILIES.items()}
+        if model_type == "minimind":
+            raise MiniMindError(f"{source}: model_type 'minimind' is the reference project's own class; convert the "
+                                "directory with `minimind import DIR --out NEW_DIR`")
         if model_type not in (*families, MOE[0]):
             raise MiniMindError(f"{source}: unknown model_type {model_type!r} (expected 'qwen3', 'qwen3_moe', "
                                 "'qwen2' or 'llama')")

@@ -91,3 +91,13 @@ def test_bad_reference_files_are_named(tmp_path, capsys):
         torch.save([1, 2], tmp_path / "list.pth")
         from minimind.export.reference import import_reference
         import_reference(tmp_path / "list.pth", tmp_path / "out", tokenizer=DEFAULT_DIR)
+
+
+def test_reference_weights_given_as_a_model_directory_say_how_to_convert_them(tmp_path):
+    torch.save(reference_state(make_model()), tmp_path / "full_sft_64.pth")
+    with pytest.raises(MiniMindError, match=r"a torch state dict.*minimind import"):
+        load_model(tmp_path / "full_sft_64.pth")
+    (tmp_path / "MiniMind2").mkdir()
+    (tmp_path / "MiniMind2" / "config.json").write_text('{"model_type": "minimind", "hidden_size": 64}')
+    with pytest.raises(MiniMindError, match=r"model_type 'minimind' is the reference project's own class"):
+        load_model(tmp_path / "MiniMind2")

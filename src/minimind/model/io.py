@@ -117,6 +117,9 @@ def is_reward_model(path: str | Path) -> bool:
 
 def _load(path, build, device, dtype, rope_scaling, allow_nonfinite=False):
     path = Path(path)
+    if path.suffix in (".pth", ".pt") and path.is_file():
+        raise MiniMindError(f"{path}: a torch state dict, not a model directory (the reference's weights: convert "
+                            f"them with `minimind import {path} --out DIR --tokenizer THEIR_MODEL_FOLDER`)")
     if not path.is_dir():
         raise MiniMindError(f"{path}: not a model directory")
     config = ModelConfig.load(path / "config.json")
