@@ -407,8 +407,14 @@ def _samples(model, tokenizer, config, progress, out: Path, step: int, write: bo
 
 
 @functools.cache
-def _measured_peak(dtype: torch.dtype, device_type: str) -> float:
-    """The MFU reference where no published peak applies (the CPU): a large matmul's rate, measured once."""
+def _measured_peak(dtype: torch.dtype, device_type: str) -> float | None:
+    """The MFU reference where no published peak applies (the CPU): a large matmul's rate, measured once. None for
+    fp16 on the CPU, which has no fp16 matmul units: its rate depends on the shape so much (a tiny model measured
+    over 200% of a 256² matmul's) that no MFU would mean anything; the run says so and logs none."""
+    if dtype == torch.float16 and device_type == "cpu":
+        print("notice: dtype=fp16 on the CPU: no fp16 matmul hardware (slow, and no MFU is reported); bf16 or fp32 "
+              "train faster here", file=sys.stderr)
+        return None
     return measure_matmul_peak(dtype, device_type, seconds=0.5)
 
 
