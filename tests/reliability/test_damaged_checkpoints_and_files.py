@@ -63,3 +63,17 @@ def test_nonfinite_weights_are_refused_at_load_and_at_save(tmp_path):
         model.model.norm.weight[0] = 1e6                      # finite in fp32, inf in fp16
     with pytest.raises(MiniMindError, match="model.norm.weight"):
         model.save(tmp_path / "half", dtype=torch.float16)
+
+
+def test_only_one_rank_moves_a_damaged_checkpoint(data, tmp_path):
+    """Every rank of a resumed run reads the checkpoints; only rank 0 renames the damaged one (two renames of one
+    directory used to crash the other ranks)."""
+    from minimind.train import checkpoint
+
+    out = tmp_path / "run"
+    train(config(data, out, max_steps=4, save_every=2, keep_last=3))
+    (out / "checkpoints" / "step-000004" / "state.pt").write_bytes(b"truncated")
+    weights, _, trainer = checkpoint.load_latest(out, move_damaged=False)
+    assert trainer["step"] == 2 and (out / "checkpoints" / "step-000004").is_dir()
+    checkpoint.load_latest(out)
+    assert not (out / "checkpoints" / "step-000004").exists() and (out / "checkpoints" / "damaged-step-000004").is_dir()

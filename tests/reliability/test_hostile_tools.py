@@ -67,3 +67,33 @@ def test_calls_outside_the_whitelist_never_run(registered):
     assert run_tool({"name": "side_effect", "arguments": {}}, ALLOWED) == "error: unknown tool 'side_effect'"
     assert run_tool({"name": "calculator", "arguments": ["6*7"]}, ALLOWED) == "error: arguments must be a JSON object"
     assert ran == []
+
+
+def test_a_long_error_is_cut_like_a_long_answer(registered):
+    def fail():
+        raise ValueError("x" * 200_000)
+    registered("loud", fail)
+    answer = run_tool({"name": "loud", "arguments": {}}, ["loud"])
+    assert answer.startswith("error: xxx") and answer.endswith("(cut: 200,007 characters in all)")
+
+
+def test_the_tool_process_dies_with_its_parent(tmp_path):
+    """A trainer killed by SIGKILL must not leave its tool worker behind (holding its stdout open)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = ("import os, signal\nfrom minimind.rl.tools import run_tool, _CURRENT\n"
+              "run_tool({'name': 'calculator', 'arguments': {'expression': '1+1'}}, ['calculator'])\n"
+              "print(_CURRENT[0].process.pid, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    worker = int(proc.stdout.split()[0])
+    for _ in range(50):
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, 9)
+    raise AssertionError(f"the tool worker {worker} outlived its parent")

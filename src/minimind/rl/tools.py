@@ -4,20 +4,22 @@ A tool is a function of its JSON arguments returning text, with the OpenAI funct
 Built in: `calculator` (an AST evaluator — never eval/exec — with bounded magnitudes), `convert_units`
 (length, mass, volume, time, temperature) and `lookup` (small fact tables). `register_tool` adds more.
 
-Calls run in a worker process (forked once, re-forked when a tool is registered or the worker dies) under limits:
-CPU time (the call's timeout, rounded up, + 1 s; the kernel stops it past that), address space (`MEMORY_LIMIT`
-beyond what the worker starts with), and wall time (the worker is killed at `timeout`). A failure of any kind —
-unknown tool, bad arguments, any exception, a non-finite number, a limit — becomes the text "error: …", which the
-model sees as the tool's answer; nothing a tool does can end a rollout or an evaluation.
+Calls run in a worker process (forked once, re-forked when a tool is registered or the worker dies; it dies with
+its parent) under limits: CPU time (the call's timeout, rounded up, + 1 s; the kernel stops it past that), address
+space (`MEMORY_LIMIT` beyond what the worker starts with, on Linux), wall time (the worker is killed at `timeout`)
+and `MAX_RESULT` characters of answer. A failure of any kind — unknown tool, bad arguments, any exception, a
+non-finite number, a limit — becomes the text "error: …", which the model sees as the tool's answer.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import math
 import multiprocessing
 import os
 import resource
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -169,12 +171,16 @@ def _answer(name: str, arguments: dict) -> str:
     except MemoryError:
         return f"error: {name} ran out of memory (limit {MEMORY_LIMIT >> 20} MiB)"
     except Exception as e:                              # any failure is an answer the model sees, never a crash
-        return f"error: {e}" if str(e) else f"error: {type(e).__name__}"
+        return _cut(f"error: {e}" if str(e) else f"error: {type(e).__name__}")
     try:
         value = float(text)
     except ValueError:
-        return text if len(text) <= MAX_RESULT else f"{text[:MAX_RESULT]}… (cut: {len(text):,} characters in all)"
+        return _cut(text)
     return text if math.isfinite(value) else f"error: {name} gave a non-finite number ({text})"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_RESULT else f"{text[:MAX_RESULT]}… (cut: {len(text):,} characters in all)"
 
 
 class _Worker:
@@ -183,8 +189,8 @@ class _Worker:
     def __init__(self):
         self.version = _VERSION[0]
         self.conn, child = multiprocessing.get_context("fork").Pipe()
-        self.process = multiprocessing.get_context("fork").Process(target=_serve, args=(child,), daemon=True,
-                                                                   name="minimind-tools")
+        self.process = multiprocessing.get_context("fork").Process(target=_serve, args=(child, self.conn),
+                                                                   daemon=True, name="minimind-tools")
         self.process.start()
         child.close()
 
@@ -209,11 +215,10 @@ class _Worker:
         self.conn.close()
 
 
-def _serve(conn) -> None:
-    """The worker's loop: limits set, then one answer per request until the parent closes the pipe."""
-    with open("/proc/self/statm") as f:
-        start = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    resource.setrlimit(resource.RLIMIT_AS, (start + MEMORY_LIMIT, resource.getrlimit(resource.RLIMIT_AS)[1]))
+def _serve(conn, parent_end) -> None:
+    """The worker's loop: limits set, then one answer per request until the parent closes the pipe or dies."""
+    parent_end.close()                       # else the pipe never reports the parent gone
+    _limit_worker()
     hard_cpu = resource.getrlimit(resource.RLIMIT_CPU)[1]
     while True:
         try:
@@ -225,6 +230,27 @@ def _serve(conn) -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu if hard_cpu == resource.RLIM_INFINITY else min(cpu, hard_cpu),
                                                  hard_cpu))
         conn.send(_answer(name, arguments))
+
+
+def _limit_worker() -> None:
+    """The worker's own limits: it dies with its parent (Linux), dumps no core when the CPU limit stops it, and may
+    allocate MEMORY_LIMIT beyond its starting address space (where /proc tells that size; elsewhere no memory
+    limit)."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)        # PR_SET_PDEATHSIG: killed when the parent dies, even by SIGKILL
+        with open("/proc/self/statm") as f:
+            start = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (start + MEMORY_LIMIT, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    except (OSError, ValueError):
+        pass                                 # not Linux: the wall and CPU limits still hold
+
+
+def start_worker() -> None:
+    """Fork the tool process now (early, before rollouts start their threads), rather than at the first call."""
+    with _LOCK:
+        _worker()
 
 
 _LOCK = threading.Lock()

@@ -78,11 +78,12 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
 
 
-def load_latest(out: Path) -> tuple[Path, dict, dict]:
+def load_latest(out: Path, move_damaged: bool = True) -> tuple[Path, dict, dict]:
     """(model or adapter directory, state, trainer info) of the newest checkpoint that loads.
 
     Damaged checkpoints newer than that one are moved aside to OUT/checkpoints/damaged-<name> (never deleted), each
-    with a notice on stderr. When none loads, MiniMindError names every checkpoint found and why it was rejected."""
+    with a notice on stderr, by the one process that has `move_damaged` (rank 0; the others only skip them). When
+    none loads, MiniMindError names every checkpoint found and why it was rejected."""
     root, rejected = Path(out) / "checkpoints", []
     for path in checkpoints(out):
         try:
@@ -96,7 +97,7 @@ def load_latest(out: Path) -> tuple[Path, dict, dict]:
         except Exception as e:                    # any damage: fall back to the previous checkpoint
             rejected.append((path, f"{type(e).__name__}: {e}".splitlines()[0]))
             continue
-        for bad, reason in rejected:
+        for bad, reason in rejected if move_damaged else ():
             aside = _free_name(root / f"{DAMAGED}{bad.name}")
             bad.rename(aside)
             print(f"notice: checkpoint {bad} does not load ({reason}); moved aside to {aside.name}", file=sys.stderr)

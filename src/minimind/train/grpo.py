@@ -37,7 +37,7 @@ from minimind.rl.config import GRPOConfig, RLConfig
 from minimind.rl.losses import aggregate, group_advantages, k3, policy_loss
 from minimind.rl.rewards import ANSWER_REWARDS, Rewards, accuracy
 from minimind.rl.rollouts import offered, solve, trajectories
-from minimind.rl.tools import resolve_record_tools
+from minimind.rl.tools import resolve_record_tools, start_worker
 from minimind.train.stages import Loss, Stage, StageData
 
 
@@ -97,6 +97,7 @@ class GRPO(Stage):
         check_answers(self.records["train"], self.options.rewards, config.data.train)
         if self.options.agent:
             resolve_record_tools([r for split in self.records.values() for r in split], self.options.tool_functions)
+            start_worker()
         self.rewards = Rewards(self.options.rewards, self.options.reward_model, device)
         if self.options.kl_coef > 0:
             self.reference = self.frozen_start(config.model, config, device)

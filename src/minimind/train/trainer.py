@@ -120,7 +120,7 @@ def _setup(config: TrainConfig, stage: Stage, device: torch.device, info: Dist, 
     dtype = _dtype(config.dtype, device)
     torch.manual_seed(config.seed)
 
-    resumed = checkpoint.load_latest(out) if resume else None
+    resumed = checkpoint.load_latest(out, move_damaged=info.main) if resume else None
     lora = STAGES[config.stage].adapters          # the checkpoint then holds the adapter; the base is config.model
     source = str(resumed[0]) if resumed and not lora else config.model
     model = use_kernels(stage.build_model(source, device), config.kernels)

@@ -35,7 +35,7 @@ class FastAttention(Attention):
         if isinstance(self.q_norm, FusedRMSNorm):           # rope in fp32 inside the norm, results in `dtype`
             q, k = self.q_norm(q, cos, sin, dtype), self.k_norm(k, cos, sin, dtype)
         else:
-            q, k = apply_rope(q, cos, sin).to(dtype), apply_rope(k, cos, sin).to(dtype)
+            q, k = apply_rope(self.q_norm(q), cos, sin).to(dtype), apply_rope(self.k_norm(k), cos, sin).to(dtype)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)          # all keys/values so far: [B, H_kv, S, d]
