@@ -69,7 +69,7 @@ def bench(name: str, args, device: torch.device, dtype: torch.dtype) -> dict:
     """Time `args.steps` training steps of preset `name` after one untimed warm-up step (which compiles)."""
     model = use_kernels(Transformer(preset(name)), args.kernels).to(device).train()
     if args.checkpointing:
-        checkpoint_blocks(model)
+        checkpoint_blocks(model, range(0, model.config.num_hidden_layers, args.checkpoint_every))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)   # fused kernels: cpu, cuda, mps
     forward = torch.compile(model) if args.compile else model
     ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
@@ -130,6 +130,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (compilation not timed)")
     p.add_argument("--kernels", choices=KERNELS, default="auto", help="the fast paths, or the plain reference model")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing of every block")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="with --checkpointing: every k-th block only")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print one JSON object per preset instead of a table")
     return p

@@ -196,6 +196,29 @@ def test_activation_checkpointing_computes_the_same_step(data, tmp_path):
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
 
 
+def test_activation_checkpointing_per_layer(data, tmp_path):
+    """checkpoint_layers / checkpoint_every choose the blocks recomputed in backward (each runs its forward twice)
+    and leave the step the same; a layer outside the model or the keys without activation_checkpointing are refused."""
+    from minimind.model.transformer import checkpoint_blocks
+    from tests.conftest import make_model
+
+    model = make_model().train()
+    assert checkpoint_blocks(model, [1]) == [1]
+    calls = [0, 0]
+    for i, block in enumerate(model.model.layers):
+        block.self_attn.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    x = torch.randint(0, 6400, (1, 16))
+    model(x, labels=x).loss.backward()
+    assert calls == [1, 2]                                   # layer 1 recomputed, layer 0 stored
+    a = weights(train(config(data, tmp_path / "a", max_steps=2)))
+    b = weights(train(config(data, tmp_path / "b", max_steps=2, activation_checkpointing=True, checkpoint_every=2)))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    with pytest.raises(MiniMindError, match=r"has layers 0–1, not \[5\]"):
+        train(config(data, tmp_path / "c", max_steps=1, activation_checkpointing=True, checkpoint_layers=[0, 5]))
+    with pytest.raises(MiniMindError, match="set it too"):
+        config(data, tmp_path / "d", checkpoint_every=2)
+
+
 def test_sigterm_checkpoints_and_stops(data, tmp_path):
     proc = _run_cli(_cli_args(data, tmp_path / "run", max_steps=400, save_every=0))
     metrics_file = tmp_path / "run" / "metrics.jsonl"

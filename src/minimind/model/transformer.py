@@ -9,6 +9,7 @@ Module names follow transformers' Qwen3ForCausalLM (`model.embed_tokens`, `model
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,14 +240,21 @@ class Transformer(nn.Module):
         return save_model(self, path, dtype=dtype, tokenizer=tokenizer)
 
 
-def checkpoint_blocks(module: nn.Module) -> None:
-    """Activation checkpointing: recompute each block's activations in the backward pass instead of storing
-    them, in every backbone inside `module` (PPO's critic has its own). Memory per block drops to its input."""
+def checkpoint_blocks(module: nn.Module, layers: Iterable[int] | None = None) -> list[int]:
+    """Activation checkpointing: recompute the activations of the blocks numbered `layers` (default: all) in the
+    backward pass instead of storing them, in every backbone inside `module` (PPO's critic has its own). Memory per
+    such block drops to its input. Returns the layers checkpointed."""
     from torch.utils.checkpoint import checkpoint as recompute
 
-    for block in (b for m in module.modules() if isinstance(m, Backbone) for b in m.layers):
-        forward = block.forward
-        block.forward = lambda *args, _f=forward, **kwargs: recompute(_f, *args, use_reentrant=False, **kwargs)
+    chosen = None if layers is None else set(layers)
+    done = set()
+    for backbone in (m for m in module.modules() if isinstance(m, Backbone)):
+        for i, block in enumerate(backbone.layers):
+            if chosen is None or i in chosen:
+                forward = block.forward
+                block.forward = lambda *args, _f=forward, **kwargs: recompute(_f, *args, use_reentrant=False, **kwargs)
+                done.add(i)
+    return sorted(done)
 
 
 def training_flops(model, seq_len: int, lookup: int) -> int:

@@ -63,7 +63,9 @@ class TrainConfig:
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 where supported, else fp32
     compile: bool = False
     kernels: Kernels = "auto"            # auto: the fast paths of minimind.model.kernels; reference: the plain model
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False   # recompute blocks' activations in backward (all, or those below)
+    checkpoint_layers: list[int] = field(default_factory=list)   # only these blocks (with activation_checkpointing)
+    checkpoint_every: int = 0            # only every k-th block: 0, k, 2k, … (with activation_checkpointing)
     fsdp: bool = False                   # shard parameters, gradients and optimiser state (FSDP2) under torchrun
     seed: int = 0
     log_every: int = 10
@@ -97,6 +99,13 @@ class TrainConfig:
             getattr(self, section).validate()
         if spec.validate is not None:
             spec.validate(self)
+        if (self.checkpoint_layers or self.checkpoint_every) and not self.activation_checkpointing:
+            raise MiniMindError("config keys 'checkpoint_layers' / 'checkpoint_every' choose blocks for "
+                                "activation_checkpointing=true; set it too")
+        if self.checkpoint_layers and self.checkpoint_every:
+            raise MiniMindError("config keys 'checkpoint_layers' and 'checkpoint_every': give one of them")
+        if self.checkpoint_every < 0 or any(i < 0 for i in self.checkpoint_layers):
+            raise MiniMindError("config keys 'checkpoint_every' and 'checkpoint_layers' must be ≥ 0")
         if self.data.seq_len < 8:
             raise MiniMindError("config key 'data.seq_len' must be ≥ 8")
         if self.optim.lr <= 0 or not 0 <= self.optim.min_lr_ratio <= 1:

@@ -186,7 +186,13 @@ def _setup(config: TrainConfig, stage: Stage, device: torch.device, info: Dist, 
 
     raw = model
     if config.activation_checkpointing:
-        checkpoint_blocks(model)
+        layers = model.config.num_hidden_layers
+        chosen = (config.checkpoint_layers or
+                  (range(0, layers, config.checkpoint_every) if config.checkpoint_every else range(layers)))
+        outside = sorted(set(chosen) - set(range(layers)))
+        if outside:
+            raise MiniMindError(f"config key 'checkpoint_layers': the model has layers 0–{layers - 1}, not {outside}")
+        checkpoint_blocks(model, chosen)
     if config.compile:
         model = torch.compile(model)
     if info.enabled and not config.fsdp:
