@@ -75,10 +75,10 @@ def _load_for_inference(args):
         from minimind.lora import load_adapter, merge
 
         model = merge(load_adapter(model, args.adapter)).eval()
-    if args.int8:
-        from minimind.infer.quant import quantize_int8
+    if args.quant:
+        from minimind.infer.quant import quantize
 
-        model = quantize_int8(model.float())
+        model = quantize(model.float(), args.quant)
     return model, _tokenizer_of(args.model)
 
 
@@ -409,7 +409,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="load a model whose weights hold NaN or inf (refused otherwise), to inspect it")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the one-sequence decode step (first reply waits for the compilation)")
-    p.add_argument("--int8", action="store_true", help="int8 weight-only quantization (CPU, dense models)")
+    p.add_argument("--quant", choices=("int8", "int4"), help="weight-only quantization for the CPU: int8 per row, "
+                                                              "int4 in groups of 32 (MoE experts stay fp32)")
 
 
 def _inference_args(p: argparse.ArgumentParser, temperature: float, max_new_tokens: int) -> None:

@@ -1,11 +1,12 @@
-"""Int8 weight-only inference against fp32 on the CPU: decode speed at batch 1 and bits per byte.
+"""Weight-only quantization against fp32 and bf16 on the CPU, side by side in one run: decode speed at batch 1
+and bits per byte, for fp32, bf16, int8 and int4.
 
-    python benchmarks/int8.py                                   # the quickstart SFT model (after `make demo`)
-    python benchmarks/int8.py --model DIR --text runs/quickstart/data/eval/pretrain.jsonl --new 128
+    python benchmarks/quant.py                                  # the quickstart SFT model (after `make demo`)
+    python benchmarks/quant.py --model DIR --text runs/quickstart/data/eval/pretrain.jsonl --new 128
 
 Decode: greedy tokens/s for --new tokens after a 32-token prompt (prefill excluded), eager and with
 `Engine(compile=True)` (compilation not timed). bpb: Σ nats / (ln 2 · Σ bytes) over the first --tokens tokens of
-each held-out document, the same model in fp32 and in int8. Figures go to docs/performance.md.
+each held-out document, the same weights in each form. Figures go to docs/performance.md.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from minimind.data.formats import read_records
 from minimind.infer import Engine, SamplingParams
-from minimind.infer.quant import quantize_int8
+from minimind.infer.quant import quantize
 from minimind.model import load_model
 from minimind.tokenizer import load_tokenizer, tokenizer_dir
 from minimind.train.stages import token_bytes
@@ -63,18 +64,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(tokenizer_dir(args.model))
     texts = [r["text"] for r in read_records(args.text, "pretrain")][:args.docs]
-    fp32 = load_model(args.model, device="cpu", dtype=torch.float32)
-    int8 = quantize_int8(load_model(args.model, device="cpu", dtype=torch.float32))
+    models = {"fp32": load_model(args.model, device="cpu", dtype=torch.float32),
+              "bf16": load_model(args.model, device="cpu", dtype=torch.bfloat16),
+              "int8": quantize(load_model(args.model, device="cpu", dtype=torch.float32), "int8"),
+              "int4": quantize(load_model(args.model, device="cpu", dtype=torch.float32), "int4")}
     rows = {}
-    for name, model in (("fp32", fp32), ("int8", int8)):
+    for name, model in models.items():
         rows[name] = (decode_speed(model, tokenizer, args.new, False), decode_speed(model, tokenizer, args.new, True),
                       bits_per_byte(model, tokenizer, texts, args.tokens))
     print(f"{args.model} · {args.threads} threads · torch {torch.__version__}")
-    print(f"{'':6} {'decode tok/s':>13} {'compiled':>10} {'bpb':>8}")
+    print("| weights | decode tokens/s | compiled | bits per byte | vs fp32: compiled decode, bpb |")
+    print("|---|---|---|---|---|")
+    e0, c0, b0 = rows["fp32"]
     for name, (eager, compiled, bpb) in rows.items():
-        print(f"{name:6} {eager:13.1f} {compiled:10.1f} {bpb:8.4f}")
-    (e0, c0, b0), (e1, c1, b1) = rows["fp32"], rows["int8"]
-    print(f"int8/fp32: decode ×{e1 / e0:.2f} eager, ×{c1 / c0:.2f} compiled; bpb {b1 - b0:+.4f} ({(b1 / b0 - 1):+.2%})")
+        print(f"| {name} | {eager:,.1f} | {compiled:,.1f} | {bpb:.4f} | ×{compiled / c0:.2f}, {bpb / b0 - 1:+.2%} |")
 
 
 if __name__ == "__main__":
