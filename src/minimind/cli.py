@@ -502,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_tokenizer)
 
     from minimind.data.formats import STAGES as FORMATS
+    from minimind.export.gguf import DTYPES as GGUF_TYPES
     from minimind.train.registry import STAGES
 
     for stage, spec in STAGES.items():
@@ -525,16 +526,15 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export a model directory: gguf (llama.cpp), ollama, onnx")
     export_sub = export.add_subparsers(dest="format", required=True, metavar="<format>")
     for fmt, help_text, out_help, types, default in (
-            ("gguf", "one GGUF file for llama.cpp", "the .gguf file to write", ("f32", "f16", "bf16", "q8_0"), "f16"),
-            ("ollama", "a GGUF plus an ollama Modelfile", "the directory to write", ("f32", "f16", "bf16", "q8_0"),
-             "f16"),
+            ("gguf", "one GGUF file for llama.cpp", "the .gguf file to write", GGUF_TYPES, "f16"),
+            ("ollama", "a GGUF plus an ollama Modelfile", "the directory to write", GGUF_TYPES, "f16"),
             ("onnx", "an ONNX graph with the KV cache as inputs/outputs", "the directory to write",
              ("f32",), "f32")):
         p = export_sub.add_parser(fmt, help=help_text)
         p.add_argument("--model", required=True, help="the model directory")
         p.add_argument("--out", required=True, help=out_help)
         p.add_argument("--outtype", choices=types, default=default,
-                       help="the file's tensor type, as llama.cpp names it (q8_0: 8-bit blocks)")
+                       help="the file's tensor type, as llama.cpp names it (q8_0, q4_0: 8- and 4-bit blocks of 32)")
         p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="a GGUF file, a transformers Qwen3/Qwen2/Llama directory, or the reference's "

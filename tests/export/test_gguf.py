@@ -84,7 +84,8 @@ def test_padded_vocabulary_names_every_id(tmp_path, tokenizer):
     assert meta["tokenizer.ggml.token_type"][6463] == gguf.TokenType.UNUSED
 
 
-@pytest.mark.parametrize("dtype, tolerance", [("f16", 1e-3), ("bf16", 8e-3), ("q8_0", 8e-3)])
+# q4_0: 16 levels per block of 32 values, one step = the block's largest magnitude / 8
+@pytest.mark.parametrize("dtype, tolerance", [("f16", 1e-3), ("bf16", 8e-3), ("q8_0", 8e-3), ("q4_0", 0.13)])
 def test_reduced_precision_stays_close(tmp_path, tokenizer, dtype, tolerance):
     model, directory = saved(tmp_path, tokenizer, "tiny")
     reader = gguf.GGUFReader(export_gguf(directory, tmp_path / "m.gguf", dtype))
@@ -166,6 +167,20 @@ def test_llama_cpp_computes_what_we_compute(tmp_path, tokenizer, llama_cpp, name
     assert len(set(expected)) >= 8                   # a varied continuation, not one token repeated
     assert greedy == expected
     assert tokens == {text: tokenizer.encode(text) for text in TEXTS}
+
+
+@pytest.mark.interop
+def test_llama_cpp_runs_our_q4_0_file_as_we_run_its_weights(tmp_path, tokenizer, llama_cpp):
+    """A 4-bit GGUF: llama.cpp's greedy tokens on it equal ours on the same 4-bit weights (imported back,
+    dequantized), for 32 tokens."""
+    model, directory = saved(tmp_path, tokenizer, "tiny")
+    path = export_gguf(directory, tmp_path / "m.gguf", "q4_0")
+    ours = load_model(import_gguf(path, tmp_path / "back"), device="cpu")
+    ids = tokenizer.encode("Once upon a time, in a quiet village by the sea, there lived")
+    _, greedy, _ = run_llama(llama_cpp, path, ids, 32)
+    expected = Engine(ours, tokenizer).generate([ids], SamplingParams(max_new_tokens=32, temperature=0.0,
+                                                                       ignore_eos=True))[0][0].token_ids
+    assert len(set(expected)) >= 8 and greedy == expected
 
 
 # --- import ----------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from minimind.fileio import atomic_directory, atomic_write_text
 from minimind.model.io import from_checkpoint, read_tensors
 from minimind.tokenizer import tokenizer_dir
 
-DTYPES = ("f32", "f16", "bf16", "q8_0")
+DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 
 # our (transformers') tensor name inside a layer → GGUF's
 LAYER_NAMES = {
@@ -154,7 +154,8 @@ def _write_hparams(writer, config: ModelConfig, name: str, dtype: str) -> None:
 
     writer.add_name(name)
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                          "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
+                          "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+                          "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[dtype])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_vocab_size(config.vocab_size)
     writer.add_context_length(config.max_position_embeddings)
@@ -229,17 +230,17 @@ def _chat_template(directory: Path) -> str | None:
 
 
 def _encode(tensor: torch.Tensor, dtype: str):
-    """(numpy data, GGML type) for one tensor: vectors stay f32, matrices take `dtype` (q8_0 needs rows that are
-    whole 32-value blocks; other rows fall back to f16, as llama.cpp's own converter does)."""
+    """(numpy data, GGML type) for one tensor: vectors stay f32, matrices take `dtype` (q8_0 and q4_0 need rows
+    that are whole 32-value blocks; other rows fall back to f16, as llama.cpp's own converter does)."""
     import gguf
 
     data = tensor.float().numpy()
     if data.ndim == 1 or dtype == "f32":
         return data, gguf.GGMLQuantizationType.F32
-    if dtype == "q8_0" and data.shape[-1] % 32 != 0:
+    if dtype in ("q8_0", "q4_0") and data.shape[-1] % 32 != 0:
         dtype = "f16"
     qtype = {"f16": gguf.GGMLQuantizationType.F16, "bf16": gguf.GGMLQuantizationType.BF16,
-             "q8_0": gguf.GGMLQuantizationType.Q8_0}[dtype]
+             "q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}[dtype]
     return gguf.quants.quantize(data, qtype), qtype
 
 
