@@ -171,16 +171,21 @@ def test_llama_cpp_computes_what_we_compute(tmp_path, tokenizer, llama_cpp, name
 
 @pytest.mark.interop
 def test_llama_cpp_runs_our_q4_0_file_as_we_run_its_weights(tmp_path, tokenizer, llama_cpp):
-    """A 4-bit GGUF: llama.cpp's greedy tokens on it equal ours on the same 4-bit weights (imported back,
-    dequantized), for 32 tokens."""
-    model, directory = saved(tmp_path, tokenizer, "tiny")
+    """A 4-bit GGUF in llama.cpp against our run of the same 4-bit weights (imported back, dequantized). llama.cpp
+    multiplies q4_0 weights by activations it rounds to 8 bits, so the logits differ by more than rounding (about
+    a tenth of their spread on this random model), and greedy decoding agrees for a while, not forever: 22 of 32
+    tokens here, where an f32 file agrees on all 32 (above)."""
+    model, directory = saved(tmp_path, tokenizer, "tiny", initializer_range=0.1)
     path = export_gguf(directory, tmp_path / "m.gguf", "q4_0")
     ours = load_model(import_gguf(path, tmp_path / "back"), device="cpu")
     ids = tokenizer.encode("Once upon a time, in a quiet village by the sea, there lived")
-    _, greedy, _ = run_llama(llama_cpp, path, ids, 32)
+    logits, greedy, _ = run_llama(llama_cpp, path, ids, 32)
+    with torch.no_grad():
+        expected_logits = ours(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(logits - expected_logits).max() <= 0.15 * expected_logits.std()
     expected = Engine(ours, tokenizer).generate([ids], SamplingParams(max_new_tokens=32, temperature=0.0,
                                                                        ignore_eos=True))[0][0].token_ids
-    assert len(set(expected)) >= 8 and greedy == expected
+    assert len(set(expected)) >= 8 and greedy[:16] == expected[:16]
 
 
 # --- import ----------------------------------------------------------------------------------------------------
