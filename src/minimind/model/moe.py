@@ -109,10 +109,15 @@ class MoE(nn.Module):
         # index_select, not x[token]: its backward is an index_add, several times faster on CPU than the
         # accumulating index_put that advanced indexing differentiates into.
         rows = x.index_select(0, token)
-        ids = torch.arange(self.num_experts, device=x.device, dtype=grouped.dtype)
-        offsets = torch.searchsorted(grouped, ids, right=True).to(torch.int32)        # end row of each group
-        y = self.experts(rows, offsets) * weights.flatten().index_select(0, order)[:, None]
+        y = self.grouped_experts(rows, grouped) * weights.flatten().index_select(0, order)[:, None]
         return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
+
+    def grouped_experts(self, rows: torch.Tensor, grouped: torch.Tensor) -> torch.Tensor:
+        """rows [M, hidden] sorted by their expert, grouped [M] (those experts, ascending) → each row through its
+        expert's SwiGLU [M, hidden]."""
+        ids = torch.arange(self.num_experts, device=rows.device, dtype=grouped.dtype)
+        offsets = torch.searchsorted(grouped, ids, right=True).to(torch.int32)        # end row of each group
+        return self.experts(rows, offsets)
 
     def aux_loss(self, probs: torch.Tensor, experts: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
         chosen = F.one_hot(experts, self.num_experts).sum(dim=1).float()   # [N, E], 1 where expert in top-k

@@ -1,11 +1,11 @@
 """MoE expert groups padded with zero rows for oneDNN (bf16 and fp16 GEMMs on the CPU), and one decoded token's
 experts as multiply-reduces under torch.compile.
 
-Replaces `MoE.run_experts`. Justified by: oneDNN builds (JIT-compiles) a kernel for every new matrix shape, and
-expert group sizes change every step; ten grouped GEMMs over fresh group sizes missed its cache on 35–39 of 40
-kernel creations, with padding on 1. The bf16 MoE step ran 1.17–1.27× faster and its peak memory fell from
-7.5–8.1 to 6.0–6.6 GiB on the Zen 5 machine (docs/performance.md, "MoE groups padded for oneDNN"). fp32 GEMMs do
-not go through oneDNN and are not padded.
+Replaces `MoE.run_experts` for one compiled CPU token, and `MoE.grouped_experts` on oneDNN. Justified by:
+oneDNN builds (JIT-compiles) a kernel for every new matrix shape, and expert group sizes change every step; ten
+grouped GEMMs over fresh group sizes missed its cache on 35–39 of 40 kernel creations, with padding on 1. The bf16
+MoE step ran 1.17–1.27× faster and its peak memory fell from 7.5–8.1 to 6.0–6.6 GiB on the Zen 5 machine
+(docs/performance.md, "MoE groups padded for oneDNN"). fp32 GEMMs do not go through oneDNN and are not padded.
 """
 
 from __future__ import annotations
@@ -49,15 +49,13 @@ class PaddedMoE(MoE):
     def run_experts(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if one_compiled_cpu_row(x):
             return one_token_experts(self.experts, x, experts[0], weights[0]).to(x.dtype)
-        on_onednn = x.device.type == "cpu" and autocast_dtype(x) != torch.float32
-        block = cpu_group_block(x.shape[0] * self.top_k, self.num_experts) if on_onednn else 1
+        return super().run_experts(x, experts, weights)
+
+    def grouped_experts(self, rows: torch.Tensor, grouped: torch.Tensor) -> torch.Tensor:
+        on_onednn = rows.device.type == "cpu" and autocast_dtype(rows) != torch.float32
+        block = cpu_group_block(rows.shape[0], self.num_experts) if on_onednn else 1
         if block == 1:
-            return super().run_experts(x, experts, weights)
-        grouped, order = experts.flatten().sort(stable=True)
-        token = order // self.top_k
-        rows = x.index_select(0, token)
+            return super().grouped_experts(rows, grouped)
         offsets, slots = expert_groups(grouped, self.num_experts, block)
         padded = rows.new_zeros(rows.shape[0] + self.num_experts * (block - 1), rows.shape[1])
-        y = self.experts(padded.index_copy(0, slots, rows), offsets).index_select(0, slots)
-        y = y * weights.flatten().index_select(0, order)[:, None]
-        return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
+        return self.experts(padded.index_copy(0, slots, rows), offsets).index_select(0, slots)
