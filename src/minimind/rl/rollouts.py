@@ -19,6 +19,14 @@ def offered(record: dict, options: RLConfig) -> tuple[list[dict], list[str]]:
     return [TOOLS[name].schema for name in options.tools], list(options.tools)
 
 
+def chat_prompts(engine: Engine, records: list[dict], options: RLConfig) -> tuple[list[list[int]], list[list[str]]]:
+    """The records' generation prompts and, per prompt, the tools a call may use: in agent mode the tools `offered`
+    offers, shown in the prompt; otherwise the record's own schemas in the prompt and no tool runs."""
+    tools = [offered(r, options) if options.agent else (r["tools"], []) for r in records]
+    prompts = [engine.chat_prompt(r["messages"], schemas) for r, (schemas, _) in zip(records, tools, strict=True)]
+    return prompts, [names for _, names in tools]
+
+
 def trajectories(engine: Engine, prompts: list[list[int]], params: list[SamplingParams], next_params,
                  options: RLConfig, allowed: list[list[str]] | None = None) -> list[list[Sample]]:
     """Sample each prompt's group ([prompt][sample]). In agent mode a sample whose turn ends with tool calls
@@ -45,10 +53,8 @@ def solve(engine: Engine, records: list[dict], params: SamplingParams, options, 
     samples = []
     for first in range(0, len(records), batch):
         chunk = records[first:first + batch]
-        tools = [offered(r, options) if options.agent else (r["tools"], []) for r in chunk]
-        prompts = [engine.chat_prompt(r["messages"], schemas) for r, (schemas, _) in zip(chunk, tools, strict=True)]
-        groups = trajectories(engine, prompts, [params] * len(chunk), lambda t, i: params, options,
-                              [names for _, names in tools])
+        prompts, allowed = chat_prompts(engine, chunk, options)
+        groups = trajectories(engine, prompts, [params] * len(chunk), lambda t, i: params, options, allowed)
         samples += [g[0] for g in groups]
     return samples
 

@@ -36,7 +36,7 @@ from minimind.model.loss import token_entropy, token_logprobs
 from minimind.rl.config import GRPOConfig, RLConfig
 from minimind.rl.losses import aggregate, group_advantages, k3, policy_loss
 from minimind.rl.rewards import ANSWER_REWARDS, Rewards, accuracy
-from minimind.rl.rollouts import offered, solve, trajectories
+from minimind.rl.rollouts import chat_prompts, solve, trajectories
 from minimind.rl.tools import resolve_record_tools, start_worker
 from minimind.train.stages import Loss, Stage, StageData
 
@@ -232,14 +232,10 @@ class RolloutLoader:
         o = self.options
         engine = self._engine()
         records = [self.records[d] for d in prompt_ids]
-        allowed = None
         if o.agent:
-            tools = [offered(r, o) for r in records]
-            prompts = [engine.chat_prompt(r["messages"], schemas)
-                       for r, (schemas, _) in zip(records, tools, strict=True)]
-            allowed = [names for _, names in tools]
-        else:
-            prompts = [self.prompts.doc(d)[0].astype(np.int64).tolist() for d in prompt_ids]
+            prompts, allowed = chat_prompts(engine, records, o)
+        else:                                                       # the prepared prompts, no tools
+            prompts, allowed = [self.prompts.doc(d)[0].astype(np.int64).tolist() for d in prompt_ids], None
         key = (self.seed, self.epoch, self.rollout, draw)
         with self.stage.autocast:
             groups = trajectories(engine, prompts, [self._params(o.group_size, hash((*key, d)) % 2**31)

@@ -33,7 +33,7 @@ from minimind.model.layers import Attention, Linear, RMSNorm
 from minimind.model.moe import MoE
 from minimind.model.transformer import Backbone, Block, Transformer
 
-Kernels = Literal["auto", "reference"]            # config.KERNELS
+Kernels = Literal[KERNELS]                        # the type of a kernels setting, from the one list
 FAST = {Linear: OneRowLinear, RMSNorm: FusedRMSNorm, Attention: FastAttention, Block: CastOnceBlock, MoE: PaddedMoE,
         Backbone: FlexBackbone, Transformer: FusedLossTransformer}
 REFERENCE = {fast: plain for plain, fast in FAST.items()}
