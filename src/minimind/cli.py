@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from minimind.config import KERNELS
+from minimind.config import DTYPE_NAMES, KERNELS
 from minimind.errors import MiniMindError
 
 
@@ -383,7 +383,6 @@ def _param_summary(model) -> str:
 
 
 # The spelling every command shares: the same flag, values and default for the same meaning.
-DTYPES = ("fp32", "bf16", "fp16")       # as training configs spell them (`dtype=bf16`)
 WINDOW = 2048                           # eval and report: tokens per forward (capped at the model's context)
 
 
@@ -392,7 +391,8 @@ def _device_arg(p) -> None:
 
 
 def _dtype_arg(p, default: str, help: str) -> None:
-    p.add_argument("--dtype", choices=(*DTYPES, "auto") if default == "auto" else DTYPES, default=default, help=help)
+    p.add_argument("--dtype", choices=(*DTYPE_NAMES, "auto") if default == "auto" else DTYPE_NAMES, default=default,
+                   help=help)
 
 
 def _seed_arg(p) -> None:

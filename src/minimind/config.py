@@ -24,6 +24,8 @@ FAMILIES = {(True, False): DENSE, (False, True): ("qwen2", "Qwen2ForCausalLM"),
 # The model's code paths, a choice at run time (never saved in config.json): "auto" runs the fast kernels of
 # `minimind.model.kernels` where they apply, "reference" the plain model of `minimind.model`.
 KERNELS = ("auto", "reference")
+# How configs and command-line flags spell a dtype (`runtime.resolve_dtype` also reads torch's long names).
+DTYPE_NAMES = ("fp32", "bf16", "fp16")
 
 # Fields a config.json must hold; the rest have Qwen3's defaults.
 REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")

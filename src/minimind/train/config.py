@@ -9,6 +9,7 @@ from typing import Literal
 
 import yaml
 
+from minimind.config import DTYPE_NAMES
 from minimind.errors import MiniMindError
 from minimind.lora import LoRAConfig
 from minimind.model.kernels import Kernels
@@ -60,7 +61,7 @@ class TrainConfig:
     max_steps: int = 0                   # optimiser steps; 0 = `epochs` over the training rows
     epochs: float = 1.0
     device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 where supported, else fp32
+    dtype: Literal[("auto", *DTYPE_NAMES)] = "auto"   # auto: bf16 where supported, else fp32
     compile: bool = False
     kernels: Kernels = "auto"            # auto: the fast paths of minimind.model.kernels; reference: the plain model
     activation_checkpointing: bool = False   # recompute blocks' activations in backward (all, or those below)

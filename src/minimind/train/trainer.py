@@ -39,7 +39,7 @@ from minimind.model.kernels import use_kernels
 from minimind.model.transformer import checkpoint_blocks
 from minimind.overrides import to_dict
 from minimind.perf import device_peak_flops, measure_matmul_peak
-from minimind.runtime import keep_freed_memory, resolve_device
+from minimind.runtime import keep_freed_memory, resolve_device, resolve_dtype
 from minimind.tokenizer import load_tokenizer, tokenizer_dir
 from minimind.train import checkpoint
 from minimind.train.config import TrainConfig, save_config
@@ -57,8 +57,6 @@ from minimind.train.optim import build_optimizers
 from minimind.train.registry import STAGES, make_stage
 from minimind.train.schedule import lr_multiplier, set_lr
 from minimind.train.stages import Stage, StageData, token_bytes
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
@@ -426,7 +424,7 @@ def _measured_peak(dtype: torch.dtype, device_type: str) -> float | None:
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
     if name != "auto":
-        return DTYPES[name]
+        return resolve_dtype(name)
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
