@@ -12,6 +12,7 @@ computation matches ours: RMSNorm in fp32, q/k norm before RoPE, the half-split 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -121,10 +122,7 @@ def _from_directory(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     bin_file = path / "pytorch_model.bin"
     tensors = _read_pth(bin_file) if bin_file.is_file() else read_tensors(path)
     config = infer_config(tensors, path)
-    names = {"hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-             "intermediate_size", "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta",
-             "num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
-             "router_aux_loss_coef", "bos_token_id", "eos_token_id", "tie_word_embeddings"}
+    names = {f.name for f in dataclasses.fields(ModelConfig)} - {"rope_scaling"}      # rope: below
     given = {k: v for k, v in raw.items() if k in names and v is not None}
     if not raw.get("use_moe", False):
         given = {k: v for k, v in given.items() if k not in ("num_experts", "num_experts_per_tok",
