@@ -262,6 +262,141 @@ def _swiglu_width(hidden: int, multiplier: float) -> int:
     return math.ceil(hidden * multiplier / 64) * 64
 
 
+VISION_FAMILIES = {"siglip": "siglip_vision_model", "clip": "clip_vision_model"}
+PROJECTORS = ("llava", "minimind-v")
+LLAVA = ("llava", "LlavaForConditionalGeneration")
+MINIMIND_V = ("minimind_v", "MiniMindVForConditionalGeneration")
+
+
+@dataclass
+class VisionConfig:
+    """The image side of a vision-language model: a ViT tower under transformers' SigLIP (or CLIP) field names, and
+    how its patch features reach the language model.
+
+    Each image becomes `image_tokens` = (image_size / patch_size)² feature rows, spliced into as many
+    `<|image_pad|>` (image_token_id) positions. projector "llava": linear_2(GELU(linear_1(f))) on the output of
+    layer `feature_layer` (transformers' hidden_states index; -1 = the last layer, before post_layernorm): the
+    layout `LlavaForConditionalGeneration` computes, so the directory loads there. "minimind-v": MiniMind-V's
+    LayerNorm first, on the post-layernorm features; no stock class computes that, so it is saved under its own
+    architectures name.
+    """
+    family: str = "siglip"                 # "siglip" (no class token, patch bias) or "clip" (class token, pre-norm)
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    image_size: int = 256
+    patch_size: int = 32
+    num_channels: int = 3
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu_pytorch_tanh"
+    image_mean: tuple = (0.5, 0.5, 0.5)
+    image_std: tuple = (0.5, 0.5, 0.5)
+    image_token_id: int = 12
+    projector: str = "llava"
+    feature_layer: int = -1
+
+    def __post_init__(self):
+        if self.family not in VISION_FAMILIES:
+            raise MiniMindError(f"vision config field 'family' must be one of {', '.join(VISION_FAMILIES)}; "
+                                f"got {self.family!r}")
+        if self.projector not in PROJECTORS:
+            raise MiniMindError(f"vision config field 'projector' must be one of {', '.join(PROJECTORS)}; "
+                                f"got {self.projector!r}")
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                     "patch_size", "num_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise MiniMindError(f"vision config field '{name}' must be a positive integer, got {value!r}")
+        if self.image_size % self.patch_size:
+            raise MiniMindError(f"vision config: image_size ({self.image_size}) must be a multiple of patch_size "
+                                f"({self.patch_size})")
+        if self.hidden_size % self.num_attention_heads:
+            raise MiniMindError(f"vision config: hidden_size ({self.hidden_size}) must be a multiple of "
+                                f"num_attention_heads ({self.num_attention_heads})")
+        if not -self.num_hidden_layers <= self.feature_layer <= self.num_hidden_layers or self.feature_layer == 0:
+            raise MiniMindError(f"vision config field 'feature_layer' must name a layer (1..{self.num_hidden_layers}"
+                                f" or -{self.num_hidden_layers}..-1), got {self.feature_layer}")
+        if self.projector == "minimind-v" and self.feature_layer not in (-1, self.num_hidden_layers):
+            raise MiniMindError("vision config: the minimind-v projector reads the last layer (feature_layer -1)")
+        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+
+    @property
+    def image_tokens(self) -> int:
+        """Feature rows (and <|image_pad|> tokens) per image."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def layers_run(self) -> int:
+        """Encoder layers the features need (transformers' hidden_states[feature_layer])."""
+        return self.feature_layer if self.feature_layer > 0 else self.num_hidden_layers + 1 + self.feature_layer
+
+    def replace(self, **changes) -> VisionConfig:
+        return dataclasses.replace(self, **changes)
+
+    def tower_dict(self) -> dict[str, Any]:
+        """The vision_config block transformers reads as SiglipVisionConfig / CLIPVisionConfig."""
+        d = {"model_type": VISION_FAMILIES[self.family]}
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                     "patch_size", "num_channels", "layer_norm_eps", "hidden_act"):
+            d[name] = getattr(self, name)
+        if self.family == "siglip":
+            d["vision_use_head"] = False
+        else:
+            d["projection_dim"] = self.hidden_size
+        return d
+
+    def to_hf_dict(self, text: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
+        """config.json of the whole model: transformers' LlavaConfig (our own names for the minimind-v projector)."""
+        model_type, arch = LLAVA if self.projector == "llava" else MINIMIND_V
+        d = {"architectures": [arch], "model_type": model_type, "text_config": text.to_hf_dict(dtype),
+             "vision_config": self.tower_dict(), "image_token_index": self.image_token_id,
+             "image_seq_length": self.image_tokens, "projector_hidden_act": "gelu",
+             "vision_feature_select_strategy": "full" if self.family == "siglip" else "default",
+             "vision_feature_layer": self.feature_layer, "multimodal_projector_bias": True,
+             "tie_word_embeddings": text.tie_word_embeddings, "torch_dtype": dtype,
+             "image_mean": list(self.image_mean), "image_std": list(self.image_std)}
+        if self.projector != "llava":
+            d["projector"] = self.projector
+        return d
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> tuple[ModelConfig, VisionConfig]:
+        """A LlavaConfig dict (ours or transformers') → (text config, vision config)."""
+        for key in ("text_config", "vision_config"):
+            if not isinstance(d.get(key), dict):
+                raise MiniMindError(f"{source}: missing object '{key}'")
+        text = ModelConfig.from_hf_dict(d["text_config"], source=f"{source}: text_config")
+        return text, cls.from_tower_dict(d["vision_config"], f"{source}: vision_config",
+                                         image_token_id=d.get("image_token_index", d.get("image_token_id", 12)),
+                                         projector=d.get("projector", "llava"),
+                                         feature_layer=d.get("vision_feature_layer", -1),
+                                         image_mean=d.get("image_mean", (0.5,) * 3),
+                                         image_std=d.get("image_std", (0.5,) * 3))
+
+    @classmethod
+    def from_tower_dict(cls, d: dict[str, Any], source: str, **extra) -> VisionConfig:
+        """A SigLIP / CLIP vision config dict (or a whole SigLIP/CLIP model's, whose vision_config is used)."""
+        if d.get("model_type") in ("siglip", "clip", "siglip2") and isinstance(d.get("vision_config"), dict):
+            d = d["vision_config"] | {"model_type": d["model_type"] + "_vision_model"}
+        families = {v: k for k, v in VISION_FAMILIES.items()}
+        if d.get("model_type") not in families:
+            raise MiniMindError(f"{source}: model_type {d.get('model_type')!r} is not a vision tower this model "
+                                f"computes ({', '.join(families)}; a SigLIP2 NaFlex tower is not)")
+        family = families[d["model_type"]]
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names and k != "model_type"}
+        kwargs.setdefault("hidden_act", "gelu_pytorch_tanh" if family == "siglip" else "quick_gelu")
+        kwargs.setdefault("layer_norm_eps", 1e-6 if family == "siglip" else 1e-5)
+        if family == "clip":
+            extra.setdefault("image_mean", (0.48145466, 0.4578275, 0.40821073))
+            extra.setdefault("image_std", (0.26862954, 0.26130258, 0.27577711))
+        try:
+            return cls(family=family, **kwargs, **extra)
+        except (TypeError, MiniMindError) as e:
+            raise MiniMindError(f"{source}: {e}") from None
+
+
 PRESETS: dict[str, ModelConfig] = {
     # The reference's current models.
     "minimind-3": ModelConfig(),
@@ -293,3 +428,22 @@ def preset(name: str) -> ModelConfig:
     if name not in PRESETS:
         raise MiniMindError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return dataclasses.replace(PRESETS[name])
+
+
+# Vision-language models: (text preset, vision tower). minimind-3v is the reference's MiniMind-V (SigLIP2 ViT-B/32
+# at 256² → 64 tokens per image, on minimind-3); the small ones train from nothing on a CPU.
+VISION_PRESETS: dict[str, tuple[str, VisionConfig]] = {
+    "minimind-3v": ("minimind-3", VisionConfig()),
+    "minimind-3v-moe": ("minimind-3-moe", VisionConfig()),
+    "mini-v": ("mini", VisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                                    image_size=64, patch_size=16)),
+    "tiny-v": ("tiny", VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                    image_size=32, patch_size=8)),
+}
+
+
+def vision_preset(name: str) -> tuple[ModelConfig, VisionConfig]:
+    if name not in VISION_PRESETS:
+        raise MiniMindError(f"unknown vision preset {name!r}; choose from {', '.join(VISION_PRESETS)}")
+    text, vision = VISION_PRESETS[name]
+    return preset(text), dataclasses.replace(vision)

@@ -17,20 +17,22 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from minimind.config import ModelConfig
+from minimind.config import ModelConfig, VisionConfig
 from minimind.errors import MiniMindError
 from minimind.model.kernels import Kernels, use_kernels
 from minimind.model.reward import SEQUENCE_CLASSIFICATION, RewardModel
 from minimind.model.save import INDEX, WEIGHTS, generation_config, nonfinite_count, save_model, to_checkpoint
 from minimind.model.transformer import Transformer
+from minimind.model.vlm import VisionLanguageModel, from_disk_names, is_vision_dir
 from minimind.runtime import resolve_device
 
-__all__ = ["INDEX", "WEIGHTS", "from_checkpoint", "generation_config", "is_reward_model", "load_model",
+__all__ = ["INDEX", "WEIGHTS", "from_checkpoint", "generation_config", "is_reward_model", "load_model", "read_tower",
            "load_reward_model", "read_tensors", "save_model", "to_checkpoint"]
 
 _EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
@@ -122,12 +124,26 @@ def _load(path, build, device, dtype, rope_scaling, allow_nonfinite=False):
                             f"them with `minimind import {path} --out DIR --tokenizer THEIR_MODEL_FOLDER`)")
     if not path.is_dir():
         raise MiniMindError(f"{path}: not a model directory")
-    config = ModelConfig.load(path / "config.json")
+    tensors = read_tensors(path)
+    if is_vision_dir(path):
+        config, vision = VisionConfig.from_hf_dict(_read_json(path / "config.json"), str(path / "config.json"))
+        build, tensors = partial(VisionLanguageModel, vision=vision), from_disk_names(tensors)
+    else:
+        config = ModelConfig.load(path / "config.json")
     if rope_scaling is not None:
         config = config.replace(rope_scaling=rope_scaling)
-    tensors = read_tensors(path)
     weights_file = path / (WEIGHTS if (path / WEIGHTS).is_file() else INDEX)
     return from_tensors(tensors, config, weights_file, build, device, dtype, allow_nonfinite)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise MiniMindError(f"{path}: unreadable ({e})") from None
+    if not isinstance(d, dict):
+        raise MiniMindError(f"{path}: expected a JSON object")
+    return d
 
 
 def from_tensors(tensors: dict[str, torch.Tensor], config: ModelConfig, source: str | Path, build=Transformer,
@@ -145,20 +161,27 @@ def from_tensors(tensors: dict[str, torch.Tensor], config: ModelConfig, source: 
     expected = model.state_dict()
     if config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
+    rename = getattr(model, "disk_name", lambda name: name)
+
+    def disk(name: str) -> str:
+        return rename(_disk_name(name))
+
+    missing = [name for name in expected if name not in state]
+    if missing:
+        raise MiniMindError(f"{weights_file}: missing tensor '{disk(missing[0])}'{_more(missing, disk)}")
     for name, ref in expected.items():
-        if name not in state:
-            raise MiniMindError(f"{weights_file}: missing tensor '{_disk_name(name)}'")
         if tuple(state[name].shape) != tuple(ref.shape):
-            raise MiniMindError(f"{weights_file}: tensor '{_disk_name(name)}' has shape "
+            raise MiniMindError(f"{weights_file}: tensor '{disk(name)}' has shape "
                                 f"{list(state[name].shape)}, the config implies {list(ref.shape)}")
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
-        raise MiniMindError(f"{weights_file}: unexpected tensor '{unexpected[0]}' (not part of this config)")
+        raise MiniMindError(f"{weights_file}: unexpected tensor '{disk(unexpected[0])}' (not part of this config)"
+                            f"{_more(unexpected, disk)}")
     if not allow_nonfinite:
         for name, t in state.items():
             bad = nonfinite_count(t)
             if bad:
-                raise MiniMindError(f"{weights_file}: tensor '{_disk_name(name)}' holds {bad:,} non-finite values "
+                raise MiniMindError(f"{weights_file}: tensor '{disk(name)}' holds {bad:,} non-finite values "
                                     "(NaN or inf); the model is broken (load it with --allow-nonfinite to inspect it)")
 
     if dtype is None:
@@ -171,7 +194,43 @@ def from_tensors(tensors: dict[str, torch.Tensor], config: ModelConfig, source: 
     return model.eval()
 
 
+def _more(names: list[str], disk) -> str:
+    """", and N more: a, b, …" for the names after the first (none: "")."""
+    if len(names) < 2:
+        return ""
+    shown = ", ".join(disk(n) for n in names[1:4])
+    return f" and {len(names) - 1} more ({shown}{', …' if len(names) > 4 else ''})"
+
+
 def _disk_name(name: str) -> str:
     """The checkpoint name of one of our tensors (expert 0's, for stacked experts)."""
     stem, _, proj = name.rpartition(".")
     return f"{stem}.0.{proj}.weight" if stem.endswith("mlp.experts") else name
+
+
+TOWER_PREFIXES = ("model.vision_tower.", "vision_tower.", "vision_model.")
+
+
+def read_tower(path: str | Path) -> tuple[VisionConfig, dict[str, torch.Tensor]]:
+    """A local transformers SigLIP / CLIP directory (a vision model, a whole dual encoder, or a Llava checkpoint)
+    → its tower's config and tensors under our names (the text encoder and pooling heads left out)."""
+    path = Path(path)
+    try:
+        d = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise MiniMindError(f"{path / 'config.json'}: unreadable ({e})") from None
+    if not isinstance(d, dict):
+        raise MiniMindError(f"{path / 'config.json'}: expected a JSON object")
+    if d.get("model_type") in ("llava", "minimind_v"):
+        d = d.get("vision_config") or {}
+    config = VisionConfig.from_tower_dict(d, str(path / "config.json"))
+    state = {}
+    for name, t in read_tensors(path).items():
+        for prefix in TOWER_PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
+        if name.startswith(("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm.")) and \
+                not name.endswith("position_ids"):
+            state[name] = t
+    return config, state

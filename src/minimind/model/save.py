@@ -54,9 +54,13 @@ def save_model(model: nn.Module, path: str | Path, dtype: torch.dtype | None = N
         if bad:
             raise MiniMindError(f"{path}: not saved: tensor '{name}' holds {bad:,} non-finite values (NaN or inf)")
     with atomic_directory(path, marker="config.json") as tmp:
-        config = model.config.to_hf_dict(saved_dtype) | getattr(model, "hf_config", {})
+        if hasattr(model, "checkpoint_config"):            # a model of several parts (minimind.model.vlm)
+            config, tensors = model.checkpoint_config(saved_dtype), model.to_checkpoint(state)
+        else:
+            config = model.config.to_hf_dict(saved_dtype) | getattr(model, "hf_config", {})
+            tensors = to_checkpoint(state, model.config)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_file(to_checkpoint(state, model.config), tmp / WEIGHTS, metadata={"format": "pt"})
+        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
         (tmp / "generation_config.json").write_text(json.dumps(generation_config(model.config), indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save(tmp)

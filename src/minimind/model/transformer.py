@@ -62,11 +62,13 @@ class Backbone(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, position_ids: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                inputs_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """input_ids [B, T] → (hidden [B, T, H], aux loss or None).
 
         attention_mask [B, past+T]: 1 = token, 0 = padding (left or right).
         position_ids [B, T]: packed rows; each 0 starts a document that attends only within itself.
+        inputs_embeds [B, T, H]: the embeddings to run in place of embed_tokens(input_ids) (image features spliced
+        in by `minimind.model.vlm`).
         """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
@@ -80,7 +82,7 @@ class Backbone(nn.Module):
         else:
             positions = _positions(attention_mask, past, T, input_ids.device)
             mask, is_causal = _attention_mask(attention_mask, past, T, input_ids.device)
-        h = self.embed_tokens(input_ids)
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         cos, sin = self.rotary(positions, h.dtype)
         token_mask = attention_mask[:, past:] if attention_mask is not None else None
         aux = None
@@ -165,7 +167,7 @@ class Transformer(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, cache: KVCache | None = None,
                 logits_to_keep: int | None = None, position_ids: torch.Tensor | None = None,
-                reduction: str = "mean") -> ModelOutput:
+                reduction: str = "mean", inputs_embeds: torch.Tensor | None = None) -> ModelOutput:
         """input_ids [B, T] → logits [B, T, vocab] (only the last `logits_to_keep` positions if given).
 
         labels [B, T] are the input ids themselves (the shift happens here): loss = mean over positions t with
@@ -173,9 +175,9 @@ class Transformer(nn.Module):
         the sum of those terms without the aux loss (the caller divides and adds `aux_loss`). With labels the
         logits are returned only for the last `logits_to_keep` positions, and are None without it (the fused
         loss of `minimind.model.kernels` never forms them).
-        position_ids [B, T] describe packed rows (see Backbone.forward).
+        position_ids [B, T] describe packed rows; inputs_embeds replace the token embeddings (see Backbone.forward).
         """
-        h, aux = self.model(input_ids, attention_mask, cache, position_ids)
+        h, aux = self.model(input_ids, attention_mask, cache, position_ids, inputs_embeds)
         if aux is None:
             aux = h.new_zeros((), dtype=torch.float32)
         logits = loss = None

@@ -25,17 +25,18 @@ from minimind.config import KERNELS
 from minimind.errors import MiniMindError
 from minimind.model.kernels.attention import FastAttention
 from minimind.model.kernels.flex_attention import FlexBackbone
-from minimind.model.kernels.linear_cross_entropy import FusedLossTransformer
+from minimind.model.kernels.linear_cross_entropy import FusedLossTransformer, FusedLossVisionLanguageModel
 from minimind.model.kernels.moe_padding import PaddedMoE
 from minimind.model.kernels.norm_rope import CastOnceBlock, FusedRMSNorm
 from minimind.model.kernels.one_row import OneRowLinear
 from minimind.model.layers import Attention, Linear, RMSNorm
 from minimind.model.moe import MoE
 from minimind.model.transformer import Backbone, Block, Transformer
+from minimind.model.vlm import VisionLanguageModel
 
 Kernels = Literal[KERNELS]                        # the type of a kernels setting, from the one list
 FAST = {Linear: OneRowLinear, RMSNorm: FusedRMSNorm, Attention: FastAttention, Block: CastOnceBlock, MoE: PaddedMoE,
-        Backbone: FlexBackbone, Transformer: FusedLossTransformer}
+        Backbone: FlexBackbone, Transformer: FusedLossTransformer, VisionLanguageModel: FusedLossVisionLanguageModel}
 REFERENCE = {fast: plain for plain, fast in FAST.items()}
 
 

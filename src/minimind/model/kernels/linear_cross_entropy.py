@@ -25,6 +25,7 @@ import torch
 from minimind.model.layers import autocast_dtype
 from minimind.model.loss import IGNORE_INDEX
 from minimind.model.transformer import Transformer
+from minimind.model.vlm import VisionLanguageModel
 
 CHUNK_ELEMENTS = 2**24          # fp32 logits per chunk: 64 MiB, 2,621 rows of a 6,400-token vocabulary
 
@@ -88,3 +89,9 @@ class FusedLossTransformer(Transformer):
 
     def lm_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return linear_cross_entropy(h, self.lm_head.weight, targets)
+
+
+class FusedLossVisionLanguageModel(VisionLanguageModel):
+    """`VisionLanguageModel` whose training loss runs through `linear_cross_entropy`."""
+
+    lm_loss = FusedLossTransformer.lm_loss
