@@ -1,6 +1,8 @@
 """`minimind chat`: one reply for scripts, or a REPL with history, streaming, and reasoning shown apart.
 
-REPL commands: /reset (forget the history), /system TEXT, /think on|off, /exit.
+REPL commands: /reset (forget the history), /system TEXT, /think on|off, /image PATH (attach to the next message),
+/exit. A vision model reads images given with --image (repeatable): each takes the place of an `<image>` marker in
+the message, or, when the message has none, they come first, one per line (as MiniMind-V's demo puts them).
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import sys
 import time
 
+from minimind.data.formats import IMAGE_MARKER
+from minimind.data.images import load_array
 from minimind.errors import MiniMindError
 from minimind.infer import Engine, SamplingParams
 from minimind.tokenizer import parse_output
@@ -15,20 +19,37 @@ from minimind.tokenizer import parse_output
 DIM, RESET = "\033[2m", "\033[0m"
 
 
+def load_images(model, paths: list[str]) -> list:
+    """The images at `paths` as the model's tower reads them (uint8 [S, S, 3]); refused for a text-only model."""
+    if not paths:
+        return []
+    vision = getattr(model, "vision", None)
+    if vision is None:
+        raise MiniMindError("--image: this model reads no images (it is not a vision-language model)")
+    return [load_array(path, vision.image_size, where=str(path)) for path in paths]
+
+
+def with_image_markers(text: str, count: int) -> str:
+    """`text` with an `<image>` line per image in front, unless it places its images itself."""
+    return text if IMAGE_MARKER in text else (IMAGE_MARKER + "\n") * count + text
+
+
 def one_shot(engine: Engine, prompt: str, params: SamplingParams, system: str | None = None,
-             thinking: bool = False) -> str:
+             thinking: bool = False, images: list | None = None) -> str:
     """The reply's content only (tool calls, if any, as their <tool_call> text)."""
     if not prompt.strip():
         raise MiniMindError("empty prompt")
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    completion, parsed = engine.chat(messages, params, enable_thinking=thinking)[0]
+    user = {"role": "user", "content": with_image_markers(prompt, len(images or []))}
+    messages = ([{"role": "system", "content": system}] if system else []) + [user]
+    completion, parsed = engine.chat(messages, params, enable_thinking=thinking, images=images)[0]
     return parsed.content if not parsed.tool_calls else completion.text
 
 
-def repl(engine: Engine, params: SamplingParams, system: str | None = None, thinking: bool = False) -> None:
-    history = []
+def repl(engine: Engine, params: SamplingParams, system: str | None = None, thinking: bool = False,
+         images: list | None = None) -> None:
+    history, shown, pending = [], [], list(images or [])     # shown: the images of the history, in order
     styled = sys.stdout.isatty()
-    print("MiniMind chat — /reset, /system TEXT, /think on|off, /exit", file=sys.stderr)
+    print("MiniMind chat — /reset, /system TEXT, /think on|off, /image PATH, /exit", file=sys.stderr)
     while True:
         try:
             line = input("\nyou> ")
@@ -39,7 +60,7 @@ def repl(engine: Engine, params: SamplingParams, system: str | None = None, thin
         if command == "/exit":
             return
         if command == "/reset":
-            history = []
+            history, shown = [], []
             print("(history cleared)", file=sys.stderr)
             continue
         if command == "/system":
@@ -50,15 +71,23 @@ def repl(engine: Engine, params: SamplingParams, system: str | None = None, thin
             thinking = argument == "on"
             print(f"(thinking {'on' if thinking else 'off'})", file=sys.stderr)
             continue
+        if command == "/image":
+            try:
+                pending += load_images(engine.model, [argument])
+            except MiniMindError as e:
+                print(f"(error: {e})", file=sys.stderr)
+                continue
+            print(f"(image attached to the next message: {argument})", file=sys.stderr)
+            continue
         if not line.strip():
             continue
-        history.append({"role": "user", "content": line})
+        history.append({"role": "user", "content": with_image_markers(line, len(pending))})
         messages = ([{"role": "system", "content": system}] if system else []) + history
-        prompt = engine.chat_prompt(messages, enable_thinking=thinking)
         print("minimind> ", end="", flush=True)
         start, text, tokens = time.perf_counter(), "", 0
         try:
-            for (delta,) in engine.stream([prompt], params):
+            prompt = engine.chat_prompt(messages, enable_thinking=thinking)
+            for (delta,) in engine.stream([prompt], params, images=[shown + pending]):
                 tokens += 1
                 text += delta.text
                 print(_display(delta.text, styled), end="", flush=True)
@@ -68,6 +97,7 @@ def repl(engine: Engine, params: SamplingParams, system: str | None = None, thin
             history.pop()
             print(f"\n(error: {e}; /reset to start over)", file=sys.stderr)
             continue
+        shown, pending = shown + pending, []
         seconds = time.perf_counter() - start
         parsed = parse_output(text)
         reply = {"role": "assistant", "content": parsed.content}

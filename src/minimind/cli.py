@@ -102,6 +102,7 @@ def _sampling(args, **overrides):
 
 def cmd_generate(args) -> None:
     """Raw completion (base models): the prompt continued, streamed."""
+    from minimind.chat import load_images, with_image_markers
     from minimind.infer import Engine
 
     if (args.prompt is None) == (args.prompt_ids is None):
@@ -112,9 +113,16 @@ def cmd_generate(args) -> None:
     params.validate()
     model, tokenizer = _load_for_inference(args)
     engine = Engine(model, tokenizer, compile=args.compile)
-    prompt = args.prompt_ids if args.prompt is None else [tokenizer.bos_id, *tokenizer.encode(args.prompt)]
+    images = load_images(model, args.image)
+    text = args.prompt
+    if text is not None and images:
+        from minimind.data.formats import expand_image_markers
+
+        text = expand_image_markers([{"role": "user", "content": with_image_markers(text, len(images))}],
+                                    model.vision.image_tokens)[0]["content"]
+    prompt = args.prompt_ids if text is None else [tokenizer.bos_id, *tokenizer.encode(text)]
     start, tokens = time.perf_counter(), []
-    for (delta,) in engine.stream([prompt], params):
+    for (delta,) in engine.stream([prompt], params, images=[images]):
         if args.prompt is not None:
             print((args.prompt if not tokens else "") + delta.text, end="", flush=True)
         tokens.append(delta.token_id)
@@ -125,15 +133,16 @@ def cmd_generate(args) -> None:
 
 def cmd_chat(args) -> None:
     """One-shot (--prompt: print only the reply) or an interactive REPL with history and streaming."""
-    from minimind.chat import one_shot, repl
+    from minimind.chat import load_images, one_shot, repl
     from minimind.infer import Engine
 
     engine = Engine(*_load_for_inference(args), compile=args.compile)
     params = _sampling(args)
+    images = load_images(engine.model, args.image)
     if args.prompt is not None:
-        print(one_shot(engine, args.prompt, params, system=args.system, thinking=args.think))
+        print(one_shot(engine, args.prompt, params, system=args.system, thinking=args.think, images=images))
     else:
-        repl(engine, params, system=args.system, thinking=args.think)
+        repl(engine, params, system=args.system, thinking=args.think, images=images)
 
 
 def cmd_serve(args) -> None:
@@ -166,7 +175,12 @@ def cmd_train_tokenizer(args) -> None:
 def cmd_data_prepare(args) -> None:
     from minimind.data.prepare import prepare
 
-    meta = prepare(args.data, args.stage, args.tokenizer, args.out, skip_bad_lines=args.skip_bad_lines)
+    vision = None
+    if args.stage == "vision":
+        vision = vision_config_of(args.vision)
+    elif args.vision:
+        raise MiniMindError("--vision is for --stage vision")
+    meta = prepare(args.data, args.stage, args.tokenizer, args.out, skip_bad_lines=args.skip_bad_lines, vision=vision)
     if meta["cache_hit"]:
         print(f"{args.out}: up to date ({meta['num_tokens']:,} tokens, {meta['num_docs']:,} documents)")
         return
@@ -184,6 +198,19 @@ def cmd_data_prepare(args) -> None:
         r = target_report(data, PACKERS[args.stage](data.doc_lengths, args.seq_len))
         print(f"rows of {args.seq_len}: {r['docs_truncated']:,} of {r['docs']:,} documents do not fit whole; "
               f"{r['targets_kept']:,} of {r['targets']:,} target tokens are trained on, {r['targets_lost']:,} lost")
+
+
+def vision_config_of(source: str | None):
+    """The tower's VisionConfig from a vision preset name or a vision model directory (`--vision`)."""
+    from minimind.config import VISION_PRESETS, VisionConfig, vision_preset
+    from minimind.model.vlm import is_vision_dir
+
+    if source in VISION_PRESETS:
+        return vision_preset(source)[1]
+    if source and is_vision_dir(source):
+        return VisionConfig.from_hf_dict(json.loads((Path(source) / "config.json").read_text()), source)[1]
+    raise MiniMindError(f"--vision: give a vision preset ({', '.join(VISION_PRESETS)}) or a vision model directory"
+                        f"{'' if source is None else f'; {source!r} is neither'}")
 
 
 def cmd_data_clean(args) -> None:
@@ -318,7 +345,7 @@ def cmd_quickstart(args) -> None:
 
 def cmd_eval(args) -> None:
     """One task on one model: print its figures, and write them (with the settings) to --out as JSON."""
-    from minimind.eval import bpb, choice, generative
+    from minimind.eval import bpb, choice, generative, vqa
     from minimind.eval.scoring import Scorer
 
     model, tokenizer = _load_for_inference(args)
@@ -336,6 +363,13 @@ def cmd_eval(args) -> None:
                                                         else "") + f" (chance {100 * r['chance']:.1f}%, n={r['n']})")
             for subject, s in r.get("subjects", {}).items():
                 print(f"  {subject}: {_figure(s['acc'])} (chance {100 * s['chance']:.1f}%, n={s['acc']['n']})")
+        elif args.task == "vqa":
+            r = vqa.evaluate_vqa(model, tokenizer, vqa.read_questions(path, _image_size(model), args.limit),
+                                 vqa.chance_levels(path), max_new_tokens=min(args.max_new_tokens, 32))
+            print(f"{path}: exact {_figure(r['accuracy'])} (n={r['n']})")
+            for kind, t in r["types"].items():
+                chance = "" if t["chance"] is None else f" (chance {100 * t['chance']:.1f}%)"
+                print(f"  {kind}: {_figure(t['accuracy'])}{chance}, n={t['n']}")
         else:
             records = generative.read_problems(path, args.limit)
             r = generative.evaluate_generative(model, tokenizer, records, agent=args.task == "tools",
@@ -352,6 +386,12 @@ def cmd_eval(args) -> None:
 
         atomic_write_text(args.out, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         print(f"wrote {args.out}")
+
+
+def _image_size(model) -> int:
+    if getattr(model, "vision", None) is None:
+        raise MiniMindError("--task vqa needs a vision-language model (a Llava directory)")
+    return model.vision.image_size
 
 
 def _figure(e: dict, kind: str = "acc") -> str:
@@ -384,6 +424,12 @@ def _param_summary(model) -> str:
 
 # The spelling every command shares: the same flag, values and default for the same meaning.
 WINDOW = 2048                           # eval and report: tokens per forward (capped at the model's context)
+
+
+def _image_arg(p) -> None:
+    p.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="an image for a vision model (repeatable): it fills an <image> marker of the prompt, or "
+                        "comes first")
 
 
 def _device_arg(p) -> None:
@@ -441,6 +487,8 @@ EVAL_HELP = """tasks:
               ours ({"context", "choices", "answer"}: eval/choice.jsonl of the default data)
   arithmetic  exact final answers to rl-layout problems ({"conversations", "answer"}: eval/rl.jsonl)
   tools       the same with the calculator offered: correct answers through error-free tool calls
+  vqa         a vision model's exact answers to questions about images, per question type against chance
+              (the vision layout, one question per record with its "type": vqa_heldout.jsonl of the scenes)
 """
 
 
@@ -483,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="continue a prompt (raw completion, for base models)")
     p.add_argument("--prompt", help="text to continue")
     p.add_argument("--prompt-ids", type=int, nargs="+", metavar="ID", help="token ids to continue (prints ids)")
+    _image_arg(p)
     _inference_args(p, temperature=0.0, max_new_tokens=64)
     p.set_defaults(func=cmd_generate)
 
@@ -490,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="one user message; print only the reply")
     p.add_argument("--system", help="system message")
     p.add_argument("--think", action="store_true", help="let the model reason in <think> first")
+    _image_arg(p)
     _inference_args(p, temperature=0.7, max_new_tokens=512)
     p.set_defaults(func=cmd_chat)
 
@@ -559,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a model: bpb, multiple choice, arithmetic, calculator tool use",
                        formatter_class=argparse.RawDescriptionHelpFormatter, description=EVAL_HELP)
     _model_args(p)
-    p.add_argument("--task", required=True, choices=["bpb", "choice", "arithmetic", "tools"])
+    p.add_argument("--task", required=True, choices=["bpb", "choice", "arithmetic", "tools", "vqa"])
     p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="the files to evaluate on")
     p.add_argument("--out", help="write the figures and settings here (JSON)")
     g = p.add_argument_group("bpb and choice")
@@ -603,6 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--skip-bad-lines", action="store_true", help="count and skip invalid records")
     p.add_argument("--seq-len", type=int, help="also report what rows of this length keep of the targets")
+    p.add_argument("--vision", metavar="PRESET_OR_DIR",
+                   help="--stage vision: the tower whose image size and tokens per image the data is prepared for")
     p.set_defaults(func=cmd_data_prepare)
     p = data_sub.add_parser("clean", help="normalise, filter, deduplicate (exact and MinHash) and scrub PII in "
                                           "pretraining or SFT jsonl files")

@@ -6,12 +6,16 @@
     rl        {"conversations": [message, …], "answer"?: str | number}      the prompt; a trailing assistant
                                                                             message (the reference's placeholder)
                                                                             is dropped
+    vision    {"conversations": [message, …], "image": "a.jpg, b.jpg"}     sft with images (MiniMind-V's layouts):
+              or {…, "images": [path, …]}; parquet rows                 each `<image>` in a user message takes the
+              {"conversations": json, "image_bytes": bytes | [bytes]}   next image; no marker at all = a text-only
+                                                                            row whose image is a placeholder (ignored)
     message   {"role": "system"|"user"|"assistant"|"tool", "content": str,
                "reasoning_content"?: str, "tool_calls"?: [{"name", "arguments"} | {"function": {…}}]}
 
 As in the reference, `tools` may instead sit on the system message and `tools` / `tool_calls` may be JSON
 strings. A bad record raises `RecordError("file:line: field: problem")`; `read_records(..., skip_bad=True)`
-counts and skips such lines instead.
+counts and skips such lines instead. A `.parquet` file is read row by row as the same records ("file:row N").
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from pathlib import Path
 from minimind.errors import MiniMindError
 from minimind.jsonl import JSONProblem, loads, parse_line
 
-STAGES = ("pretrain", "sft", "dpo", "rl")
+STAGES = ("pretrain", "sft", "dpo", "rl", "vision")
+IMAGE_MARKER = "<image>"          # MiniMind-V's placeholder for one image in a message
+IMAGE_PAD = "<|image_pad|>"
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -54,26 +60,51 @@ def read_records(path: str | Path, stage: str, skip_bad: bool = False,
     if not path.is_file():
         raise MiniMindError(f"{path}: file not found")
     report = report if report is not None else ReadReport()
+    for where, raw in (_parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)):
+        try:
+            if isinstance(raw, JSONProblem):
+                raise _Bad("(line)", str(raw))
+            record = VALIDATORS[stage](raw)
+        except _Bad as e:
+            message = f"{where}: {e}"
+            if not skip_bad:
+                raise RecordError(message) from None
+            report.skipped += 1
+            if len(report.first_errors) < 5:
+                report.first_errors.append(message)
+            continue
+        report.records += 1
+        if stage == "vision":
+            record |= {"where": where, "base": str(path.parent)}
+        yield record
+
+
+def _jsonl_rows(path: Path):
+    """("file:line", the line's object or the JSONProblem that keeps it from being one) per non-blank line."""
     with path.open("rb") as f:
         for number, data in enumerate(f, 1):
-            if not data.strip():
-                continue
-            try:
+            if data.strip():
                 try:
-                    raw = parse_line(data)
+                    yield f"{path}:{number}", parse_line(data)
                 except JSONProblem as e:
-                    raise _Bad("(line)", str(e)) from None
-                record = VALIDATORS[stage](raw)
-            except _Bad as e:
-                message = f"{path}:{number}: {e}"
-                if not skip_bad:
-                    raise RecordError(message) from None
-                report.skipped += 1
-                if len(report.first_errors) < 5:
-                    report.first_errors.append(message)
-                continue
-            report.records += 1
-            yield record
+                    yield f"{path}:{number}", e
+
+
+def _parquet_rows(path: Path):
+    """("file:row N", the row as a dict) for each row of a parquet file, a batch at a time (bounded memory)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MiniMindError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        table = pq.ParquetFile(path)
+        number = 0
+        for batch in table.iter_batches(batch_size=256):
+            for row in batch.to_pylist():
+                number += 1
+                yield f"{path}:row {number}", row
+    except (OSError, ValueError) as e:            # pyarrow's errors derive from these
+        raise MiniMindError(f"{path}: not a readable parquet file ({e})") from None
 
 
 def _loads(text: str, where: str):
@@ -125,6 +156,52 @@ def _rl(raw: dict) -> dict:
             raise _Bad("gt", f"must be a non-empty list of strings or numbers, got {raw.get('gt')!r}")
     record = {"messages": messages, "tools": tools, "answer": None if answer is None else str(answer)}
     return record | ({"gt": [str(item) for item in gt]} if gt is not None else {})
+
+
+def _vision(raw: dict) -> dict:
+    """sft's checks, and the images: paths (the "image" string, comma-separated, or an "images" list) or bytes
+    ("image_bytes", one or a list), one per `<image>` marker of the user messages, in order."""
+    if isinstance(raw.get("conversations"), str):                  # parquet holds the conversation as JSON text
+        raw = raw | {"conversations": _loads(raw["conversations"], "conversations")}
+    record = _sft(raw)
+    images = _image_list(raw)
+    markers = 0
+    for i, message in enumerate(record["messages"]):
+        if IMAGE_PAD in message["content"]:
+            raise _Bad(f"conversations[{i}].content", f"holds {IMAGE_PAD} itself; mark an image with {IMAGE_MARKER}")
+        if IMAGE_MARKER in message["content"] and message["role"] != "user":
+            raise _Bad(f"conversations[{i}].content", f"{IMAGE_MARKER} may only appear in user messages")
+        markers += message["content"].count(IMAGE_MARKER)
+    if markers == 0:
+        images = []                          # a text-only row (MiniMind-V gives it a placeholder picture)
+    elif markers != len(images):
+        raise _Bad("conversations", f"has {markers} {IMAGE_MARKER} marker(s) for {len(images)} image(s)")
+    kind = raw.get("type")                   # a question's type (`minimind eval --task vqa` groups by it)
+    return record | {"images": images} | ({"type": kind} if isinstance(kind, str) and kind else {})
+
+
+def expand_image_markers(messages: list[dict], image_tokens: int) -> list[dict]:
+    """Each `<image>` of the user messages → `image_tokens` <|image_pad|> tokens (the run its image fills)."""
+    pads = IMAGE_PAD * image_tokens
+    return [m | {"content": m["content"].replace(IMAGE_MARKER, pads)}
+            if m.get("role") == "user" and isinstance(m.get("content"), str) else m for m in messages]
+
+
+def _image_list(raw: dict) -> list:
+    if raw.get("image_bytes") is not None:
+        value = raw["image_bytes"]
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(b, (bytes, bytearray)) and b for b in items):
+            raise _Bad("image_bytes", "must be image bytes or a list of them")
+        return [bytes(b) for b in items]
+    value = raw.get("images", raw.get("image"))
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _Bad("image", "must be a file name, comma-separated names, or a list of names")
+    return value
 
 
 def _scalar(value) -> bool:
@@ -203,4 +280,4 @@ def _tool_calls(value, where: str) -> list[dict] | None:
     return out
 
 
-VALIDATORS = {"pretrain": _pretrain, "sft": _sft, "dpo": _dpo, "rl": _rl}
+VALIDATORS = {"pretrain": _pretrain, "sft": _sft, "dpo": _dpo, "rl": _rl, "vision": _vision}

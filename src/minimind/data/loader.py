@@ -6,6 +6,7 @@ A prepared directory (written by `minimind data prepare`):
     tokens.bin    [N] dtype     every document's token ids, concatenated
     mask.bin      [N] uint8     1 = train on this token (pretraining: all 1; SFT: the assistant's tokens)
     offsets.bin   [D+1] int64   document d = tokens[offsets[d] : offsets[d+1]]
+    images.bin, image_offsets.bin   (vision) uint8 [I, S, S, 3]; document d's images = images[io[d] : io[d+1]]
 
 A packed row (see `minimind.data.packing`) becomes three arrays of seq_len (`build_row`):
 
@@ -17,6 +18,9 @@ A packed row (see `minimind.data.packing`) becomes three arrays of seq_len (`bui
                    the document boundaries (block-diagonal attention) off position_ids == 0.
     doc_ids        (with_docs=True) the document each token comes from, -1 on padding: stages that look up
                    per-document values (DPO's precomputed reference log-probs) read it.
+    images         (vision data) uint8 [k, S, S, 3], the images of the row's documents in order; a batch
+                   concatenates its rows' (the model splices image i into the i-th <|image_pad|> run, row by row).
+                   A vision row holds whole documents only (`pack_whole`): a cut would split an image's run.
 """
 
 from __future__ import annotations
@@ -43,13 +47,18 @@ class TokenData:
     """
 
     def __init__(self, tokens: np.ndarray, mask: np.ndarray, offsets: np.ndarray, meta: dict | None = None,
-                 source: str = "arrays"):
+                 source: str = "arrays", images: np.ndarray | None = None, image_offsets: np.ndarray | None = None):
         n = len(tokens)
         if len(mask) != n:
             raise MiniMindError(f"{source}: mask has {len(mask)} entries; expected one per token ({n})")
         if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != n or np.any(np.diff(offsets) < 0):
             raise MiniMindError(f"{source}: offsets must rise from 0 to the number of tokens ({n})")
+        if images is not None and (image_offsets is None or len(image_offsets) != len(offsets) or
+                                   image_offsets[-1] != len(images) or np.any(np.diff(image_offsets) < 0)):
+            raise MiniMindError(f"{source}: image_offsets must rise from 0 to the number of images ({len(images)}), "
+                                "one entry per document boundary")
         self.tokens, self.mask, self.offsets = tokens, mask, offsets
+        self.images, self.image_offsets = images, image_offsets
         self.meta = meta or {}
         self.doc_lengths = np.diff(offsets)
 
@@ -79,7 +88,16 @@ class TokenData:
         tokens = _map(path / "tokens.bin", meta["dtype"], n)
         mask = _map(path / "mask.bin", "uint8", n)
         offsets = np.array(_map(path / "offsets.bin", "int64", d + 1))
-        return cls(tokens, mask, offsets, meta, source=str(path / "offsets.bin"))
+        images = image_offsets = None
+        if "num_images" in meta:
+            size = meta.get("image_size")
+            if not isinstance(size, int) or size <= 0 or not isinstance(meta["num_images"], int):
+                raise MiniMindError(f"{meta_path}: 'num_images' and 'image_size' must be integers")
+            images = _map(path / "images.bin", "uint8", meta["num_images"] * size * size * 3)
+            images = images.reshape(meta["num_images"], size, size, 3)
+            image_offsets = np.array(_map(path / "image_offsets.bin", "int64", d + 1))
+        return cls(tokens, mask, offsets, meta, source=str(path / "offsets.bin"), images=images,
+                   image_offsets=image_offsets)
 
     @property
     def num_docs(self) -> int:
@@ -165,7 +183,20 @@ def build_row(data: TokenData, pieces: Row, seq_len: int, pad_id: int,
         t += length
     position_ids[t:] = np.arange(seq_len - t)
     row = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    if data.images is not None:
+        row["images"] = row_images(data, pieces)
     return row | {"doc_ids": doc_ids} if with_docs else row
+
+
+def row_images(data: TokenData, pieces: Row) -> np.ndarray:
+    """The images [k, S, S, 3] of a row's documents, in order; every piece must be a whole document."""
+    parts = []
+    for doc, start, length in pieces:
+        a, b = data.image_offsets[doc], data.image_offsets[doc + 1]
+        if b > a and (start != 0 or length != data.doc_lengths[doc]):
+            raise ValueError(f"piece {(doc, start, length)} cuts document {doc}, which holds images")
+        parts.append(data.images[a:b])
+    return np.concatenate(parts) if parts else data.images[:0]
 
 
 def collate(rows: list[dict[str, np.ndarray]], device: torch.device) -> dict[str, torch.Tensor]:
@@ -173,7 +204,8 @@ def collate(rows: list[dict[str, np.ndarray]], device: torch.device) -> dict[str
     pinned memory with non_blocking=True; the host buffers are never reused, so the copy cannot race)."""
     out = {}
     for key in rows[0]:
-        t = torch.from_numpy(np.stack([r[key] for r in rows]))
+        join = np.concatenate if key == "images" else np.stack       # a row holds any number of images
+        t = torch.from_numpy(join([r[key] for r in rows]))
         out[key] = t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
     return out
 

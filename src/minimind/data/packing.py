@@ -23,6 +23,8 @@ pack_sft — best-fit decreasing of whole conversations, never cut:
     conversation longer than seq_len is truncated to its first seq_len tokens (a full row; nothing after it is
     ever a target). The free room left at the end of a row is padding.
 
+pack_whole — pack_sft for documents that must stay whole (vision): one longer than seq_len is left out.
+
 Cost: the pool (and, for SFT, the open rows) are bucketed by length in [1, seq_len], with a sorted list of the
 non-empty bucket lengths; "longest that fits" / "tightest row that fits" is one bisect in that list (≤ seq_len
 entries). Each piece costs O(log seq_len): 1M documents of 1..2000 tokens pack into rows of 2048 in ~2 s.
@@ -166,4 +168,12 @@ def packing_stats(rows: list[Row], doc_lengths, seq_len: int) -> dict:
     }
 
 
-PACKERS = {"pretrain": pack_pretrain, "sft": pack_sft, "dpo": pack_pairs}    # record format → its rows (rl: none)
+def pack_whole(doc_lengths, seq_len: int) -> list[Row]:
+    """pack_sft for documents that must never be cut (a vision conversation: a cut would split an image's run of
+    <|image_pad|> tokens): a document longer than seq_len is left out (the stage's target report counts it)."""
+    lengths = _lengths(doc_lengths, seq_len)
+    return pack_sft(np.where(lengths <= seq_len, lengths, 0), seq_len)
+
+
+PACKERS = {"pretrain": pack_pretrain, "sft": pack_sft, "dpo": pack_pairs, "vision": pack_whole}   # format → rows
+

@@ -9,6 +9,9 @@ take new requests between steps (`extend`: continuous batching, as the server's 
 finished or cancelled ones (`cancel`); `generate` and `stream` run one batch to its end. Text is emitted only
 when it is complete UTF-8 and cannot be the beginning of a stop string, so a stream never shows half a
 character or half a stop. One host sync per step (the sampled ids).
+
+A vision-language model's prompts may carry images (uint8 [S, S, 3] arrays, one per `<image>` marker of the
+conversation): they are spliced in during the prefill, and the cache keeps them for every later step.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ import itertools
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
+from minimind.data.formats import expand_image_markers
 from minimind.errors import MiniMindError
 from minimind.infer.sampling import SamplingParams, apply_penalties, sample
 from minimind.model.cache import KVCache
 from minimind.model.layers import autocast_dtype
 from minimind.model.transformer import Transformer
+from minimind.model.vision import pixel_values
+from minimind.model.vlm import check_image_tokens
 from minimind.tokenizer import ParsedOutput, Tokenizer, parse_output
 
 
@@ -243,10 +250,11 @@ class Engine:
 
     # ---- public API -------------------------------------------------------------------------------------------
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
-                 ) -> list[list[Completion]]:
-        """All completions: [prompt][sample] (params: one for all prompts, or one per prompt)."""
-        batch = self.start(prompts, params)
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
+                 images: list[list] | None = None) -> list[list[Completion]]:
+        """All completions: [prompt][sample] (params: one for all prompts, or one per prompt; images: per prompt,
+        its images in order)."""
+        batch = self.start(prompts, params, images=images)
         rows = list(batch.rows)
         while batch:
             batch.step()
@@ -254,34 +262,42 @@ class Engine:
         return [list(itertools.islice(outs, p.n)) for p in (params if isinstance(params, list)
                                                            else [params] * len(prompts))]
 
-    def stream(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[list[Delta]]:
+    def stream(self, prompts: list[list[int]], params: SamplingParams,
+               images: list[list] | None = None) -> Iterator[list[Delta]]:
         """Per step, a Delta for every row still running at the start of the step."""
-        batch = self.start(prompts, params)
+        batch = self.start(prompts, params, images=images)
         while batch:
             yield batch.step()
 
     def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
                     enable_thinking: bool = False) -> list[int]:
+        """The generation prompt; a vision model's `<image>` markers become its runs of <|image_pad|>."""
+        vision = getattr(self.model, "vision", None)
+        if vision is not None:
+            messages = expand_image_markers(messages, vision.image_tokens)
         return self.tokenizer.render_chat(messages, tools, add_generation_prompt=True,
                                           enable_thinking=enable_thinking)[0]
 
     def chat(self, messages: list[dict], params: SamplingParams, tools: list[dict] | None = None,
-             enable_thinking: bool = False) -> list[tuple[Completion, ParsedOutput]]:
-        """Reply to a conversation: each sample's completion and its parse (reasoning, content, tool calls)."""
+             enable_thinking: bool = False, images: list | None = None) -> list[tuple[Completion, ParsedOutput]]:
+        """Reply to a conversation: each sample's completion and its parse (reasoning, content, tool calls).
+        `images`: one per `<image>` marker of the messages, in order."""
         prompt = self.chat_prompt(messages, tools, enable_thinking)
-        return [(c, parse_output(c.text)) for c in self.generate([prompt], params)[0]]
+        completions = self.generate([prompt], params, images=[images or []])[0]
+        return [(c, parse_output(c.text)) for c in completions]
 
     @torch.inference_mode()
     def start(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
-              handles: list[Hashable] | None = None) -> Batch:
+              handles: list[Hashable] | None = None, images: list[list] | None = None) -> Batch:
         """Prefill the prompts into a Batch of n rows per prompt: a common prefix of ≥ SHARED_PREFIX_MIN tokens
         once, then the rest in one left-padded forward. Each prompt may
         have its own params (the server batches requests); rows report `handles[i]` (default: i) and index
-        i·n + j (with handles given: j)."""
+        i·n + j (with handles given: j). `images[i]`: prompt i's images (vision models)."""
         params = params if isinstance(params, list) else [params] * len(prompts)
         for p in params:
             p.validate()
         self.check_prompts(prompts)
+        pixels = self._pixel_values(prompts, images)
         config, device = self.model.config, self.device
         requests = [_Request(p, set(p.stop_token_ids) | (set() if p.ignore_eos else {self.tokenizer.eos_id}),
                              i if handles is None else handles[i]) for i, p in enumerate(params)]
@@ -293,7 +309,7 @@ class Engine:
                      for j, g in enumerate(generators)]
 
         B, longest = len(prompts), max(map(len, prompts))
-        shared = _shared_prefix(prompts)
+        shared = _shared_prefix(prompts) if pixels is None else 0       # images are spliced in one forward
         tails = [p[shared:] for p in prompts]
         width = longest - shared
         ids = torch.full((B, width), self.tokenizer.pad_id, dtype=torch.long)
@@ -308,8 +324,9 @@ class Engine:
         if shared:                                                # once, then copied to every row
             self.model(torch.tensor([prompts[0][:shared]], device=device), cache=cache, logits_to_keep=1)
             cache.repeat_rows(torch.tensor([B], device=device))
+        extra = {} if pixels is None else {"pixel_values": pixels}
         logits = self.model(ids, attention_mask=key_mask[:, :longest].long() if padded else None, cache=cache,
-                            logits_to_keep=1).logits[:, -1].float()
+                            logits_to_keep=1, **extra).logits[:, -1].float()
         seen = torch.zeros((B, config.vocab_size), dtype=torch.bool, device=device)
         seen.scatter_(1, ids, True)
         seen[:, prompts[0][:shared]] = True
@@ -334,6 +351,25 @@ class Engine:
                                 "(leave room for the reply)")
         if any(t < 0 or t >= vocab for p in prompts for t in p):
             raise MiniMindError(f"prompt token ids must be in 0..{vocab - 1}")
+
+    def _pixel_values(self, prompts: list[list[int]], images: list[list] | None) -> torch.Tensor | None:
+        """The prompts' images as one batch of pixel values [N, 3, S, S] in prompt order (None: no image), after
+        checking each prompt's <|image_pad|> count against its images."""
+        vision = getattr(self.model, "vision", None)
+        if vision is None:
+            if images and any(images):
+                raise MiniMindError("this model reads no images (it is not a vision-language model)")
+            return None
+        images = images or [[] for _ in prompts]
+        if len(images) != len(prompts):
+            raise ValueError("images: one list per prompt")
+        for i, (prompt, own) in enumerate(zip(prompts, images, strict=True)):
+            check_image_tokens(torch.tensor(prompt), len(own), vision,
+                               where=f"prompt {i}" if len(prompts) > 1 else "the prompt")
+        arrays = [a for own in images for a in own]
+        if not arrays:
+            return None
+        return pixel_values(torch.from_numpy(np.stack(arrays)).to(self.device), vision)
 
     def _generators(self, params: SamplingParams) -> list[torch.Generator | None]:
         """One generator per sample: seed + j when seeded, else an independent random stream."""

@@ -54,8 +54,8 @@ class VisionAttention(nn.Module):
     def forward(self, x: torch.Tensor, need_weights: bool = False):
         """x [N, P, D] → ([N, P, D], attention weights [N, heads, P, P] when need_weights else None)."""
         N, P, D = x.shape
-        q, k, v = (proj(x).view(N, P, self.heads, -1).transpose(1, 2) for proj in (self.q_proj, self.k_proj,
-                                                                                    self.v_proj))
+        shape = (N, P, self.heads, D // self.heads)
+        q, k, v = (proj(x).view(shape).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
         weights = None
         if need_weights:
             weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)

@@ -61,10 +61,9 @@ class VisionLanguageModel(Transformer):
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, cache=None,
                 logits_to_keep: int | None = None, position_ids: torch.Tensor | None = None,
                 reduction: str = "mean") -> ModelOutput:
-        """`Transformer.forward` with `pixel_values` [N, 3, S, S] spliced in (None or N = 0: text only)."""
-        embeds = None
-        if pixel_values is not None and len(pixel_values):
-            embeds = self.embed(input_ids, pixel_values)
+        """`Transformer.forward` with `pixel_values` [N, 3, S, S] spliced in (None: text only). N = 0 still runs the
+        tower (on nothing), so that its parameters get (zero) gradients in every step, as DDP requires."""
+        embeds = None if pixel_values is None else self.embed(input_ids, pixel_values)
         return super().forward(input_ids, attention_mask, labels, cache, logits_to_keep, position_ids, reduction,
                                inputs_embeds=embeds)
 

@@ -18,6 +18,7 @@ from minimind.rl.config import GRPOConfig, PPOConfig, RLConfig
 from minimind.train.distill import DistillConfig
 from minimind.train.preference import DPOConfig
 from minimind.train.registry import STAGES
+from minimind.train.vision import VisionTrainConfig
 
 
 @dataclass
@@ -56,6 +57,7 @@ class TrainConfig:
     rl: RLConfig = field(default_factory=RLConfig)            # stages grpo, ppo: rollouts, rewards, loss (rl data)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)      # stage grpo: group baselines, refills
     ppo: PPOConfig = field(default_factory=PPOConfig)         # stage ppo: the critic, GAE
+    vision: VisionTrainConfig = field(default_factory=VisionTrainConfig)   # vision stages: what trains, the tower
     batch_size: int = 8                  # packed rows per micro-batch (per process)
     tokens_per_step: int = 0             # tokens per optimiser step (all processes); 0 = one micro-batch each
     max_steps: int = 0                   # optimiser steps; 0 = `epochs` over the training rows

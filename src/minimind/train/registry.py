@@ -14,6 +14,7 @@ from minimind.train.grpo import GRPO
 from minimind.train.ppo import PPO
 from minimind.train.preference import DPO, RewardModelling
 from minimind.train.stages import LanguageModelling, Stage
+from minimind.train.vision import VisionLanguageModelling
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ STAGES: dict[str, StageSpec] = {
                       "rl", GRPO, sections=("rl", "grpo"), validate=_groups_of_two),
     "ppo": StageSpec("ppo", "RL with a learned value function: PPO with GAE, clipped policy and value losses", "rl",
                      PPO, sections=("rl", "ppo")),
+    "vision-pretrain": StageSpec("vision-pretrain", "vision pretraining on image captions (default: the projector "
+                                 "alone learns)", "vision", lambda config: VisionLanguageModelling(config, "projector"),
+                                 sections=("vision",)),
+    "vision-sft": StageSpec("vision-sft", "vision SFT on conversations about images (default: projector + LM layers "
+                            "0 and -1)", "vision", lambda config: VisionLanguageModelling(config, "projector+layers"),
+                            sections=("vision",)),
     "distill": StageSpec("distill", "distil a teacher into a student: logits (white-box), or --generate answers",
                          "sft", Distill, sections=("distill",), black_box=True),
 }

@@ -150,10 +150,15 @@ class LanguageModelling(Stage):
     def count(self, batch):
         return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
 
+    def inputs(self, batch: dict[str, torch.Tensor]) -> dict:
+        """Model inputs beside the tokens (the vision stages' pixel values)."""
+        return {}
+
     def loss(self, model, batch):
         """Σ over target tokens of -log p(label | prefix) (targets: every token for pretrain, the assistant's
         for sft, as the labels say), and the MoE aux loss."""
-        out = model(batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"], reduction="sum")
+        out = model(batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"], reduction="sum",
+                    **self.inputs(batch))
         return Loss(out.loss, out.aux_loss)
 
     @torch.no_grad()
@@ -166,7 +171,7 @@ class LanguageModelling(Stage):
         text_nats = torch.zeros((), dtype=torch.float64)
         text_bytes = torch.zeros((), dtype=torch.float64)
         for batch in batches:
-            logits = model(batch["input_ids"], position_ids=batch["position_ids"]).logits
+            logits = model(batch["input_ids"], position_ids=batch["position_ids"], **self.inputs(batch)).logits
             targets = batch["labels"][:, 1:]
             losses = -token_logprobs(logits, batch["labels"])[:, 1:].reshape(-1)
             valid = targets.reshape(-1) != IGNORE_INDEX

@@ -1,0 +1,236 @@
+"""Generated pictures whose answers are known: the default image data (no hub needed), in English and Chinese.
+
+Four kinds of scene, drawn with Pillow on a lightly noisy grey canvas:
+
+    single   one shape: colour × shape × size (big/small) × position (left/right/top/bottom/centre)
+    count    1–4 small shapes of one colour and shape, scattered without overlap
+    digit    a digit 0–9 in a colour
+    pair     two single-shape pictures in one conversation (multi-image): the same shape or not?
+
+Held out by construction: some (colour, shape) and (colour, digit) combinations never appear in training; the
+held-out scenes use only those, so a right answer there means the model composes what it saw separately.
+
+Files (`build_scenes`): images/{train,heldout}/*.png; captions.jsonl / captions_heldout.jsonl (one caption
+conversation per picture: vision pretraining and the bits-per-byte check); vqa.jsonl (multi-turn questions per
+training picture); vqa_heldout.jsonl (one question per record with its "type", for `minimind eval --task vqa`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+
+COLOURS = {"red": ((215, 40, 40), "红色"), "green": ((40, 160, 60), "绿色"), "blue": ((40, 80, 215), "蓝色"),
+           "yellow": ((230, 200, 30), "黄色"), "purple": ((140, 60, 180), "紫色"), "orange": ((240, 130, 20), "橙色")}
+SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形", "diamond": "菱形"}
+POSITIONS = {"left": ((0.25, 0.5), "左边"), "right": ((0.75, 0.5), "右边"), "top": ((0.5, 0.25), "上面"),
+             "bottom": ((0.5, 0.75), "下面"), "centre": ((0.5, 0.5), "中间")}
+SIZES = {"big": (0.2, "大"), "small": (0.11, "小")}
+COUNT_WORDS = {1: ("One", "一"), 2: ("Two", "两"), 3: ("Three", "三"), 4: ("Four", "四")}
+# never seen in training: each colour loses one shape, each digit one colour
+HELD_OUT_SHAPES = {("red", "triangle"), ("green", "diamond"), ("blue", "circle"), ("yellow", "square"),
+                   ("purple", "circle"), ("orange", "triangle")}
+HELD_OUT_DIGITS = {(list(COLOURS)[d % len(COLOURS)], d) for d in range(10)}
+
+QUESTIONS = {   # type → ((English, Chinese) question, chance of a uniform guess)
+    "colour": (("What colour is the shape?", "图中图形是什么颜色？"), 1 / len(COLOURS)),
+    "shape": (("What shape is it?", "这是什么形状？"), 1 / len(SHAPES)),
+    "position": (("Where is the shape in the picture?", "图形在图片的哪个位置？"), 1 / len(POSITIONS)),
+    "size": (("Is the shape big or small?", "图形是大还是小？"), 1 / len(SIZES)),
+    "count": (("How many shapes are there?", "图中有几个图形？"), 1 / 4),
+    "digit": (("What number is written in the picture?", "图中写的是什么数字？"), 1 / 10),
+    "same": (("Do the two pictures show the same shape?", "两张图片中的形状相同吗？"), 1 / 2),
+}
+CHANCE = {kind: chance for kind, (_, chance) in QUESTIONS.items()}
+CAPTION_PROMPTS = ("Describe the image.", "描述这张图片。")
+
+
+def _noisy_canvas(size: int, rng: np.random.Generator):
+    from PIL import Image
+
+    base = rng.integers(215, 245)
+    pixels = np.clip(base + rng.normal(0, 6, (size, size, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _draw_shape(draw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "square":
+        s = r * 0.85
+        draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx - 0.95 * r, cy + 0.75 * r), (cx + 0.95 * r, cy + 0.75 * r)], fill=fill)
+    else:
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+
+
+def _jitter(rng, x: float, size: int) -> float:
+    return (x + rng.uniform(-0.05, 0.05)) * size
+
+
+def single_scene(colour, shape, size_name, position, size: int, rng):
+    from PIL import ImageDraw
+
+    image = _noisy_canvas(size, rng)
+    (px, py), _ = POSITIONS[position]
+    radius = SIZES[size_name][0] * size * rng.uniform(0.9, 1.1)
+    _draw_shape(ImageDraw.Draw(image), shape, _jitter(rng, px, size), _jitter(rng, py, size), radius,
+                COLOURS[colour][0])
+    return image
+
+
+def count_scene(colour, shape, n: int, size: int, rng):
+    from PIL import ImageDraw
+
+    image = _noisy_canvas(size, rng)
+    draw, r, placed = ImageDraw.Draw(image), 0.09 * size, []
+    while len(placed) < n:
+        x, y = rng.uniform(r + 1, size - r - 1, 2)
+        if all((x - a) ** 2 + (y - b) ** 2 > (2.4 * r) ** 2 for a, b in placed):
+            placed.append((x, y))
+            _draw_shape(draw, shape, x, y, r, COLOURS[colour][0])
+    return image
+
+
+def digit_scene(colour, digit: int, size: int, rng):
+    from PIL import ImageDraw, ImageFont
+
+    image = _noisy_canvas(size, rng)
+    font = ImageFont.load_default(size=int(size * 0.6))
+    draw = ImageDraw.Draw(image)
+    draw.text((_jitter(rng, 0.5, size), _jitter(rng, 0.5, size)), str(digit), fill=COLOURS[colour][0], font=font,
+              anchor="mm")
+    return image
+
+
+def _turn(question: str, answer: str, image: bool) -> list[dict]:
+    return [{"role": "user", "content": ("<image>\n" if image else "") + question},
+            {"role": "assistant", "content": answer}]
+
+
+def _answers(kind: str, facts: dict, zh: bool) -> str:
+    if kind == "colour":
+        return COLOURS[facts["colour"]][1] if zh else facts["colour"]
+    if kind == "shape":
+        return SHAPES[facts["shape"]] if zh else facts["shape"]
+    if kind == "position":
+        return POSITIONS[facts["position"]][1] if zh else facts["position"]
+    if kind == "size":
+        return SIZES[facts["size"]][1] if zh else facts["size"]
+    if kind in ("count", "digit"):
+        return str(facts[kind])
+    return ("是" if facts["same"] else "不是") if zh else ("yes" if facts["same"] else "no")
+
+
+def caption(facts: dict, zh: bool) -> str:
+    c, s = facts.get("colour"), facts.get("shape")
+    if "digit" in facts:
+        return f"{COLOURS[c][1]}的数字{facts['digit']}。" if zh else f"The number {facts['digit']} written in {c}."
+    if "count" in facts:
+        n = facts["count"]
+        if zh:
+            return f"{COUNT_WORDS[n][1]}个{COLOURS[c][1]}{SHAPES[s]}。"
+        return f"{COUNT_WORDS[n][0]} {c} {s}{'s' if n > 1 else ''}."
+    if zh:
+        return f"{POSITIONS[facts['position']][1]}有一个{SIZES[facts['size']][1]}的{COLOURS[c][1]}{SHAPES[s]}。"
+    where = "in the centre" if facts["position"] == "centre" else f"at the {facts['position']}" \
+        if facts["position"] in ("top", "bottom") else f"on the {facts['position']}"
+    return f"A {facts['size']} {c} {s} {where}."
+
+
+def _combos(held_out: bool):
+    pairs = [(c, s) for c in COLOURS for s in SHAPES]
+    return [p for p in pairs if (p in HELD_OUT_SHAPES) == held_out]
+
+
+def _digits(held_out: bool):
+    pairs = [(c, d) for c in COLOURS for d in range(10)]
+    return [p for p in pairs if (p in HELD_OUT_DIGITS) == held_out]
+
+
+def scenes(n_single: int, n_count: int, n_digit: int, held_out: bool, seed: int):
+    """Yield (kind, facts) for the pictures of one split; each kind draws only its split's combinations."""
+    rng = random.Random(seed)
+    pairs, digits = _combos(held_out), _digits(held_out)
+    for _ in range(n_single):
+        colour, shape = rng.choice(pairs)
+        yield "single", {"colour": colour, "shape": shape, "size": rng.choice(list(SIZES)),
+                         "position": rng.choice(list(POSITIONS))}
+    for _ in range(n_count):
+        colour, shape = rng.choice(pairs)
+        yield "count", {"colour": colour, "shape": shape, "count": rng.randint(1, 4)}
+    for _ in range(n_digit):
+        colour, digit = rng.choice(digits)
+        yield "digit", {"colour": colour, "digit": digit}
+
+
+def draw(kind: str, facts: dict, size: int, rng: np.random.Generator):
+    if kind == "single":
+        return single_scene(facts["colour"], facts["shape"], facts["size"], facts["position"], size, rng)
+    if kind == "count":
+        return count_scene(facts["colour"], facts["shape"], facts["count"], size, rng)
+    return digit_scene(facts["colour"], facts["digit"], size, rng)
+
+
+QUESTION_KINDS = {"single": ("colour", "shape", "position", "size"), "count": ("count",), "digit": ("digit",)}
+
+
+def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: int = 64, seed: int = 0) -> dict:
+    """Write the default image data under `out` (see the module docstring): `train` training pictures (60% single,
+    25% count, 15% digit) plus train/6 pairs, and `heldout` held-out ones in the same proportions. Returns the
+    manifest (also written as manifest.json)."""
+    out = Path(out)
+    written = {}
+    for split, total in (("train", train), ("heldout", heldout)):
+        held_out = split == "heldout"
+        folder = out / "images" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = random.Random(seed + held_out)
+        pixels = np.random.default_rng(seed + 10 + held_out)
+        captions, questions, singles = [], [], []
+        n_single, n_count = int(total * 0.6), int(total * 0.25)
+        for i, (kind, facts) in enumerate(scenes(n_single, n_count, total - n_single - n_count, held_out,
+                                                 seed + 100 * held_out)):
+            name = f"images/{split}/{i:06d}.png"
+            draw(kind, facts, size, pixels).save(out / name)
+            if kind == "single":
+                singles.append((name, facts))
+            zh = rng.random() < 0.5
+            captions.append({"conversations": _turn(CAPTION_PROMPTS[zh], caption(facts, zh), True), "image": name})
+            kinds = list(QUESTION_KINDS[kind])
+            rng.shuffle(kinds)
+            if held_out:
+                kind_asked = kinds[0]
+                questions.append({"conversations": _turn(QUESTIONS[kind_asked][0][zh], _answers(kind_asked, facts, zh),
+                                                         True), "image": name, "type": kind_asked})
+            else:
+                turns = []
+                for k, kind_asked in enumerate(kinds):
+                    turns += _turn(QUESTIONS[kind_asked][0][zh], _answers(kind_asked, facts, zh), k == 0)
+                questions.append({"conversations": turns, "image": name})
+        for _ in range(len(singles) // 4):                  # multi-image: two pictures, one question
+            (a, fa), (b, fb) = rng.sample(singles, 2)
+            if rng.random() < 0.5:                          # half the pairs share a shape
+                same = [x for x in singles if x[1]["shape"] == fa["shape"] and x[0] != a]
+                (b, fb) = rng.choice(same) if same else (b, fb)
+            zh = rng.random() < 0.5
+            facts = {"same": fa["shape"] == fb["shape"]}
+            record = {"conversations": [{"role": "user", "content": "<image>\n<image>\n" + QUESTIONS["same"][0][zh]},
+                                        {"role": "assistant", "content": _answers("same", facts, zh)}],
+                      "image": f"{a}, {b}"}
+            questions.append(record | ({"type": "same"} if held_out else {}))
+        rng.shuffle(questions)
+        suffix = "_heldout" if held_out else ""
+        for name, records in ((f"captions{suffix}.jsonl", captions), (f"vqa{suffix}.jsonl", questions)):
+            with open(out / name, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            written[name] = len(records)
+    manifest = {"image_size": size, "seed": seed, "files": written,
+                "held_out_shapes": sorted(map(list, HELD_OUT_SHAPES)),
+                "held_out_digits": sorted(map(list, HELD_OUT_DIGITS)), "chance": CHANCE}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return manifest

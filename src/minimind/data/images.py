@@ -1,0 +1,79 @@
+"""Images in: a file, bytes or a `data:` URL → RGB pixels of the tower's size, with errors that name the source.
+
+    read_image(source)   → a PIL RGB image (decoded fully here, so a truncated file fails here, not later)
+    to_array(image, S)   → uint8 [S, S, 3]: resized (bicubic) to the square the tower reads, as MiniMind-V does
+    from_data_url(url)   → bytes of a `data:image/…;base64,…` URL (remote URLs are refused: nothing is fetched)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from pathlib import Path
+
+import numpy as np
+
+from minimind.errors import MiniMindError
+
+MAX_BYTES = 20 * 2**20             # a larger upload is refused before decoding
+MAX_PIXELS = 40_000_000            # width × height; guards against decompression bombs
+
+
+def read_image(source: str | Path | bytes, where: str = "image"):
+    """A path or encoded bytes → PIL RGB image; a MiniMindError "where: problem" for anything unreadable."""
+    from PIL import Image
+
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except FileNotFoundError:
+            raise MiniMindError(f"{where}: image file {source} not found") from None
+        except OSError as e:
+            raise MiniMindError(f"{where}: image file {source} unreadable ({e.strerror or e})") from None
+    if len(data) > MAX_BYTES:
+        raise MiniMindError(f"{where}: the image is {len(data):,} bytes; the limit is {MAX_BYTES:,}")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise MiniMindError(f"{where}: the image is {image.width}×{image.height} pixels; the limit is "
+                                    f"{MAX_PIXELS:,} pixels")
+            image.load()
+            return image.convert("RGB")
+    except MiniMindError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise MiniMindError(f"{where}: not a readable image ({e})") from None
+
+
+def to_array(image, size: int) -> np.ndarray:
+    """PIL image → uint8 [size, size, 3] (bicubic resize when the size differs)."""
+    from PIL import Image
+
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def load_array(source: str | Path | bytes, size: int, where: str = "image") -> np.ndarray:
+    """read_image then to_array."""
+    return to_array(read_image(source, where), size)
+
+
+def from_data_url(url: str, where: str = "image_url") -> bytes:
+    """The bytes of a base64 `data:` URL; http(s) and any other scheme are refused (the server fetches nothing)."""
+    if not isinstance(url, str) or not url.startswith("data:"):
+        scheme = url.split(":", 1)[0] if isinstance(url, str) and ":" in url else "none"
+        raise MiniMindError(f"{where}: only data: URLs are accepted (scheme {scheme!r}); this server fetches "
+                            "nothing: send the image inline as data:image/png;base64,…")
+    header, _, payload = url.partition(",")
+    if not header.endswith(";base64"):
+        raise MiniMindError(f"{where}: a data: URL must be base64 (data:image/png;base64,…)")
+    if len(payload) > MAX_BYTES * 4 // 3 + 4:
+        raise MiniMindError(f"{where}: the image is over the limit of {MAX_BYTES:,} bytes")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise MiniMindError(f"{where}: the data: URL is not valid base64 ({e})") from None
