@@ -352,21 +352,25 @@ class Engine:
         if any(t < 0 or t >= vocab for p in prompts for t in p):
             raise MiniMindError(f"prompt token ids must be in 0..{vocab - 1}")
 
-    def _pixel_values(self, prompts: list[list[int]], images: list[list] | None) -> torch.Tensor | None:
-        """The prompts' images as one batch of pixel values [N, 3, S, S] in prompt order (None: no image), after
-        checking each prompt's <|image_pad|> count against its images."""
+    def check_images(self, prompts: list[list[int]], images: list[list] | None) -> None:
+        """Refuse images for a text-only model, and a prompt whose <|image_pad|> count is not its images' tokens."""
         vision = getattr(self.model, "vision", None)
         if vision is None:
             if images and any(images):
                 raise MiniMindError("this model reads no images (it is not a vision-language model)")
-            return None
+            return
         images = images or [[] for _ in prompts]
         if len(images) != len(prompts):
             raise ValueError("images: one list per prompt")
         for i, (prompt, own) in enumerate(zip(prompts, images, strict=True)):
             check_image_tokens(torch.tensor(prompt), len(own), vision,
                                where=f"prompt {i}" if len(prompts) > 1 else "the prompt")
-        arrays = [a for own in images for a in own]
+
+    def _pixel_values(self, prompts: list[list[int]], images: list[list] | None) -> torch.Tensor | None:
+        """The prompts' images as one batch of pixel values [N, 3, S, S] in prompt order (None: no image)."""
+        self.check_images(prompts, images)
+        vision = getattr(self.model, "vision", None)
+        arrays = [a for own in images or [] for a in own]
         if not arrays:
             return None
         return pixel_values(torch.from_numpy(np.stack(arrays)).to(self.device), vision)

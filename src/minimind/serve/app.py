@@ -26,6 +26,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from minimind.data.images import from_data_url, load_array
 from minimind.errors import MiniMindError
 from minimind.infer import Engine
 from minimind.serve.protocol import (
@@ -42,6 +43,7 @@ from minimind.serve.scheduler import Scheduler, Ticket
 from minimind.tokenizer import parse_output
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+MAX_IMAGES = 8              # per request
 ALIAS = "minimind"          # accepted as the model id too: the one model served answers to the project's name
 
 
@@ -64,8 +66,11 @@ class Server:
     responses (whole or as server-sent events)."""
 
     def __init__(self, engine: Engine, model_name: str, api_key: str | None = None, max_rows: int = 16,
-                 max_body_bytes: int = 1 << 20):
-        self.engine, self.model_name, self.api_key, self.max_body_bytes = engine, model_name, api_key, max_body_bytes
+                 max_body_bytes: int | None = None):
+        """max_body_bytes: the largest request body; default 1 MiB, or 24 MiB for a vision model (inline images)."""
+        vision = getattr(engine.model, "vision", None) is not None
+        self.engine, self.model_name, self.api_key = engine, model_name, api_key
+        self.max_body_bytes = max_body_bytes or (24 << 20 if vision else 1 << 20)
         self.scheduler = Scheduler(engine, max_rows=max_rows)
         self.tokenizer, self.context = engine.tokenizer, engine.model.config.max_position_embeddings
         self.token_text = TokenText(self.tokenizer)
@@ -109,7 +114,8 @@ class Server:
                            f"(also called {ALIAS!r})", param="model", code="model_not_found")
         return parsed
 
-    def ticket(self, prompt: list[int], request, max_new_tokens: int | None, logprobs: int | None) -> Ticket:
+    def ticket(self, prompt: list[int], request, max_new_tokens: int | None, logprobs: int | None,
+               images: list | None = None) -> Ticket:
         """A scheduler ticket for one prompt, its sampling checked; a prompt that fills the context is refused."""
         if len(prompt) >= self.context:
             raise APIError(400, f"the prompt has {len(prompt)} tokens; this model's context is {self.context} "
@@ -118,9 +124,30 @@ class Server:
         try:
             params.validate()
             self.engine.check_prompts([prompt])
+            self.engine.check_images([prompt], [images or []])
         except MiniMindError as e:
             raise APIError(400, str(e)) from None
-        return Ticket(prompt, params, asyncio.get_running_loop())
+        return Ticket(prompt, params, asyncio.get_running_loop(), images)
+
+    def images(self, messages: list) -> list:
+        """The images of the messages' image_url parts (data: URLs only), decoded and sized for the tower; a 400
+        naming the part for a remote URL, a broken image, one over the limits, or a model that reads none."""
+        parts = [part for i, m in enumerate(messages) for part in m.image_urls(f"messages[{i}]")]
+        if not parts:
+            return []
+        vision = getattr(self.engine.model, "vision", None)
+        if vision is None:
+            raise APIError(400, f"{parts[0][0]}: this model reads no images (it is not a vision-language model)",
+                           param=parts[0][0])
+        if len(parts) > MAX_IMAGES:
+            raise APIError(400, f"{len(parts)} images; a request may hold {MAX_IMAGES}", param="messages")
+        out = []
+        for where, url in parts:
+            try:
+                out.append(load_array(from_data_url(url, where), vision.image_size, where))
+            except MiniMindError as e:
+                raise APIError(400, str(e), param=where) from None
+        return out
 
     async def deltas(self, ticket: Ticket, request: Request, poll_disconnect: bool):
         """The ticket's Deltas as they come; cancels its rows if the client goes away."""
@@ -170,7 +197,8 @@ class Server:
             raise APIError(400, f"messages cannot be rendered: {e}", param="messages") from None
         prompt += self.tokenizer.encode(prefix) if prefix else []
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        ticket = self.ticket(prompt, body, body.max_completion_tokens or body.max_tokens, logprobs)
+        ticket = self.ticket(prompt, body, body.max_completion_tokens or body.max_tokens, logprobs,
+                             self.images(body.messages))
         head = {"id": new_id("chatcmpl"), "created": int(time.time()), "model": self.model_name}
         start = reply_start(prefix)
         if body.stream:
@@ -349,7 +377,7 @@ def completion_choice(index: int, echo: str, row: list, token_text: TokenText | 
 # ---- the app ---------------------------------------------------------------------------------------------------
 
 def create_app(engine: Engine, model_name: str, api_key: str | None = None, cors_origins: list[str] = (),
-               max_rows: int = 16, max_body_bytes: int = 1 << 20) -> FastAPI:
+               max_rows: int = 16, max_body_bytes: int | None = None) -> FastAPI:
     server = Server(engine, model_name, api_key, max_rows, max_body_bytes)
     page = resources.files("minimind.serve").joinpath("static/index.html").read_text()
 

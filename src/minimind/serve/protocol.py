@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from minimind.data.formats import IMAGE_MARKER
 from minimind.infer import SamplingParams
 from minimind.tokenizer import ParsedOutput, Tokenizer
 
@@ -67,10 +68,12 @@ class Message(_Body):
     tool_call_id: str | None = None
 
     def as_template(self) -> dict:
-        """The dict the chat template reads: text parts joined, `developer` as `system`."""
+        """The dict the chat template reads: text parts joined, an image part as an `<image>` line (its image is in
+        `image_urls`, in the same order), `developer` as `system`."""
         content = self.content
         if isinstance(content, list):
-            content = "".join(part.get("text", "") for part in content if part.get("type") == "text")
+            content = "".join(part.get("text", "") if part.get("type") == "text" else
+                              IMAGE_MARKER + "\n" if part.get("type") == "image_url" else "" for part in content)
         message = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
         if self.reasoning_content:
             message["reasoning_content"] = self.reasoning_content
@@ -78,6 +81,17 @@ class Message(_Body):
             message["tool_calls"] = [{"name": c.function.name, "arguments": c.function.arguments}
                                      for c in self.tool_calls]
         return message
+
+
+    def image_urls(self, where: str) -> list[tuple[str, str]]:
+        """(where, url) of each image_url part, in order (`url` a string or {"url": …})."""
+        out = []
+        for k, part in enumerate(self.content if isinstance(self.content, list) else []):
+            if part.get("type") == "image_url":
+                url = part.get("image_url")
+                url = url.get("url") if isinstance(url, dict) else url
+                out.append((f"{where}.content[{k}].image_url", url))
+        return out
 
 
 class Tool(_Body):

@@ -21,8 +21,9 @@ class Ticket:
     """One request: its prompt and sampling values in; Deltas (then None when all rows are done, or an
     exception) out through an asyncio queue owned by the handler's event loop."""
 
-    def __init__(self, prompt: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop):
-        self.prompt, self.params, self.loop = prompt, params, loop
+    def __init__(self, prompt: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop,
+                 images: list | None = None):
+        self.prompt, self.params, self.loop, self.images = prompt, params, loop, images or []
         self.queue: asyncio.Queue = asyncio.Queue()
         self.running = params.n
 
@@ -79,7 +80,7 @@ class Scheduler:
             try:
                 if admitted:
                     joining = self.engine.start([t.prompt for t in admitted], [t.params for t in admitted],
-                                                handles=admitted)
+                                                handles=admitted, images=[t.images for t in admitted])
                     batch = joining if not batch else (batch.extend(joining) or batch)
                 self.running_rows = len(batch) if batch else 0
                 if batch:
