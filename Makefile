@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install browser test test-all test-interop interop lint demo bench clean
+.PHONY: install browser test test-all test-interop interop lint demo demo-vision bench clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,10 @@ lint: install
 # (5–12 minutes on a 2-core CPU: 4.5 on the latest machine, training 3.5 of them; 8–12 on earlier ones).
 demo: install
 	$(BIN)/minimind quickstart --out runs/quickstart
+
+# The vision job: generated pictures → vision SFT of mini-v → held-out VQA → runs/quickstart-vision/report.md
+demo-vision: install
+	$(BIN)/minimind quickstart --vision --out runs/quickstart-vision
 
 bench: install
 	$(BIN)/python benchmarks/model_step.py

@@ -30,7 +30,8 @@ STRIP = " \t\n.。!！?？"
 
 
 def read_questions(path: str | Path, image_size: int, limit: int | None = None) -> list[dict]:
-    """Records with "question" (the messages before the answer), "answer", "type" and "images" (uint8 arrays)."""
+    """Records with "question" (the messages before the answer), "answer", "type", "images" (uint8 arrays) and
+    "files" (their paths, when they are files)."""
     out = []
     for record in read_records(path, "vision"):
         messages = record["messages"]
@@ -38,8 +39,9 @@ def read_questions(path: str | Path, image_size: int, limit: int | None = None) 
             raise MiniMindError(f"{record['where']}: the last message must be the reference answer")
         images = [load_array(ref if isinstance(ref, bytes) else Path(record["base"]) / ref, image_size,
                              where=f"{record['where']}: image {k}") for k, ref in enumerate(record["images"])]
-        out.append({"question": messages[:-1], "answer": messages[-1]["content"],
-                    "type": record.get("type") or "all", "images": images, "where": record["where"]})
+        files = [str(Path(record["base"]) / ref) for ref in record["images"] if not isinstance(ref, bytes)]
+        out.append({"question": messages[:-1], "answer": messages[-1]["content"], "type": record.get("type") or "all",
+                    "images": images, "files": files, "where": record["where"]})
         if limit and len(out) == limit:
             break
     if not out:
@@ -81,7 +83,8 @@ def evaluate_vqa(model, tokenizer, questions: list[dict], chance: dict[str, floa
     types = {kind: {"accuracy": estimate(scores).to_dict(), "chance": chance.get(kind), "n": len(scores)}
              for kind, scores in sorted(by_type.items())}
     shown = [{"question": q["question"][-1]["content"], "answer": q["answer"], "reply": r, "type": q["type"],
-              "where": q["where"]} for q, r in list(zip(questions, replies, strict=True))[:examples]]
+              "where": q["where"], "files": q["files"]}
+             for q, r in list(zip(questions, replies, strict=True))[:examples]]
     return {"n": len(questions), "accuracy": estimate(correct).to_dict(), "types": types, "examples": shown}
 
 
