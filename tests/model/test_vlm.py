@@ -209,3 +209,32 @@ def test_vision_config_refuses_bad_fields():
         VisionConfig(image_size=30, patch_size=8)
     with pytest.raises(MiniMindError, match="projector"):
         VisionConfig(projector="qformer")
+
+
+def test_autoprocessor_and_the_stock_model_answer_like_our_engine(tmp_path):
+    """AutoProcessor (SiglipImageProcessor + our tokenizer + the chat template with image parts) and
+    AutoModelForImageTextToText, offline from our directory, give our engine's prompt, pixels and logits."""
+    import numpy as np
+    from PIL import Image
+
+    from minimind.data.images import to_array
+    from minimind.infer import Engine
+    from minimind.model.vision import pixel_values
+    from minimind.tokenizer import load_tokenizer
+
+    model = make_vlm()
+    tokenizer = load_tokenizer()
+    model.save(tmp_path / "vlm", tokenizer=tokenizer)
+    processor = transformers.AutoProcessor.from_pretrained(tmp_path / "vlm")
+    hf = transformers.AutoModelForImageTextToText.from_pretrained(tmp_path / "vlm").eval()
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=[picture], text=text, return_tensors="pt")
+    ours = Engine(model, tokenizer).chat_prompt([{"role": "user", "content": "<image>\nWhat colour is it?"}])
+    assert inputs["input_ids"][0].tolist() == ours
+    pixels = pixel_values(torch.from_numpy(to_array(picture, 32)[None]), model.vision)
+    torch.testing.assert_close(inputs["pixel_values"], pixels, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(**inputs).logits, model(torch.tensor([ours]), pixels).logits,
+                                   atol=1e-4, rtol=1e-4)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from minimind.errors import MiniMindError
 from minimind.jsonl import JSONProblem, loads, parse_line
+from minimind.tokenizer.tokenizer import IMAGE_PAD
 
 STAGES = ("pretrain", "sft", "dpo", "rl", "vision")
 IMAGE_MARKER = "<image>"          # MiniMind-V's placeholder for one image in a message
-IMAGE_PAD = "<|image_pad|>"
 ROLES = ("system", "user", "assistant", "tool")
 
 

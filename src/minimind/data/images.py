@@ -54,7 +54,7 @@ def to_array(image, size: int) -> np.ndarray:
 
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
 def load_array(source: str | Path | bytes, size: int, where: str = "image") -> np.ndarray:

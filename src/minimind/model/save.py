@@ -64,6 +64,8 @@ def save_model(model: nn.Module, path: str | Path, dtype: torch.dtype | None = N
         (tmp / "generation_config.json").write_text(json.dumps(generation_config(model.config), indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save(tmp)
+            for name, text in getattr(model, "processor_files", dict)().items():     # a vision model's processor
+                (tmp / name).write_text(text)
     return Path(path)
 
 

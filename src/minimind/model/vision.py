@@ -107,6 +107,23 @@ class VisionTower(nn.Module):
             self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)   # (sic) CLIP's name
         self.encoder = VisionEncoder(config)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """SigLIP's initialisation: position embeddings ~ N(0, 1/D), the patch embedding LeCun-normal, attention
+        and MLP matrices Xavier-uniform with zero biases, norms 1 and 0 (PyTorch's defaults would give position
+        embeddings of unit size, drowning a small object's patch in the early steps)."""
+        D = self.config.hidden_size
+        nn.init.normal_(self.embeddings.position_embedding.weight, std=D ** -0.5)
+        conv = self.embeddings.patch_embedding
+        nn.init.trunc_normal_(conv.weight, std=(conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]) ** -0.5)
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+        for module in self.encoder.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
 
     def forward(self, pixel_values: torch.Tensor, attention_maps: list | None = None) -> torch.Tensor:
         """pixel_values [N, C, S, S] (normalised) → features [N, image_tokens, D] for the projector: the output of

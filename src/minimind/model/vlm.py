@@ -79,6 +79,26 @@ class VisionLanguageModel(Transformer):
     def checkpoint_config(self, dtype: str) -> dict:
         return self.vision.to_hf_dict(self.config, dtype)
 
+    def processor_files(self) -> dict[str, str]:
+        """The files that make `AutoProcessor.from_pretrained(dir)` a LlavaProcessor: a SiglipImageProcessor of the
+        tower's square and normalisation, our tokenizer (saved beside them), the chat template (image parts become
+        <|image_pad|>, which the processor expands to image_tokens pads)."""
+        from minimind.tokenizer.template import JINJA
+        from minimind.tokenizer.tokenizer import IMAGE_PAD
+
+        v = self.vision
+        image = {"image_processor_type": "SiglipImageProcessor", "do_resize": True, "resample": 3,
+                 "size": {"height": v.image_size, "width": v.image_size}, "do_rescale": True,
+                 "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(v.image_mean),
+                 "image_std": list(v.image_std), "do_convert_rgb": True}
+        processor = {"processor_class": "LlavaProcessor", "image_processor": image, "image_token": IMAGE_PAD,
+                     "patch_size": v.patch_size, "num_additional_image_tokens": 0,
+                     "vision_feature_select_strategy": "full" if v.family == "siglip" else "default"}
+        dump = lambda d: json.dumps(d, indent=2) + "\n"  # noqa: E731
+        return {"processor_config.json": dump(processor),                                    # transformers 5
+                "preprocessor_config.json": dump(image | {"processor_class": "LlavaProcessor"}),   # and 4
+                "chat_template.jinja": JINJA}
+
     def disk_name(self, name: str) -> str:
         return to_disk_name(name)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
+IMAGE_PAD = "<|image_pad|>"       # one image position (id 12): a vision model's features replace its embedding
 JINJA = resources.files("minimind.tokenizer").joinpath("chat_template.jinja").read_text()
 
 TOOLS_HEADER = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -51,8 +52,7 @@ def render(messages: list[dict], tools: list[dict] | None = None, add_generation
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
     for i, message in enumerate(messages):
         role = message["role"]
-        content = message.get("content")
-        content = content if isinstance(content, str) else ""
+        content = _text(message.get("content"))
         if role == "user" or (role == "system" and i > 0):
             emit(f"<|im_start|>{role}\n{content}<|im_end|>\n")
         elif role == "assistant":
@@ -75,6 +75,20 @@ def render(messages: list[dict], tools: list[dict] | None = None, add_generation
         text += piece
         pos += len(piece)
     return text, spans
+
+
+def _text(content) -> str:
+    """A message's content as text: a string as it is; content parts (OpenAI / transformers processors) joined, an
+    image part as one <|image_pad|> and a line break (a processor expands the pad to the image's tokens)."""
+    if isinstance(content, str):
+        return content
+    out = ""
+    for part in content if isinstance(content, list) else []:
+        if isinstance(part, dict) and part.get("type") == "text":
+            out += str(part.get("text", ""))
+        elif isinstance(part, dict) and part.get("type") in ("image", "image_url"):
+            out += IMAGE_PAD + "\n"
+    return out
 
 
 def _assistant_body(message: dict, content: str, with_think: bool) -> str:

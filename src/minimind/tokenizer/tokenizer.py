@@ -11,7 +11,7 @@ import numpy as np
 import tokenizers
 
 from minimind.errors import MiniMindError
-from minimind.tokenizer.template import JINJA, render
+from minimind.tokenizer.template import IMAGE_PAD, JINJA, render  # noqa: F401 (IMAGE_PAD: exported)
 
 # Fixed ids, as in the reference. Ids 0-20 are special (dropped by skip_special_tokens); the tool, think and
 # buffer tokens are not, so the output parser still sees them after such decoding.
