@@ -176,3 +176,26 @@ def test_data_prepare_reports_what_rows_of_a_length_keep(tmp_path, capsys):
                  str(DEFAULT_DIR), "--out", str(tmp_path / "p"), "--seq-len", "64"]) == 0
     out = capsys.readouterr().out
     assert "rows of 64: 1 of 2 documents do not fit whole" in out and "lost" in out
+
+
+def test_vision_presets_init_info_and_images_on_the_command_line(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    assert main(["presets"]) == 0
+    assert "minimind-3v" in (out := capsys.readouterr().out) and "64 tokens per image" in out
+    assert main(["init", "--preset", "tiny-v", "--out", str(tmp_path / "v")]) == 0
+    capsys.readouterr()
+    assert main(["info", "--model", str(tmp_path / "v")]) == 0
+    assert "Llava (siglip tower 2 × 32, 32² / 8 → 16 tokens per image, llava projector)" in capsys.readouterr().out
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(tmp_path / "black.png")
+    assert main(["chat", "--model", str(tmp_path / "v"), "--image", str(tmp_path / "black.png"), "--prompt", "hi",
+                 "--max-new-tokens", "3", "--temperature", "0"]) == 0
+    assert main(["generate", "--model", str(tmp_path / "v"), "--image", str(tmp_path / "black.png"), "--prompt",
+                 "A", "--max-new-tokens", "3"]) == 0
+    capsys.readouterr()
+    main(["init", "--preset", "tiny", "--out", str(tmp_path / "t")])
+    assert main(["chat", "--model", str(tmp_path / "t"), "--image", str(tmp_path / "black.png"), "--prompt", "hi"]) == 2
+    assert "--image: this model reads no images" in capsys.readouterr().err
+    assert main(["chat", "--model", str(tmp_path / "v"), "--image", str(tmp_path / "nope.png"), "--prompt", "hi"]) == 2
+    assert "nope.png not found" in capsys.readouterr().err

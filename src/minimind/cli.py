@@ -15,8 +15,9 @@ from minimind.errors import MiniMindError
 def cmd_presets(args) -> None:
     import torch
 
-    from minimind.config import PRESETS
+    from minimind.config import PRESETS, VISION_PRESETS
     from minimind.model import Transformer
+    from minimind.model.vlm import VisionLanguageModel
 
     print(f"{'preset':<16} {'params':>10} {'active':>10}  shape")
     for name, config in PRESETS.items():
@@ -27,20 +28,30 @@ def cmd_presets(args) -> None:
         if config.is_moe:
             shape += f", {config.num_experts} experts top-{config.num_experts_per_tok}"
         print(f"{name:<16} {_millions(model.num_params()):>10} {_millions(model.num_params(True)):>10}  {shape}")
+    for name, (text, vision) in VISION_PRESETS.items():
+        with torch.device("meta"):
+            model = VisionLanguageModel(PRESETS[text], vision)
+        shape = (f"{text} + tower {vision.num_hidden_layers} × {vision.hidden_size}, {vision.image_size}² / "
+                 f"{vision.patch_size} → {vision.image_tokens} tokens per image")
+        print(f"{name:<16} {_millions(model.num_params()):>10} {_millions(model.num_params(True)):>10}  {shape}")
 
 
 def cmd_init(args) -> None:
     import torch
 
-    from minimind.config import preset
+    from minimind.config import VISION_PRESETS, preset, vision_preset
     from minimind.model import Transformer
+    from minimind.model.vlm import VisionLanguageModel
     from minimind.overrides import apply_overrides
     from minimind.runtime import resolve_dtype
     from minimind.tokenizer import load_tokenizer
 
-    config = apply_overrides(preset(args.preset), args.overrides)
     torch.manual_seed(args.seed)
-    model = Transformer(config)
+    if args.preset in VISION_PRESETS:
+        text, vision = vision_preset(args.preset)
+        model = VisionLanguageModel(apply_overrides(text, args.overrides), vision)
+    else:
+        model = Transformer(apply_overrides(preset(args.preset), args.overrides))
     path = model.save(args.out, dtype=resolve_dtype(args.dtype), tokenizer=load_tokenizer())
     print(f"wrote {path} ({args.preset}): {_param_summary(model)}")
 
@@ -51,6 +62,11 @@ def cmd_info(args) -> None:
     model = load_model(args.model, device="cpu", allow_nonfinite=args.allow_nonfinite)
     c = model.config
     kind = f"Qwen3-MoE, {c.num_experts} experts top-{c.num_experts_per_tok}" if c.is_moe else "Qwen3 (dense)"
+    vision = getattr(model, "vision", None)
+    if vision is not None:
+        v = vision
+        kind = (f"Llava ({v.family} tower {v.num_hidden_layers} × {v.hidden_size}, {v.image_size}² / {v.patch_size} → "
+                f"{v.image_tokens} tokens per image, {v.projector} projector) on {kind}")
     print(f"{args.model}: {kind}, {_param_summary(model)}")
     print(f"  hidden {c.hidden_size}, {c.num_hidden_layers} layers, heads {c.num_attention_heads} "
           f"(kv {c.num_key_value_heads}, dim {c.head_dim}), vocab {c.vocab_size}, "
@@ -58,15 +74,26 @@ def cmd_info(args) -> None:
           + (f", {c.rope_scaling['rope_type']} ×{c.rope_scaling['factor']:g}" if c.rope_scaling else ""))
 
 
+def _text_config(model_dir: str):
+    """The decoder's config of a model directory (a vision model's text_config)."""
+    from minimind.config import ModelConfig, VisionConfig
+    from minimind.model.vlm import is_vision_dir
+
+    path = Path(model_dir) / "config.json"
+    if is_vision_dir(model_dir):
+        return VisionConfig.from_hf_dict(json.loads(path.read_text()), str(path))[0]
+    return ModelConfig.load(path)
+
+
 def _load_for_inference(args):
     """(model, tokenizer) from --model, --adapter, --device, --dtype and --rope-scaling."""
-    from minimind.config import ModelConfig, parse_rope_scaling
+    from minimind.config import parse_rope_scaling
     from minimind.model import load_model
     from minimind.runtime import resolve_dtype
 
     rope = None
     if args.rope_scaling:
-        config = ModelConfig.load(Path(args.model) / "config.json")
+        config = _text_config(args.model)
         rope = parse_rope_scaling(args.rope_scaling, config.max_position_embeddings)
     dtype = None if args.dtype == "auto" else resolve_dtype(args.dtype)
     model = load_model(args.model, device=args.device, dtype=dtype, rope_scaling=rope, kernels=args.kernels,
