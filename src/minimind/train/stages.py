@@ -105,7 +105,7 @@ class Stage:
         if main:
             for split, files in sets.items():
                 if files:
-                    prepare(files, self.name, tokenizer_dir, root / split, progress=False)
+                    self.prepare(files, tokenizer_dir, root / split)
         barrier()
         train = TokenData.open(root / "train")
         val = TokenData.open(root / "val") if config.data.val else None
@@ -114,6 +114,10 @@ class Stage:
         if self.trains_on_targets:
             check_targets(target_report(train, rows), self.name, seq, announce=main)
         return StageData(train, rows, val, self.pack(val.doc_lengths, seq) if val else [])
+
+    def prepare(self, files: list[str], tokenizer_dir: Path, out: Path) -> None:
+        """Tokenize one split's files (a cache hit when unchanged)."""
+        prepare(files, self.name, tokenizer_dir, out, progress=False)
 
     def prepared_root(self, config) -> Path:
         """Where this stage's prepared train/ and val/ directories go."""

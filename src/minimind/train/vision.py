@@ -19,7 +19,6 @@ from typing import Literal
 import torch
 
 from minimind.config import PRESETS, VISION_PRESETS, preset, vision_preset
-from minimind.data.loader import TokenData, target_report
 from minimind.data.packing import pack_whole
 from minimind.data.prepare import prepare
 from minimind.errors import MiniMindError
@@ -27,7 +26,7 @@ from minimind.model import load_model
 from minimind.model.io import read_tower
 from minimind.model.vision import pixel_values
 from minimind.model.vlm import VisionLanguageModel, is_vision_dir
-from minimind.train.stages import LanguageModelling, StageData, check_targets
+from minimind.train.stages import LanguageModelling
 
 TRAINABLE = ("projector", "projector+layers", "all-but-tower", "all")
 
@@ -76,20 +75,8 @@ class VisionLanguageModelling(LanguageModelling):
         freeze(model, settings.train or self.default_train, settings.layers)
         return model.to(device).train()
 
-    def build(self, config, tokenizer_dir: Path, main: bool, barrier) -> StageData:
-        root = self.prepared_root(config)
-        sets = {"train": config.data.train, "val": config.data.val}
-        if main:
-            for split, files in sets.items():
-                if files:
-                    prepare(files, "vision", tokenizer_dir, root / split, progress=False, vision=self.vision)
-        barrier()
-        train = TokenData.open(root / "train")
-        val = TokenData.open(root / "val") if config.data.val else None
-        seq = config.data.seq_len
-        rows = self.pack(train.doc_lengths, seq)
-        check_targets(target_report(train, rows), self.name, seq, announce=main)
-        return StageData(train, rows, val, self.pack(val.doc_lengths, seq) if val else [])
+    def prepare(self, files: list[str], tokenizer_dir: Path, out: Path) -> None:
+        prepare(files, "vision", tokenizer_dir, out, progress=False, vision=self.vision)
 
     def prepared_root(self, config) -> Path:
         """Prepared images depend on the tower's image size: one folder per size and tokens per image."""
