@@ -37,13 +37,17 @@ def scene_dir(tmp_path_factory):
 def test_held_out_scenes_use_only_combinations_never_trained_on():
     train = list(scenes.scenes(300, 100, 100, held_out=False, seed=0))
     held = list(scenes.scenes(60, 20, 20, held_out=True, seed=1))
-    shape_pairs = lambda items: {(f["colour"], f["shape"]) for k, f in items if k != "digit"}  # noqa: E731
-    digit_pairs = lambda items: {(f["colour"], f["digit"]) for k, f in items if k == "digit"}  # noqa: E731
+    shape_pairs = lambda items: {(f["colour"], f["shape"]) for k, f in items if k != "digit" and f["colour"]}  # noqa
+    digit_pairs = lambda items: {(f["colour"], f["digit"]) for k, f in items if k == "digit" and f["colour"]}  # noqa
     assert not shape_pairs(train) & scenes.HELD_OUT_SHAPES and shape_pairs(held) <= scenes.HELD_OUT_SHAPES
     assert not digit_pairs(train) & scenes.HELD_OUT_DIGITS and digit_pairs(held) <= scenes.HELD_OUT_DIGITS
-    # yet every colour and every shape is seen in training
+    # yet every colour and every shape is seen in training, and shapes in unnamed colours too (colour must not
+    # predict shape), never in the held-out split
     assert {c for c, _ in shape_pairs(train)} == set(scenes.COLOURS)
     assert {s for _, s in shape_pairs(train)} == set(scenes.SHAPES)
+    free = [f for _, f in train if f["colour"] is None]
+    assert 0.3 < len(free) / len(train) < 0.5 and all(len(f["rgb"]) == 3 for f in free)
+    assert all(f["colour"] for _, f in held)
 
 
 def test_the_scene_files_say_what_the_pictures_show(scene_dir):

@@ -10,8 +10,10 @@ Four kinds of scene, drawn with Pillow on a lightly noisy grey canvas:
     pair     two single-shape pictures in one conversation (multi-image): the same shape or not?
 
 Held out by construction: some (colour, shape) and (colour, digit) combinations never appear in training; the
-held-out scenes use only those, so a right answer there means the model composes what it saw separately. The
-held-out handwritten digits are the last 15% of each digit's images, never trained on.
+held-out scenes use only those, so a right answer there means the model composes what it saw separately. To
+keep colour from predicting shape (or digit), 40% of the training pictures are drawn in an unnamed colour of
+random hue (no colour question is asked about them). The held-out handwritten digits are the last 15% of each
+digit's images, never trained on.
 
 Files (`build_scenes`): images/{train,heldout}/*.png; captions.jsonl / captions_heldout.jsonl (one caption
 conversation per picture: vision pretraining and the bits-per-byte check); vqa.jsonl (multi-turn questions per
@@ -20,6 +22,7 @@ training picture); vqa_heldout.jsonl (one question per record with its "type", f
 
 from __future__ import annotations
 
+import colorsys
 import json
 import random
 from pathlib import Path
@@ -77,18 +80,17 @@ def _jitter(rng, x: float, size: int) -> float:
     return (x + rng.uniform(-0.05, 0.05)) * size
 
 
-def single_scene(colour, shape, size_name, position, size: int, rng):
+def single_scene(rgb, shape, size_name, position, size: int, rng):
     from PIL import ImageDraw
 
     image = _noisy_canvas(size, rng)
     (px, py), _ = POSITIONS[position]
     radius = SIZES[size_name][0] * size * rng.uniform(0.9, 1.1)
-    _draw_shape(ImageDraw.Draw(image), shape, _jitter(rng, px, size), _jitter(rng, py, size), radius,
-                COLOURS[colour][0])
+    _draw_shape(ImageDraw.Draw(image), shape, _jitter(rng, px, size), _jitter(rng, py, size), radius, rgb)
     return image
 
 
-def count_scene(colour, shape, n: int, size: int, rng):
+def count_scene(rgb, shape, n: int, size: int, rng):
     from PIL import ImageDraw
 
     image = _noisy_canvas(size, rng)
@@ -97,17 +99,17 @@ def count_scene(colour, shape, n: int, size: int, rng):
         x, y = rng.uniform(r + 1, size - r - 1, 2)
         if all((x - a) ** 2 + (y - b) ** 2 > (2.4 * r) ** 2 for a, b in placed):
             placed.append((x, y))
-            _draw_shape(draw, shape, x, y, r, COLOURS[colour][0])
+            _draw_shape(draw, shape, x, y, r, rgb)
     return image
 
 
-def digit_scene(colour, digit: int, size: int, rng):
+def digit_scene(rgb, digit: int, size: int, rng):
     from PIL import ImageDraw, ImageFont
 
     image = _noisy_canvas(size, rng)
     font = ImageFont.load_default(size=int(size * 0.6))
     draw = ImageDraw.Draw(image)
-    draw.text((_jitter(rng, 0.5, size), _jitter(rng, 0.5, size)), str(digit), fill=COLOURS[colour][0], font=font,
+    draw.text((_jitter(rng, 0.5, size), _jitter(rng, 0.5, size)), str(digit), fill=rgb, font=font,
               anchor="mm")
     return image
 
@@ -135,20 +137,23 @@ def _answers(kind: str, facts: dict, zh: bool) -> str:
 
 def caption(facts: dict, zh: bool) -> str:
     c, s = facts.get("colour"), facts.get("shape")
+    zh_colour, en_colour = (COLOURS[c][1], f"{c} ") if c else ("", "")      # an unnamed colour is not said
     if "image" in facts:
         return f"手写的数字{facts['digit']}。" if zh else f"A handwritten {facts['digit']}."
     if "digit" in facts:
-        return f"{COLOURS[c][1]}的数字{facts['digit']}。" if zh else f"The number {facts['digit']} written in {c}."
+        if zh:
+            return f"{zh_colour}{'的' if c else ''}数字{facts['digit']}。"
+        return f"The number {facts['digit']}{f' written in {c}' if c else ''}."
     if "count" in facts:
         n = facts["count"]
         if zh:
-            return f"{COUNT_WORDS[n][1]}个{COLOURS[c][1]}{SHAPES[s]}。"
-        return f"{COUNT_WORDS[n][0]} {c} {s}{'s' if n > 1 else ''}."
+            return f"{COUNT_WORDS[n][1]}个{zh_colour}{SHAPES[s]}。"
+        return f"{COUNT_WORDS[n][0]} {en_colour}{s}{'s' if n > 1 else ''}."
     if zh:
-        return f"{POSITIONS[facts['position']][1]}有一个{SIZES[facts['size']][1]}的{COLOURS[c][1]}{SHAPES[s]}。"
+        return f"{POSITIONS[facts['position']][1]}有一个{SIZES[facts['size']][1]}的{zh_colour}{SHAPES[s]}。"
     where = "in the centre" if facts["position"] == "centre" else f"at the {facts['position']}" \
         if facts["position"] in ("top", "bottom") else f"on the {facts['position']}"
-    return f"A {facts['size']} {c} {s} {where}."
+    return f"A {facts['size']} {en_colour}{s} {where}."
 
 
 def _combos(held_out: bool):
@@ -161,22 +166,33 @@ def _digits(held_out: bool):
     return [p for p in pairs if (p in HELD_OUT_DIGITS) == held_out]
 
 
+FREE_COLOUR = 0.4          # share of training pictures drawn in an unnamed colour of random hue
+
+
 def scenes(n_single: int, n_count: int, n_digit: int, held_out: bool, seed: int, n_handwritten: int = 0,
            mnist: dict | None = None):
     """Yield (kind, facts) for the pictures of one split; each kind draws only its split's combinations (and
-    handwritten digits only its split's MNIST images)."""
+    handwritten digits only its split's MNIST images). A training picture in an unnamed colour has colour None
+    and its "rgb"."""
     rng = random.Random(seed)
     pairs, digits = _combos(held_out), _digits(held_out)
+
+    def colour_of(named: str) -> dict:
+        if held_out or rng.random() >= FREE_COLOUR:
+            return {"colour": named}
+        rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.55, 0.9))
+        return {"colour": None, "rgb": tuple(round(255 * x) for x in rgb)}
+
     for _ in range(n_single):
         colour, shape = rng.choice(pairs)
-        yield "single", {"colour": colour, "shape": shape, "size": rng.choice(list(SIZES)),
-                         "position": rng.choice(list(POSITIONS))}
+        yield "single", colour_of(colour) | {"shape": shape, "size": rng.choice(list(SIZES)),
+                                             "position": rng.choice(list(POSITIONS))}
     for _ in range(n_count):
         colour, shape = rng.choice(pairs)
-        yield "count", {"colour": colour, "shape": shape, "count": rng.randint(1, 4)}
+        yield "count", colour_of(colour) | {"shape": shape, "count": rng.randint(1, 4)}
     for _ in range(n_digit):
         colour, digit = rng.choice(digits)
-        yield "digit", {"colour": colour, "digit": digit}
+        yield "digit", colour_of(colour) | {"digit": digit}
     for _ in range(n_handwritten if mnist else 0):
         digit = rng.randrange(10)
         images = mnist[digit]
@@ -191,11 +207,12 @@ def draw(kind: str, facts: dict, size: int, rng: np.random.Generator, mnist: dic
 
         return Image.fromarray(mnist[facts["digit"]][facts["image"]]).convert("RGB").resize(
             (size, size), Image.Resampling.BICUBIC)
+    rgb = facts.get("rgb") or COLOURS[facts["colour"]][0]
     if kind == "single":
-        return single_scene(facts["colour"], facts["shape"], facts["size"], facts["position"], size, rng)
+        return single_scene(rgb, facts["shape"], facts["size"], facts["position"], size, rng)
     if kind == "count":
-        return count_scene(facts["colour"], facts["shape"], facts["count"], size, rng)
-    return digit_scene(facts["colour"], facts["digit"], size, rng)
+        return count_scene(rgb, facts["shape"], facts["count"], size, rng)
+    return digit_scene(rgb, facts["digit"], size, rng)
 
 
 QUESTION_KINDS = {"single": ("colour", "shape", "position", "size"), "count": ("count",), "digit": ("digit",),
@@ -236,7 +253,7 @@ def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: i
                 singles.append((name, facts))
             zh = rng.random() < 0.5
             captions.append({"conversations": _turn(CAPTION_PROMPTS[zh], caption(facts, zh), True), "image": name})
-            kinds = list(QUESTION_KINDS[kind])
+            kinds = [k for k in QUESTION_KINDS[kind] if k != "colour" or facts.get("colour")]
             rng.shuffle(kinds)
             if held_out:
                 kind_asked = kinds[0]
