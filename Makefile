@@ -2,16 +2,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+DEEPSPEED_VERSION ?= 0.19.8
 
 .PHONY: install browser test test-all test-interop interop lint demo demo-vision bench clean
 
 install: $(VENV)/.installed
 
-# torch==2.13.0 first: a bare `torch` requirement would pull the multi-GB CUDA build.
+# torch==2.13.0 first: a bare `torch` requirement would pull the multi-GB CUDA build. DeepSpeed (the
+# deepspeed.stage strategy) is pure Python here: DS_BUILD_OPS=0 compiles none of its CUDA ops, and
+# --no-build-isolation builds it against this torch, not another.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation deepspeed==$(DEEPSPEED_VERSION)
 	touch $@
 
 # The web page's browser test drives Debian's chromium; install it where apt can (as root or with

@@ -4,6 +4,7 @@
     OUT/checkpoints/step-000200/adapter/      instead of model/ in a LoRA run (the base is not copied)
     OUT/checkpoints/step-000200/state.pt      optimiser and grad-scaler states, RNG states
     OUT/checkpoints/step-000200/trainer.json  step, loader position, tokens seen, world size, the config
+    OUT/checkpoints/step-000200/deepspeed/    deepspeed.stage > 0: each rank's ZeRO shard (train/zero.py)
 
 The step directory appears complete or not at all (temp dir + rename), the last `keep_last` are kept, and
 resuming takes the newest one that loads; any newer one that does not is moved aside (`damaged-step-…`, with a
@@ -47,11 +48,15 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(out: Path, step: int, model, tokenizer, state: dict, trainer: dict, keep_last: int) -> Path:
-    """Write checkpoint `step` under OUT/checkpoints and delete all but the newest `keep_last`."""
+def save_checkpoint(out: Path, step: int, model, tokenizer, state: dict, trainer: dict, keep_last: int,
+                    extra: dict[str, Path] | None = None) -> Path:
+    """Write checkpoint `step` under OUT/checkpoints and delete all but the newest `keep_last`; `extra` folders
+    (name → a folder written elsewhere, e.g. DeepSpeed's shards from every rank) are moved in before it appears."""
     root = Path(out) / "checkpoints"
     path = root / f"{PREFIX}{step:06d}"
     with atomic_directory(path, marker="trainer.json") as tmp:
+        for name, folder in (extra or {}).items():
+            shutil.move(str(folder), str(tmp / name))
         if adapted(model):
             save_adapter(model, tmp / "adapter")
         else:
@@ -61,6 +66,12 @@ def save_checkpoint(out: Path, step: int, model, tokenizer, state: dict, trainer
     for old in checkpoints(out)[keep_last:]:
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def staging(out: Path, step: int) -> Path:
+    """The hidden folder under OUT/checkpoints where every rank writes its part of checkpoint `step` (then moved
+    into it by `save_checkpoint`)."""
+    return Path(out) / "checkpoints" / f".staging-{step:06d}"
 
 
 def clear(out: Path) -> None:

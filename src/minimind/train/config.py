@@ -19,6 +19,7 @@ from minimind.train.distill import DistillConfig
 from minimind.train.preference import DPOConfig
 from minimind.train.registry import STAGES
 from minimind.train.vision import VisionTrainConfig
+from minimind.train.zero import DeepSpeedConfig
 
 
 @dataclass
@@ -70,6 +71,7 @@ class TrainConfig:
     checkpoint_layers: list[int] = field(default_factory=list)   # only these blocks (with activation_checkpointing)
     checkpoint_every: int = 0            # only every k-th block: 0, k, 2k, … (with activation_checkpointing)
     fsdp: bool = False                   # shard parameters, gradients and optimiser state (FSDP2) under torchrun
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)   # ZeRO 1–3 under torchrun (instead of DDP)
     seed: int = 0
     log_every: int = 10
     eval_every: int = 100                # validation loss + bits per byte; 0 = only at the end
@@ -109,6 +111,10 @@ class TrainConfig:
             raise MiniMindError("config keys 'checkpoint_layers' and 'checkpoint_every': give one of them")
         if self.checkpoint_every < 0 or any(i < 0 for i in self.checkpoint_layers):
             raise MiniMindError("config keys 'checkpoint_every' and 'checkpoint_layers' must be ≥ 0")
+        self.deepspeed.validate()
+        if self.deepspeed.stage and (self.fsdp or self.compile or self.optim.optimizer != "adamw"):
+            raise MiniMindError("config key 'deepspeed.stage' runs AdamW without fsdp or compile (DeepSpeed "
+                                "shards and wraps the model itself)")
         if self.data.seq_len < 8:
             raise MiniMindError("config key 'data.seq_len' must be ≥ 8")
         if self.optim.lr <= 0 or not 0 <= self.optim.min_lr_ratio <= 1:

@@ -64,20 +64,28 @@ def gather_for_saving(model, optimizers: list) -> tuple:
     others. Every rank must call it (the gathers are collectives)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
-    from minimind.model import Transformer
-    from minimind.model.kernels import kernels_of, use_kernels
-
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)
     states = [get_optimizer_state_dict(model, optimizer, options=options) for optimizer in optimizers]
     if dist.get_rank() != 0:
         return None, None
-    with torch.device("meta"):
-        plain = Transformer(model.config)
-    use_kernels(plain, kernels_of(model))
+    plain = empty_copy(model)
     plain.load_state_dict(weights, assign=True)
     plain.tie_weights()
     return plain, states
+
+
+def empty_copy(model):
+    """A model of `model`'s class, config and kernels with its tensors on the meta device: for full weights
+    gathered from the ranks to be assigned into."""
+    from minimind.model import Transformer
+    from minimind.model.kernels import kernels_of, use_kernels
+    from minimind.model.vlm import VisionLanguageModel
+
+    with torch.device("meta"):
+        plain = VisionLanguageModel(model.config, model.vision) if hasattr(model, "vision") else \
+            Transformer(model.config)
+    return use_kernels(plain, kernels_of(model))
 
 
 def load_optimizer_states(model, optimizers: list, states: list[dict]) -> None:

@@ -20,6 +20,7 @@ import functools
 import gc
 import json
 import math
+import shutil
 import signal
 import sys
 import time
@@ -41,7 +42,7 @@ from minimind.overrides import to_dict
 from minimind.perf import device_peak_flops, measure_matmul_peak
 from minimind.runtime import keep_freed_memory, resolve_device, resolve_dtype
 from minimind.tokenizer import load_tokenizer, tokenizer_dir
-from minimind.train import checkpoint
+from minimind.train import checkpoint, zero
 from minimind.train.config import TrainConfig, save_config
 from minimind.train.distributed import (
     Dist,
@@ -66,6 +67,9 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     if device.type == "cpu":
         keep_freed_memory()
     info = init_distributed(device.type)
+    if config.deepspeed.stage and not info.enabled:
+        raise MiniMindError("deepspeed.stage shards the training state across processes: launch with torchrun, "
+                            "2 or more")
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
     try:
@@ -103,6 +107,7 @@ class Run:
     byte_counts: torch.Tensor
     flops_per_token: int
     peak: float | None
+    engine: object = None                # the DeepSpeed engine (deepspeed.stage > 0), which `model` is
 
 
 def _train(config: TrainConfig, stage: Stage, device: torch.device, info: Dist, resume: bool) -> Path:
@@ -171,6 +176,8 @@ def _setup(config: TrainConfig, stage: Stage, device: torch.device, info: Dist, 
         _, state, trainer_info = resumed
         if config.fsdp:
             load_optimizer_states(model, optimizers, state["optimizers"])
+        elif config.deepspeed.stage:
+            pass                                  # restored with the engine, below
         else:
             for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
                 optimizer.load_state_dict(saved)
@@ -193,7 +200,14 @@ def _setup(config: TrainConfig, stage: Stage, device: torch.device, info: Dist, 
         checkpoint_blocks(model, chosen)
     if config.compile:
         model = torch.compile(model)
-    if info.enabled and not config.fsdp:
+    engine = None
+    if config.deepspeed.stage:
+        model, wrapped = zero.wrap(model, optimizers, config.deepspeed, batch, accumulation, config.optim.grad_clip,
+                                   dtype)
+        engine, optimizers = model, [wrapped]
+        if resumed is not None:
+            zero.load_states(engine, resumed[0].parent / zero.FOLDER)
+    elif info.enabled and not config.fsdp:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     logger = RunLogger(out, config.logger, config=to_dict(config), enabled=info.main)
@@ -207,7 +221,8 @@ def _setup(config: TrainConfig, stage: Stage, device: torch.device, info: Dist, 
               progress=Progress(total_steps, initial_step=step, enabled=info.main),
               evaluation=stage.validation(data, config, device), byte_counts=token_bytes(tokenizer).to(device),
               flops_per_token=stage.flops_per_token(raw, seq),
-              peak=device_peak_flops(device) or (_measured_peak(dtype, device.type) if info.main else None))
+              peak=device_peak_flops(device) or (_measured_peak(dtype, device.type) if info.main else None),
+              engine=engine)
     if info.main:
         run.progress.write(f"{config.stage}: {raw.num_params() / 1e6:.2f}M parameters · {total_steps} steps of "
                            f"{accumulation}×{micro_tokens:,} tokens · {device} {str(dtype).removeprefix('torch.')} · "
@@ -279,6 +294,8 @@ def _optimizer_step(run: Run) -> tuple[float, float, dict, int]:
     by the step's units (all ranks), so the gradient is the one big batch's. The update is skipped when the loss or
     the gradient norm is not finite. → (loss, grad norm, the stage's metrics, tokens), read in one host sync."""
     config, info, stage, device = run.config, run.info, run.stage, run.device
+    if run.engine is not None:
+        return _deepspeed_step(run)
     batches = [next(run.loader) for _ in range(run.accumulation)]
     count = torch.stack([stage.count(b) for b in batches]).sum().float()
     local_count = count.clone()
@@ -318,6 +335,37 @@ def _optimizer_step(run: Run) -> tuple[float, float, dict, int]:
     return loss_value, norm_value, dict(zip(metric_sums, metric_values, strict=True)), step_tokens
 
 
+def _deepspeed_step(run: Run) -> tuple[float, float, dict, int]:
+    """`_optimizer_step` under DeepSpeed: the same losses, `engine.backward` for each micro-batch and
+    `engine.step()` after it (DeepSpeed updates at the accumulation boundary, clipping first). DeepSpeed cannot
+    skip an update, so a non-finite loss stops the run at once instead of after max_bad_steps."""
+    engine, info, stage = run.engine, run.info, run.stage
+    batches = [next(run.loader) for _ in range(run.accumulation)]
+    count = torch.stack([stage.count(b) for b in batches]).sum().float()
+    local_count = count.clone()
+    dist.all_reduce(count)
+    loss_sum, metric_sums = torch.zeros((), device=run.device), {}
+    for micro, batch_data in enumerate(batches):
+        with run.autocast:
+            total, aux, metrics = stage.loss(engine, batch_data)
+        engine.backward(total / count.clamp(min=1) * info.world_size + aux / run.accumulation, scale_wrt_gas=False)
+        loss_sum += total.detach() / local_count.clamp(min=1) + aux.detach() / run.accumulation
+        for name, value in metrics.items():
+            metric_sums[name] = metric_sums.get(name, 0) + value.float() / local_count.clamp(min=1)
+        if micro < run.accumulation - 1:
+            engine.step()                                   # counts the micro-step; no update yet
+    loss_value, *metric_values = torch.stack([loss_sum, *metric_sums.values()]).tolist()
+    finite = all_reduce_max(torch.tensor(float(not math.isfinite(loss_value))), info).item() == 0
+    if not finite:
+        raise MiniMindError(f"non-finite loss at step {run.step} under DeepSpeed, which cannot skip an update; "
+                            "stopping (resume from the last checkpoint with a lower optim.lr, or check the data)")
+    engine.step()                                           # the boundary: clip, update, zero the gradients
+    norm = engine.get_global_grad_norm()
+    norm_value = float(norm) if norm is not None else 0.0
+    step_tokens = sum(stage.tokens(b) for b in batches) * info.world_size
+    return loss_value, norm_value, dict(zip(metric_sums, metric_values, strict=True)), step_tokens
+
+
 def _evaluate(run: Run, write: bool) -> None:
     """The stage's validation figures at this step, logged (and printed when `write`)."""
     run.raw.eval()
@@ -337,7 +385,8 @@ def _finish(run: Run, interrupted: bool) -> Path:
     spec = STAGES[run.config.stage]
     final = run.out / ("adapter" if spec.adapters else "model")
     if run.step == run.total_steps:
-        plain = gather_for_saving(run.raw, [])[0] if run.config.fsdp else run.raw
+        plain = (gather_for_saving(run.raw, [])[0] if run.config.fsdp else zero.full_model(run.engine)
+                 if run.engine is not None else run.raw)
         if run.info.main and spec.adapters:
             save_adapter(plain, final, base=run.config.model)
         elif run.info.main:
@@ -352,15 +401,23 @@ def _save(run: Run) -> None:
     """Checkpoint: rank 0 writes (under DDP every rank holds the same model and optimiser states; under FSDP2
     they are gathered to rank 0 first)."""
     raw, config, info = run.raw, run.config, run.info
+    extra = {}
     if config.fsdp:
         raw, optimizer_states = gather_for_saving(raw, run.optimizers)
+    elif run.engine is not None:          # each rank's shard, staged beside the checkpoint, moved in by rank 0
+        staging = checkpoint.staging(run.out, run.step)
+        if info.main:
+            shutil.rmtree(staging, ignore_errors=True)      # a crashed save's leftovers
+        dist.barrier()
+        zero.save_states(run.engine, staging)
+        raw, optimizer_states, extra = zero.full_model(run.engine), [], {zero.FOLDER: staging}
     else:
         optimizer_states = [o.state_dict() for o in run.optimizers]
     if info.main:
         state = {"optimizers": optimizer_states, "scaler": run.scaler.state_dict(), "rng": checkpoint.rng_states()}
         trainer = {"step": run.step, "tokens_seen": run.tokens_seen, "loader": run.loader.state_dict(),
                    "world_size": info.world_size, "config": to_dict(config)}
-        checkpoint.save_checkpoint(run.out, run.step, raw, run.tokenizer, state, trainer, config.keep_last)
+        checkpoint.save_checkpoint(run.out, run.step, raw, run.tokenizer, state, trainer, config.keep_last, extra)
     if info.enabled:
         dist.barrier()
 
