@@ -199,3 +199,12 @@ def test_vision_presets_init_info_and_images_on_the_command_line(tmp_path, capsy
     assert "--image: this model reads no images" in capsys.readouterr().err
     assert main(["chat", "--model", str(tmp_path / "v"), "--image", str(tmp_path / "nope.png"), "--prompt", "hi"]) == 2
     assert "nope.png not found" in capsys.readouterr().err
+    record = {"conversations": [{"role": "user", "content": "<image>\nq"}, {"role": "assistant", "content": "a"}],
+              "image": "black.png"}
+    (tmp_path / "v.jsonl").write_text(json.dumps(record) + "\n")
+    prepare = ["data", "prepare", "--stage", "vision", "--data", str(tmp_path / "v.jsonl"), "--tokenizer",
+               str(DEFAULT_DIR), "--out", str(tmp_path / "p")]
+    assert main(prepare) == 2 and "--vision: give a vision preset" in capsys.readouterr().err
+    assert main([*prepare, "--vision", str(tmp_path / "v")]) == 0
+    assert "1 records → 1 documents" in capsys.readouterr().out
+    assert json.loads((tmp_path / "p" / "meta.json").read_text())["num_images"] == 1
