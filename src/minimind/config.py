@@ -415,6 +415,9 @@ PRESETS: dict[str, ModelConfig] = {
     # A CPU-sized model for the quickstart: minutes on a laptop.
     "mini": ModelConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                         head_dim=64, intermediate_size=_swiglu_width(256, 8 / 3)),
+    # The decoder of the CPU vision job (mini-v): narrow, so that minutes buy thousands of steps.
+    "micro": ModelConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=32, intermediate_size=384),
     # Test models: seconds on one CPU core.
     "tiny": ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                         head_dim=16, intermediate_size=192, max_position_embeddings=2048),
@@ -435,7 +438,7 @@ def preset(name: str) -> ModelConfig:
 VISION_PRESETS: dict[str, tuple[str, VisionConfig]] = {
     "minimind-3v": ("minimind-3", VisionConfig()),
     "minimind-3v-moe": ("minimind-3-moe", VisionConfig()),
-    "mini-v": ("mini", VisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+    "mini-v": ("micro", VisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                                     image_size=64, patch_size=16)),
     "tiny-v": ("tiny", VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                     image_size=32, patch_size=8)),

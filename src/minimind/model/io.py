@@ -124,12 +124,11 @@ def _load(path, build, device, dtype, rope_scaling, allow_nonfinite=False):
                             f"them with `minimind import {path} --out DIR --tokenizer THEIR_MODEL_FOLDER`)")
     if not path.is_dir():
         raise MiniMindError(f"{path}: not a model directory")
-    tensors = read_tensors(path)
     if is_vision_dir(path):
         config, vision = VisionConfig.from_hf_dict(_read_json(path / "config.json"), str(path / "config.json"))
-        build, tensors = partial(VisionLanguageModel, vision=vision), from_disk_names(tensors)
+        build, tensors = partial(VisionLanguageModel, vision=vision), from_disk_names(read_tensors(path))
     else:
-        config = ModelConfig.load(path / "config.json")
+        config, tensors = ModelConfig.load(path / "config.json"), read_tensors(path)
     if rope_scaling is not None:
         config = config.replace(rope_scaling=rope_scaling)
     weights_file = path / (WEIGHTS if (path / WEIGHTS).is_file() else INDEX)

@@ -12,8 +12,9 @@ Four kinds of scene, drawn with Pillow on a lightly noisy grey canvas:
 Held out by construction: some (colour, shape) and (colour, digit) combinations never appear in training; the
 held-out scenes use only those, so a right answer there means the model composes what it saw separately. To
 keep colour from predicting shape (or digit), 40% of the training pictures are drawn in an unnamed colour of
-random hue (no colour question is asked about them). The held-out handwritten digits are the last 15% of each
-digit's images, never trained on.
+random hue (no colour question is asked about them), and to keep shape from predicting colour, a quarter of the
+single-shape training pictures show an unnamed random polygon (no shape question). The held-out handwritten
+digits are the last 15% of each digit's images, never trained on.
 
 Files (`build_scenes`): images/{train,heldout}/*.png; captions.jsonl / captions_heldout.jsonl (one caption
 conversation per picture: vision pretraining and the bits-per-byte check); vqa.jsonl (multi-turn questions per
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import colorsys
 import json
+import math
 import random
 from pathlib import Path
 
@@ -72,8 +74,14 @@ def _draw_shape(draw, shape: str, cx: float, cy: float, r: float, fill) -> None:
         draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=fill)
     elif shape == "triangle":
         draw.polygon([(cx, cy - r), (cx - 0.95 * r, cy + 0.75 * r), (cx + 0.95 * r, cy + 0.75 * r)], fill=fill)
-    else:
+    elif shape == "diamond":
         draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+    else:                              # an unnamed shape: a star-like polygon, its seed in the name ("blob-N")
+        rng = random.Random(int(shape.split("-")[1]))
+        n = rng.randint(5, 8)
+        draw.polygon([(cx + r * rng.uniform(0.45, 1) * math.cos(2 * math.pi * (k + rng.uniform(0, 0.4)) / n),
+                       cy + r * rng.uniform(0.45, 1) * math.sin(2 * math.pi * (k + rng.uniform(0, 0.4)) / n))
+                      for k in range(n)], fill=fill)
 
 
 def _jitter(rng, x: float, size: int) -> float:
@@ -97,7 +105,7 @@ def count_scene(rgb, shape, n: int, size: int, rng):
     draw, r, placed = ImageDraw.Draw(image), 0.09 * size, []
     while len(placed) < n:
         x, y = rng.uniform(r + 1, size - r - 1, 2)
-        if all((x - a) ** 2 + (y - b) ** 2 > (2.4 * r) ** 2 for a, b in placed):
+        if all((x - a) ** 2 + (y - b) ** 2 > (3 * r) ** 2 for a, b in placed):
             placed.append((x, y))
             _draw_shape(draw, shape, x, y, r, rgb)
     return image
@@ -138,6 +146,7 @@ def _answers(kind: str, facts: dict, zh: bool) -> str:
 def caption(facts: dict, zh: bool) -> str:
     c, s = facts.get("colour"), facts.get("shape")
     zh_colour, en_colour = (COLOURS[c][1], f"{c} ") if c else ("", "")      # an unnamed colour is not said
+    zh_shape, s = (SHAPES[s], s) if s in SHAPES else ("图形", "shape")        # nor an unnamed shape
     if "image" in facts:
         return f"手写的数字{facts['digit']}。" if zh else f"A handwritten {facts['digit']}."
     if "digit" in facts:
@@ -147,10 +156,10 @@ def caption(facts: dict, zh: bool) -> str:
     if "count" in facts:
         n = facts["count"]
         if zh:
-            return f"{COUNT_WORDS[n][1]}个{zh_colour}{SHAPES[s]}。"
+            return f"{COUNT_WORDS[n][1]}个{zh_colour}{zh_shape}。"
         return f"{COUNT_WORDS[n][0]} {en_colour}{s}{'s' if n > 1 else ''}."
     if zh:
-        return f"{POSITIONS[facts['position']][1]}有一个{SIZES[facts['size']][1]}的{zh_colour}{SHAPES[s]}。"
+        return f"{POSITIONS[facts['position']][1]}有一个{SIZES[facts['size']][1]}的{zh_colour}{zh_shape}。"
     where = "in the centre" if facts["position"] == "centre" else f"at the {facts['position']}" \
         if facts["position"] in ("top", "bottom") else f"on the {facts['position']}"
     return f"A {facts['size']} {en_colour}{s} {where}."
@@ -167,6 +176,7 @@ def _digits(held_out: bool):
 
 
 FREE_COLOUR = 0.4          # share of training pictures drawn in an unnamed colour of random hue
+FREE_SHAPE = 0.25          # share of single-shape training pictures showing an unnamed polygon instead
 
 
 def scenes(n_single: int, n_count: int, n_digit: int, held_out: bool, seed: int, n_handwritten: int = 0,
@@ -185,8 +195,11 @@ def scenes(n_single: int, n_count: int, n_digit: int, held_out: bool, seed: int,
 
     for _ in range(n_single):
         colour, shape = rng.choice(pairs)
-        yield "single", colour_of(colour) | {"shape": shape, "size": rng.choice(list(SIZES)),
-                                             "position": rng.choice(list(POSITIONS))}
+        facts = colour_of(colour)
+        if not held_out and facts["colour"] and rng.random() < FREE_SHAPE:
+            shape = f"blob-{rng.randrange(10**6)}"
+        yield "single", facts | {"shape": shape, "size": rng.choice(list(SIZES)),
+                                 "position": rng.choice(list(POSITIONS))}
     for _ in range(n_count):
         colour, shape = rng.choice(pairs)
         yield "count", colour_of(colour) | {"shape": shape, "count": rng.randint(1, 4)}
@@ -249,11 +262,12 @@ def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: i
                                                  n_hand, mnist)):
             name = f"images/{split}/{i:06d}.png"
             draw(kind, facts, size, pixels, mnist).save(out / name)
-            if kind == "single":
+            if kind == "single" and facts["shape"] in SHAPES:
                 singles.append((name, facts))
             zh = rng.random() < 0.5
             captions.append({"conversations": _turn(CAPTION_PROMPTS[zh], caption(facts, zh), True), "image": name})
-            kinds = [k for k in QUESTION_KINDS[kind] if k != "colour" or facts.get("colour")]
+            kinds = [k for k in QUESTION_KINDS[kind] if (k != "colour" or facts.get("colour")) and
+                     (k != "shape" or facts.get("shape") in SHAPES)]
             rng.shuffle(kinds)
             if held_out:
                 kind_asked = kinds[0]
