@@ -47,7 +47,7 @@ def test_held_out_scenes_use_only_combinations_never_trained_on():
     assert {s for _, s in shape_pairs(train) if s in scenes.SHAPES} == set(scenes.SHAPES)
     assert {f["shape"] for _, f in held if "shape" in f} <= set(scenes.SHAPES)      # unnamed polygons: training only
     free = [f for _, f in train if f["colour"] is None]
-    assert 0.3 < len(free) / len(train) < 0.5 and all(len(f["rgb"]) == 3 for f in free)
+    assert abs(len(free) / len(train) - scenes.FREE_COLOUR) < 0.06 and all(len(f["rgb"]) == 3 for f in free)
     assert all(f["colour"] for _, f in held)
 
 

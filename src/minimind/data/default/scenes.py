@@ -11,7 +11,7 @@ Four kinds of scene, drawn with Pillow on a lightly noisy grey canvas:
 
 Held out by construction: some (colour, shape) and (colour, digit) combinations never appear in training; the
 held-out scenes use only those, so a right answer there means the model composes what it saw separately. To
-keep colour from predicting shape (or digit), 40% of the training pictures are drawn in an unnamed colour of
+keep colour from predicting shape (or digit), a quarter of the training pictures are drawn in an unnamed colour of
 random hue (no colour question is asked about them), and to keep shape from predicting colour, a quarter of the
 single-shape training pictures show an unnamed random polygon (no shape question). The held-out handwritten
 digits are the last 15% of each digit's images, never trained on.
@@ -175,7 +175,7 @@ def _digits(held_out: bool):
     return [p for p in pairs if (p in HELD_OUT_DIGITS) == held_out]
 
 
-FREE_COLOUR = 0.4          # share of training pictures drawn in an unnamed colour of random hue
+FREE_COLOUR = 0.25         # share of training pictures drawn in an unnamed colour of random hue
 FREE_SHAPE = 0.25          # share of single-shape training pictures showing an unnamed polygon instead
 
 
@@ -230,6 +230,10 @@ def draw(kind: str, facts: dict, size: int, rng: np.random.Generator, mnist: dic
 
 QUESTION_KINDS = {"single": ("colour", "shape", "position", "size"), "count": ("count",), "digit": ("digit",),
                   "handwritten": ("handwritten",)}
+# Training pictures of these kinds are also asked their colour (more colour answers, on shapes of every kind);
+# held-out ones are asked only their own kind's question, so each type's figure comes from its own pictures.
+COLOUR_TOO = {"count": ("What colour are the shapes?", "这些图形是什么颜色？"),
+              "digit": ("What colour is the number?", "数字是什么颜色？")}
 
 
 def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: int = 64, seed: int = 0,
@@ -274,9 +278,12 @@ def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: i
                 questions.append({"conversations": _turn(QUESTIONS[kind_asked][0][zh], _answers(kind_asked, facts, zh),
                                                          True), "image": name, "type": kind_asked})
             else:
+                asked = [(QUESTIONS[k][0][zh], k) for k in kinds]
+                if kind in COLOUR_TOO and facts.get("colour"):
+                    asked.insert(rng.randrange(len(asked) + 1), (COLOUR_TOO[kind][zh], "colour"))
                 turns = []
-                for k, kind_asked in enumerate(kinds):
-                    turns += _turn(QUESTIONS[kind_asked][0][zh], _answers(kind_asked, facts, zh), k == 0)
+                for k, (question, kind_asked) in enumerate(asked):
+                    turns += _turn(question, _answers(kind_asked, facts, zh), k == 0)
                 questions.append({"conversations": turns, "image": name})
         for _ in range(len(singles) // 4):                  # multi-image: two pictures, one question
             (a, fa), (b, fb) = rng.sample(singles, 2)
