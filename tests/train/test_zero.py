@@ -25,8 +25,8 @@ def torchrun(args: list[str], port: int) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def zero_args(data, out, stage: int, max_steps: int, save_every: int = 2) -> list[str]:
-    args = _cli_args(data, out, max_steps=max_steps, save_every=save_every)
+def zero_args(root, out, stage: int, max_steps: int, save_every: int = 2) -> list[str]:
+    args = _cli_args(root, out, max_steps=max_steps, save_every=save_every)
     return [a for a in args if not a.startswith("log_every")] + ["tokens_per_step=128", "log_every=1",
                                                                  f"deepspeed.stage={stage}"]
 
