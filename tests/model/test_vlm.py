@@ -240,3 +240,15 @@ def test_autoprocessor_and_the_stock_model_answer_like_our_engine(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(hf(**inputs).logits, model(torch.tensor([ours]), pixels).logits,
                                    atol=1e-4, rtol=1e-4)
+
+
+def test_int8_weights_keep_a_vision_models_answers_close():
+    from minimind.infer.quant import quantize
+
+    model = make_vlm()
+    ids, images = prompt(model, 1), pixels(1)
+    with torch.no_grad():
+        full = model(ids, images).logits
+        quantized = quantize(make_vlm(), "int8")(ids, images).logits
+    assert (quantized - full).abs().max() < 0.05 * full.abs().max()      # the decoder's Linears are int8
+    assert torch.equal(quantized.argmax(-1), full.argmax(-1))
