@@ -80,9 +80,7 @@ def _text_config(model_dir: str):
     from minimind.model.vlm import is_vision_dir
 
     path = Path(model_dir) / "config.json"
-    if is_vision_dir(model_dir):
-        return VisionConfig.from_hf_dict(json.loads(path.read_text()), str(path))[0]
-    return ModelConfig.load(path)
+    return VisionConfig.load(path)[0] if is_vision_dir(model_dir) else ModelConfig.load(path)
 
 
 def _load_for_inference(args):
@@ -235,7 +233,7 @@ def vision_config_of(source: str | None):
     if source in VISION_PRESETS:
         return vision_preset(source)[1]
     if source and is_vision_dir(source):
-        return VisionConfig.from_hf_dict(json.loads((Path(source) / "config.json").read_text()), source)[1]
+        return VisionConfig.load(Path(source) / "config.json")[1]
     raise MiniMindError(f"--vision: give a vision preset ({', '.join(VISION_PRESETS)}) or a vision model directory"
                         f"{'' if source is None else f'; {source!r} is neither'}")
 
@@ -398,7 +396,7 @@ def cmd_eval(args) -> None:
             for subject, s in r.get("subjects", {}).items():
                 print(f"  {subject}: {_figure(s['acc'])} (chance {100 * s['chance']:.1f}%, n={s['acc']['n']})")
         elif args.task == "vqa":
-            r = vqa.evaluate_vqa(model, tokenizer, vqa.read_questions(path, _image_size(model), args.limit),
+            r = vqa.evaluate_vqa(model, tokenizer, vqa.read_questions(path, vqa.tower(model).image_size, args.limit),
                                  vqa.chance_levels(path), max_new_tokens=min(args.max_new_tokens, 32))
             print(f"{path}: exact {_figure(r['accuracy'])} (n={r['n']})")
             for kind, t in r["types"].items():
@@ -420,12 +418,6 @@ def cmd_eval(args) -> None:
 
         atomic_write_text(args.out, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         print(f"wrote {args.out}")
-
-
-def _image_size(model) -> int:
-    if getattr(model, "vision", None) is None:
-        raise MiniMindError("--task vqa needs a vision-language model (a Llava directory)")
-    return model.vision.image_size
 
 
 def _figure(e: dict, kind: str = "acc") -> str:

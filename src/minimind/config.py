@@ -200,16 +200,21 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: Path) -> ModelConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise MiniMindError(f"{path}: file not found")
-        try:
-            d = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MiniMindError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise MiniMindError(f"{path}: expected a JSON object")
-        return cls.from_hf_dict(d, source=str(path))
+        return cls.from_hf_dict(read_json_object(path), source=str(path))
+
+
+def read_json_object(path: str | Path) -> dict:
+    """A config.json's object; a MiniMindError naming the file when it is missing, not JSON, or not an object."""
+    path = Path(path)
+    if not path.is_file():
+        raise MiniMindError(f"{path}: file not found")
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MiniMindError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise MiniMindError(f"{path}: expected a JSON object")
+    return d
 
 
 def _check_rope_scaling(scaling: Any, max_positions: int) -> dict:
@@ -373,6 +378,11 @@ class VisionConfig:
                                          feature_layer=d.get("vision_feature_layer", -1),
                                          image_mean=d.get("image_mean", (0.5,) * 3),
                                          image_std=d.get("image_std", (0.5,) * 3))
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple[ModelConfig, VisionConfig]:
+        """A vision model directory's config.json → (text config, vision config)."""
+        return cls.from_hf_dict(read_json_object(path), source=str(path))
 
     @classmethod
     def from_tower_dict(cls, d: dict[str, Any], source: str, **extra) -> VisionConfig:

@@ -52,7 +52,7 @@ def quickstart(out: str | Path) -> Path:
         begin = time.perf_counter()
         train(config)
         timings[stage] = time.perf_counter() - begin
-        runs[stage] = _metrics(out / stage / "metrics.jsonl")
+        runs[stage] = run_summary(out / stage / "metrics.jsonl")
 
     begin = time.perf_counter()
     pretrained = load_model(out / "pretrain" / "model", device="cpu")
@@ -70,7 +70,7 @@ def quickstart(out: str | Path) -> Path:
     return report
 
 
-def _metrics(path: Path) -> dict:
+def run_summary(path: Path) -> dict:
     lines = [json.loads(line) for line in path.open()]
     train_lines = [m for m in lines if m["kind"] == "train"]
     val = [m for m in lines if m["kind"] == "val"]

@@ -15,13 +15,13 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import minimind
 from minimind.data.default.scenes import build_scenes
 from minimind.eval.vqa import attention_map, chance_levels, draw_attention, evaluate_vqa, read_questions
 from minimind.model import load_model
+from minimind.quickstart import run_summary
 from minimind.tokenizer import load_tokenizer
 from minimind.train.config import load_config
 from minimind.train.trainer import train
@@ -59,7 +59,7 @@ def vision_quickstart(out: str | Path, overrides: list[str] = (), pictures: int 
     timings["total"] = time.perf_counter() - start
 
     report = out / "report.md"
-    report.write_text(_report(manifest, _training(out / "vision-sft" / "metrics.jsonl"), result, pictures, timings,
+    report.write_text(_report(manifest, run_summary(out / "vision-sft" / "metrics.jsonl"), result, pictures, timings,
                               model))
     return report
 
@@ -81,17 +81,6 @@ def _pictures(model, tokenizer, questions, answered, folder: Path) -> list[dict]
         if len(shown) == PICTURES:
             break
     return shown
-
-
-def _training(path: Path) -> dict:
-    lines = [json.loads(line) for line in path.open()]
-    train_lines = [m for m in lines if m["kind"] == "train"]
-    val = [m for m in lines if m["kind"] == "val"]
-    timed = train_lines[1:] or train_lines
-    return {"steps": train_lines[-1]["step"], "tokens": train_lines[-1]["tokens"],
-            "tokens_per_s": float(np.mean([m["tokens_per_s"] for m in timed])),
-            "first_loss": train_lines[0]["loss"], "last_loss": train_lines[-1]["loss"],
-            "val_before": val[0], "val_after": val[-1]}
 
 
 def _percent(e: dict) -> str:

@@ -3,6 +3,7 @@
     read_image(source)   → a PIL RGB image (decoded fully here, so a truncated file fails here, not later)
     to_array(image, S)   → uint8 [S, S, 3]: resized (bicubic) to the square the tower reads, as MiniMind-V does
     from_data_url(url)   → bytes of a `data:image/…;base64,…` URL (remote URLs are refused: nothing is fetched)
+    record_arrays(r, S)  → the arrays of a vision record's images (data/formats.py "vision")
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ def to_array(image, size: int) -> np.ndarray:
 def load_array(source: str | Path | bytes, size: int, where: str = "image") -> np.ndarray:
     """read_image then to_array."""
     return to_array(read_image(source, where), size)
+
+
+def record_arrays(record: dict, size: int) -> list[np.ndarray]:
+    """A vision record's images (bytes, or paths relative to its file's folder) as uint8 [size, size, 3] arrays; an
+    error names the record's "file:line" and the image."""
+    return [load_array(ref if isinstance(ref, bytes) else Path(record["base"]) / ref, size,
+                       where=f"{record['where']}: image {k}") for k, ref in enumerate(record["images"])]
 
 
 def from_data_url(url: str, where: str = "image_url") -> bytes:

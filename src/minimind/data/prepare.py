@@ -27,9 +27,10 @@ from tqdm import tqdm
 
 from minimind.config import VisionConfig
 from minimind.data.formats import ReadReport, expand_image_markers, read_records
-from minimind.data.images import load_array
+from minimind.data.images import record_arrays
 from minimind.errors import MiniMindError
 from minimind.fileio import atomic_directory
+from minimind.model.vlm import check_image_tokens
 from minimind.tokenizer import Tokenizer
 from minimind.tokenizer.template import JINJA
 
@@ -103,9 +104,7 @@ class ImageWriter:
     def keep_readable(self, records):
         for record in records:
             try:
-                arrays = [load_array(ref if isinstance(ref, bytes) else Path(record["base"]) / ref, self.size,
-                                     where=f"{record['where']}: image {k}")
-                          for k, ref in enumerate(record["images"])]
+                arrays = record_arrays(record, self.size)
             except MiniMindError as e:
                 if not self.skip_bad:
                     raise
@@ -152,10 +151,7 @@ def _tokenize(batch: list[dict], stage: str, tokenizer: Tokenizer,
         conversations = [(expand_image_markers(r["messages"], vision.image_tokens), r["tools"]) for r in batch]
         out = tokenizer.render_chat_batch(conversations)
         for record, (ids, _) in zip(batch, out, strict=True):
-            found = ids.count(vision.image_token_id)
-            if found != len(record["images"]) * vision.image_tokens:
-                raise MiniMindError(f"{record['where']}: the rendered conversation holds {found} image tokens for "
-                                    f"{len(record['images'])} image(s) of {vision.image_tokens}")
+            check_image_tokens(ids, len(record["images"]), vision, where=record["where"])
         return out
     if stage == "dpo":
         pairs = [(r[key], r["tools"]) for r in batch for key in ("chosen", "rejected")]
@@ -182,8 +178,8 @@ def _fingerprint(paths, stage: str, tokenizer_file: Path, skip_bad: bool, image_
             while chunk := f.read(1 << 20):
                 h.update(chunk)
     if image_shape is not None:
-        for path in map(Path, paths):
-            for image in sorted(p for p in path.parent.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        for folder in sorted({Path(path).parent for path in paths}):       # each folder once
+            for image in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
                 stat = image.stat()
                 h.update(f"{image}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return h.hexdigest()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from minimind.data.formats import read_records
-from minimind.data.images import load_array
+from minimind.data.images import record_arrays
 from minimind.errors import MiniMindError
 from minimind.eval.stats import estimate
 from minimind.infer import Engine, SamplingParams
@@ -37,8 +37,7 @@ def read_questions(path: str | Path, image_size: int, limit: int | None = None) 
         messages = record["messages"]
         if messages[-1]["role"] != "assistant":
             raise MiniMindError(f"{record['where']}: the last message must be the reference answer")
-        images = [load_array(ref if isinstance(ref, bytes) else Path(record["base"]) / ref, image_size,
-                             where=f"{record['where']}: image {k}") for k, ref in enumerate(record["images"])]
+        images = record_arrays(record, image_size)
         files = [str(Path(record["base"]) / ref) for ref in record["images"] if not isinstance(ref, bytes)]
         out.append({"question": messages[:-1], "answer": messages[-1]["content"], "type": record.get("type") or "all",
                     "images": images, "files": files, "where": record["where"]})
@@ -47,6 +46,13 @@ def read_questions(path: str | Path, image_size: int, limit: int | None = None) 
     if not out:
         raise MiniMindError(f"{path}: no questions")
     return out
+
+
+def tower(model):
+    """The model's VisionConfig; refused for a text-only model."""
+    if getattr(model, "vision", None) is None:
+        raise MiniMindError("the vqa task needs a vision-language model (a Llava directory)")
+    return model.vision
 
 
 def normalise(text: str) -> str:
@@ -65,8 +71,7 @@ def chance_levels(path: str | Path) -> dict[str, float]:
 def evaluate_vqa(model, tokenizer, questions: list[dict], chance: dict[str, float] | None = None,
                  batch_size: int = 32, max_new_tokens: int = 16, examples: int = 8) -> dict:
     """Greedy answers → {"accuracy": Estimate, "types": {type: {"accuracy", "chance", "n"}}, "examples"}."""
-    if getattr(model, "vision", None) is None:
-        raise MiniMindError("the vqa task needs a vision-language model (a Llava directory)")
+    tower(model)
     engine = Engine(model.eval(), tokenizer)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
     replies = []

@@ -363,7 +363,7 @@ class Engine:
         if len(images) != len(prompts):
             raise ValueError("images: one list per prompt")
         for i, (prompt, own) in enumerate(zip(prompts, images, strict=True)):
-            check_image_tokens(torch.tensor(prompt), len(own), vision,
+            check_image_tokens(prompt, len(own), vision,
                                where=f"prompt {i}" if len(prompts) > 1 else "the prompt")
 
     def _pixel_values(self, prompts: list[list[int]], images: list[list] | None) -> torch.Tensor | None:

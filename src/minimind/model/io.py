@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from minimind.config import ModelConfig, VisionConfig
+from minimind.config import ModelConfig, VisionConfig, read_json_object
 from minimind.errors import MiniMindError
 from minimind.model.kernels import Kernels, use_kernels
 from minimind.model.reward import SEQUENCE_CLASSIFICATION, RewardModel
@@ -125,7 +125,7 @@ def _load(path, build, device, dtype, rope_scaling, allow_nonfinite=False):
     if not path.is_dir():
         raise MiniMindError(f"{path}: not a model directory")
     if is_vision_dir(path):
-        config, vision = VisionConfig.from_hf_dict(_read_json(path / "config.json"), str(path / "config.json"))
+        config, vision = VisionConfig.load(path / "config.json")
         build, tensors = partial(VisionLanguageModel, vision=vision), from_disk_names(read_tensors(path))
     else:
         config, tensors = ModelConfig.load(path / "config.json"), read_tensors(path)
@@ -133,16 +133,6 @@ def _load(path, build, device, dtype, rope_scaling, allow_nonfinite=False):
         config = config.replace(rope_scaling=rope_scaling)
     weights_file = path / (WEIGHTS if (path / WEIGHTS).is_file() else INDEX)
     return from_tensors(tensors, config, weights_file, build, device, dtype, allow_nonfinite)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise MiniMindError(f"{path}: unreadable ({e})") from None
-    if not isinstance(d, dict):
-        raise MiniMindError(f"{path}: expected a JSON object")
-    return d
 
 
 def from_tensors(tensors: dict[str, torch.Tensor], config: ModelConfig, source: str | Path, build=Transformer,
@@ -214,12 +204,7 @@ def read_tower(path: str | Path) -> tuple[VisionConfig, dict[str, torch.Tensor]]
     """A local transformers SigLIP / CLIP directory (a vision model, a whole dual encoder, or a Llava checkpoint)
     → its tower's config and tensors under our names (the text encoder and pooling heads left out)."""
     path = Path(path)
-    try:
-        d = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise MiniMindError(f"{path / 'config.json'}: unreadable ({e})") from None
-    if not isinstance(d, dict):
-        raise MiniMindError(f"{path / 'config.json'}: expected a JSON object")
+    d = read_json_object(path / "config.json")
     if d.get("model_type") in ("llava", "minimind_v"):
         d = d.get("vision_config") or {}
     config = VisionConfig.from_tower_dict(d, str(path / "config.json"))

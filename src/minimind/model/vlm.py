@@ -127,9 +127,10 @@ def from_disk_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def check_image_tokens(input_ids: torch.Tensor, num_images: int, vision: VisionConfig, where: str = "input") -> None:
-    """Refuse a prompt whose <|image_pad|> count is not num_images × image_tokens (a splice would misplace rows)."""
-    found = int((input_ids == vision.image_token_id).sum())
+def check_image_tokens(input_ids, num_images: int, vision: VisionConfig, where: str = "input") -> None:
+    """Refuse token ids (a tensor or a list) whose <|image_pad|> count is not num_images × image_tokens (a splice
+    would misplace rows)."""
+    found = int((torch.as_tensor(input_ids) == vision.image_token_id).sum())
     if found != num_images * vision.image_tokens:
         raise MiniMindError(f"{where}: {found} <|image_pad|> tokens for {num_images} image(s); expected "
                             f"{num_images} × {vision.image_tokens}")

@@ -176,9 +176,7 @@ def _setup(config: TrainConfig, stage: Stage, device: torch.device, info: Dist, 
         _, state, trainer_info = resumed
         if config.fsdp:
             load_optimizer_states(model, optimizers, state["optimizers"])
-        elif config.deepspeed.stage:
-            pass                                  # restored with the engine, below
-        else:
+        elif not config.deepspeed.stage:          # DeepSpeed's shards are restored with its engine, below
             for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
                 optimizer.load_state_dict(saved)
         scaler.load_state_dict(state["scaler"])
@@ -290,33 +288,22 @@ def _loop(run: Run) -> bool:
 
 
 def _optimizer_step(run: Run) -> tuple[float, float, dict, int]:
-    """One optimiser step over `accumulation` micro-batches: the loss of each is its stage's sum over units divided
-    by the step's units (all ranks), so the gradient is the one big batch's. The update is skipped when the loss or
-    the gradient norm is not finite. → (loss, grad norm, the stage's metrics, tokens), read in one host sync."""
-    config, info, stage, device = run.config, run.info, run.stage, run.device
+    """One optimiser step over `accumulation` micro-batches (`_micro_batches`). The update is skipped when the loss
+    or the gradient norm is not finite. → (loss, grad norm, the stage's metrics, tokens), read in one host sync."""
+    config, device = run.config, run.device
     if run.engine is not None:
         return _deepspeed_step(run)
-    batches = [next(run.loader) for _ in range(run.accumulation)]
-    count = torch.stack([stage.count(b) for b in batches]).sum().float()
-    local_count = count.clone()
-    if info.enabled:
-        dist.all_reduce(count)               # units of the whole step, on the device: no host sync
-    loss_sum, metric_sums = torch.zeros((), device=device), {}
     ddp = isinstance(run.model, DistributedDataParallel)
-    for micro, batch_data in enumerate(batches):
-        sync = micro == run.accumulation - 1
+
+    def backward(loss: torch.Tensor, last: bool) -> None:
+        run.scaler.scale(loss).backward()
+
+    def gradient_sync(last: bool):
         if config.fsdp:
-            run.raw.set_requires_gradient_sync(sync)
-        no_sync = run.model.no_sync() if ddp and not sync else contextlib.nullcontext()
-        with no_sync:
-            with run.autocast:
-                total, aux, metrics = stage.loss(run.model, batch_data)
-            # DDP averages gradients over ranks; × world_size turns that back into a sum
-            loss = total / count.clamp(min=1) * info.world_size + aux / run.accumulation
-            run.scaler.scale(loss).backward()
-        loss_sum += total.detach() / local_count.clamp(min=1) + aux.detach() / run.accumulation
-        for name, value in metrics.items():
-            metric_sums[name] = metric_sums.get(name, 0) + value.float() / local_count.clamp(min=1)
+            run.raw.set_requires_gradient_sync(last)
+        return run.model.no_sync() if ddp and not last else contextlib.nullcontext()
+
+    loss_sum, metric_sums, step_tokens = _micro_batches(run, backward, gradient_sync)
     for optimizer in run.optimizers:
         run.scaler.unscale_(optimizer)
     grad_norm = (torch.nn.utils.clip_grad_norm_(run.raw.parameters(), config.optim.grad_clip)
@@ -325,7 +312,6 @@ def _optimizer_step(run: Run) -> tuple[float, float, dict, int]:
         grad_norm = grad_norm.full_tensor()
     loss_value, norm_value, *metric_values = torch.stack(
         [loss_sum, grad_norm.float(), *metric_sums.values()]).tolist()            # the one sync
-    step_tokens = sum(stage.tokens(b) for b in batches) * info.world_size
     if math.isfinite(loss_value) and math.isfinite(norm_value):
         for optimizer in run.optimizers:
             run.scaler.step(optimizer)
@@ -335,34 +321,50 @@ def _optimizer_step(run: Run) -> tuple[float, float, dict, int]:
     return loss_value, norm_value, dict(zip(metric_sums, metric_values, strict=True)), step_tokens
 
 
-def _deepspeed_step(run: Run) -> tuple[float, float, dict, int]:
-    """`_optimizer_step` under DeepSpeed: the same losses, `engine.backward` for each micro-batch and
-    `engine.step()` after it (DeepSpeed updates at the accumulation boundary, clipping first). DeepSpeed cannot
-    skip an update, so a non-finite loss stops the run at once instead of after max_bad_steps."""
-    engine, info, stage = run.engine, run.info, run.stage
+def _micro_batches(run: Run, backward, gradient_sync=lambda last: contextlib.nullcontext()):
+    """The step's micro-batches, each forward inside `gradient_sync(last)` and then `backward(loss, last)`: the loss
+    of each is its stage's sum over units divided by the step's units (all ranks), so the gradient is the one big
+    batch's. → (the step's mean loss on this rank, its metric sums, tokens of all ranks), still on the device."""
+    info, stage = run.info, run.stage
     batches = [next(run.loader) for _ in range(run.accumulation)]
     count = torch.stack([stage.count(b) for b in batches]).sum().float()
     local_count = count.clone()
-    dist.all_reduce(count)
+    if info.enabled:
+        dist.all_reduce(count)               # units of the whole step, on the device: no host sync
     loss_sum, metric_sums = torch.zeros((), device=run.device), {}
     for micro, batch_data in enumerate(batches):
-        with run.autocast:
-            total, aux, metrics = stage.loss(engine, batch_data)
-        engine.backward(total / count.clamp(min=1) * info.world_size + aux / run.accumulation, scale_wrt_gas=False)
+        last = micro == run.accumulation - 1
+        with gradient_sync(last):
+            with run.autocast:
+                total, aux, metrics = stage.loss(run.model, batch_data)
+            # DDP and DeepSpeed average gradients over ranks; × world_size turns that back into a sum
+            backward(total / count.clamp(min=1) * info.world_size + aux / run.accumulation, last)
         loss_sum += total.detach() / local_count.clamp(min=1) + aux.detach() / run.accumulation
         for name, value in metrics.items():
             metric_sums[name] = metric_sums.get(name, 0) + value.float() / local_count.clamp(min=1)
-        if micro < run.accumulation - 1:
+    return loss_sum, metric_sums, sum(stage.tokens(b) for b in batches) * info.world_size
+
+
+def _deepspeed_step(run: Run) -> tuple[float, float, dict, int]:
+    """`_optimizer_step` under DeepSpeed: `engine.backward` for each micro-batch and `engine.step()` after it
+    (DeepSpeed updates at the accumulation boundary, clipping first). DeepSpeed cannot skip an update, so a
+    non-finite loss stops the run at once instead of after max_bad_steps."""
+    engine = run.engine
+
+    def backward(loss: torch.Tensor, last: bool) -> None:
+        engine.backward(loss, scale_wrt_gas=False)
+        if not last:
             engine.step()                                   # counts the micro-step; no update yet
+
+    loss_sum, metric_sums, step_tokens = _micro_batches(run, backward)
     loss_value, *metric_values = torch.stack([loss_sum, *metric_sums.values()]).tolist()
-    finite = all_reduce_max(torch.tensor(float(not math.isfinite(loss_value))), info).item() == 0
+    finite = all_reduce_max(torch.tensor(float(not math.isfinite(loss_value))), run.info).item() == 0
     if not finite:
         raise MiniMindError(f"non-finite loss at step {run.step} under DeepSpeed, which cannot skip an update; "
                             "stopping (resume from the last checkpoint with a lower optim.lr, or check the data)")
     engine.step()                                           # the boundary: clip, update, zero the gradients
     norm = engine.get_global_grad_norm()
     norm_value = float(norm) if norm is not None else 0.0
-    step_tokens = sum(stage.tokens(b) for b in batches) * info.world_size
     return loss_value, norm_value, dict(zip(metric_sums, metric_values, strict=True)), step_tokens
 
 

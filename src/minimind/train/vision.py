@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from minimind.config import PRESETS, VISION_PRESETS, preset, vision_preset
+from minimind.config import VISION_PRESETS, vision_preset
 from minimind.data.packing import pack_whole
 from minimind.data.prepare import prepare
 from minimind.errors import MiniMindError
@@ -57,17 +57,17 @@ class VisionLanguageModelling(LanguageModelling):
         self.vision = None
 
     def build_model(self, source: str, device: torch.device) -> VisionLanguageModel:
-        settings = self.settings
+        settings, continuing = self.settings, is_vision_dir(source)
         if source in VISION_PRESETS:
             model = VisionLanguageModel(*vision_preset(source))
-        elif Path(source).is_dir() and is_vision_dir(source):
+        elif continuing:
             model = load_model(source, device="cpu", dtype=torch.float32, kernels="reference")
-        else:
-            text = text_model(source)
+        else:                                        # a text model (preset or directory) grows a tower
+            text = super().build_model(source, torch.device("cpu"))
             model = VisionLanguageModel(text.config, vision_preset(settings.preset)[1])
             model.load_state_dict(text.state_dict(), strict=False)   # the decoder's tensors; the tower is new
             model.tie_weights()
-        if settings.tower and not (Path(source).is_dir() and is_vision_dir(source)):
+        if settings.tower and not continuing:
             tower_config, state = read_tower(settings.tower)
             model = grown_with_tower(model, tower_config.replace(projector=model.vision.projector), state,
                                      settings.tower)
@@ -85,18 +85,6 @@ class VisionLanguageModelling(LanguageModelling):
 
     def inputs(self, batch: dict[str, torch.Tensor]) -> dict:
         return {"pixel_values": pixel_values(batch["images"], self.vision)}
-
-
-def text_model(source: str):
-    """The text model at `source`: a preset's fresh weights or a directory."""
-    from minimind.model import Transformer
-
-    if source in PRESETS:
-        return Transformer(preset(source))
-    if not Path(source).is_dir():
-        raise MiniMindError(f"config key 'model': {source!r} is neither a preset ({', '.join(PRESETS)}), a vision "
-                            f"preset ({', '.join(VISION_PRESETS)}) nor a model directory")
-    return load_model(source, device="cpu", dtype=torch.float32, kernels="reference")
 
 
 def grown_with_tower(model: VisionLanguageModel, tower_config, state: dict, source: str) -> VisionLanguageModel:

@@ -273,18 +273,15 @@ def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: i
             kinds = [k for k in QUESTION_KINDS[kind] if (k != "colour" or facts.get("colour")) and
                      (k != "shape" or facts.get("shape") in SHAPES)]
             rng.shuffle(kinds)
+            asked = [(QUESTIONS[k][0][zh], k) for k in kinds]
             if held_out:
-                kind_asked = kinds[0]
-                questions.append({"conversations": _turn(QUESTIONS[kind_asked][0][zh], _answers(kind_asked, facts, zh),
-                                                         True), "image": name, "type": kind_asked})
-            else:
-                asked = [(QUESTIONS[k][0][zh], k) for k in kinds]
-                if kind in COLOUR_TOO and facts.get("colour"):
-                    asked.insert(rng.randrange(len(asked) + 1), (COLOUR_TOO[kind][zh], "colour"))
-                turns = []
-                for k, (question, kind_asked) in enumerate(asked):
-                    turns += _turn(question, _answers(kind_asked, facts, zh), k == 0)
-                questions.append({"conversations": turns, "image": name})
+                asked = asked[:1]               # one question per held-out picture, typed for the per-type figures
+            elif kind in COLOUR_TOO and facts.get("colour"):
+                asked.insert(rng.randrange(len(asked) + 1), (COLOUR_TOO[kind][zh], "colour"))
+            turns = []
+            for k, (question, kind_asked) in enumerate(asked):
+                turns += _turn(question, _answers(kind_asked, facts, zh), k == 0)
+            questions.append({"conversations": turns, "image": name} | ({"type": asked[0][1]} if held_out else {}))
         for _ in range(len(singles) // 4):                  # multi-image: two pictures, one question
             (a, fa), (b, fb) = rng.sample(singles, 2)
             if rng.random() < 0.5:                          # half the pairs share a shape
