@@ -23,7 +23,7 @@ import torch
 from minimind.config import ModelConfig, VisionConfig
 from minimind.errors import MiniMindError
 from minimind.model.save import to_checkpoint
-from minimind.model.transformer import ModelOutput, Transformer, training_flops
+from minimind.model.transformer import ModelOutput, Transformer
 from minimind.model.vision import Projector, VisionTower
 
 # our state-dict prefix → Llava's checkpoint prefix, in the layout transformers writes (4 and 5 alike; 5 also reads
@@ -68,11 +68,12 @@ class VisionLanguageModel(Transformer):
                                inputs_embeds=embeds)
 
     def flops_per_token(self, seq_len: int) -> int:
-        """The decoder's training FLOPs per token (the tower's, per image, are not counted: MFU is the decoder's)."""
-        c = self.config
-        lookup = 0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size
-        vision = sum(p.numel() for m in (self.vision_tower, self.multi_modal_projector) for p in m.parameters())
-        return training_flops(self, seq_len, lookup=lookup + vision)
+        """The decoder's training FLOPs per token (the tower's, per image, are not counted: MFU is the decoder's):
+        `Transformer.flops_per_token` less 6 per matrix entry of the tower and projector (their vectors are left
+        out there already, with the norms)."""
+        vision = sum(p.numel() for m in (self.vision_tower, self.multi_modal_projector) for p in m.parameters()
+                     if p.ndim > 1)
+        return super().flops_per_token(seq_len) - 6 * vision
 
     # ---- the directory -------------------------------------------------------------------------------------
 
