@@ -13,7 +13,7 @@ import time
 from minimind.data.formats import IMAGE_MARKER
 from minimind.data.images import load_array
 from minimind.errors import MiniMindError
-from minimind.infer import Engine, SamplingParams
+from minimind.infer import Completion, Engine, SamplingParams
 from minimind.tokenizer import parse_output
 
 DIM, RESET = "\033[2m", "\033[0m"
@@ -34,19 +34,40 @@ def with_image_markers(text: str, count: int) -> str:
     return text if IMAGE_MARKER in text else (IMAGE_MARKER + "\n") * count + text
 
 
+def stream_reply(engine: Engine, prompt: list[int], params: SamplingParams, images: list | None = None,
+                 show=None, show_steps: bool = False) -> Completion:
+    """One prompt's completion, each new piece of text passed to `show` as it comes. show_steps: a diffusion
+    model's denoising trajectory is printed, a line per step (the text so far, then the block, ░ for [MASK])."""
+    batch = engine.start([prompt], params, images=[images or []])
+    row, text, step = batch.rows[0], "", 0
+    while batch:
+        (delta,) = batch.step()
+        step += 1
+        if show_steps and delta.canvas is not None:
+            print(f"\nstep {step:3d} │ {text}{delta.canvas}", end="" if delta.text else "\n", flush=True)
+            if delta.text:
+                print(" ✓", flush=True)
+        text += delta.text
+        if show is not None and delta.text:
+            show(delta.text)
+    return row.out
+
+
 def one_shot(engine: Engine, prompt: str, params: SamplingParams, system: str | None = None,
-             thinking: bool = False, images: list | None = None) -> str:
+             thinking: bool = False, images: list | None = None, show_steps: bool = False) -> str:
     """The reply's content only (tool calls, if any, as their <tool_call> text)."""
     if not prompt.strip():
         raise MiniMindError("empty prompt")
     user = {"role": "user", "content": with_image_markers(prompt, len(images or []))}
     messages = ([{"role": "system", "content": system}] if system else []) + [user]
-    completion, parsed = engine.chat(messages, params, enable_thinking=thinking, images=images)[0]
+    completion = stream_reply(engine, engine.chat_prompt(messages, enable_thinking=thinking), params, images,
+                              show_steps=show_steps)
+    parsed = parse_output(completion.text)
     return parsed.content if not parsed.tool_calls else completion.text
 
 
 def repl(engine: Engine, params: SamplingParams, system: str | None = None, thinking: bool = False,
-         images: list | None = None) -> None:
+         images: list | None = None, show_steps: bool = False) -> None:
     history, shown, pending = [], [], list(images or [])     # shown: the images of the history, in order
     styled = sys.stdout.isatty()
     print("MiniMind chat — /reset, /system TEXT, /think on|off, /image PATH, /exit", file=sys.stderr)
@@ -84,15 +105,16 @@ def repl(engine: Engine, params: SamplingParams, system: str | None = None, thin
         history.append({"role": "user", "content": with_image_markers(line, len(pending))})
         messages = ([{"role": "system", "content": system}] if system else []) + history
         print("minimind> ", end="", flush=True)
-        start, text, tokens = time.perf_counter(), "", 0
+        start, pieces = time.perf_counter(), []
         try:
             prompt = engine.chat_prompt(messages, enable_thinking=thinking)
-            for (delta,) in engine.stream([prompt], params, images=[shown + pending]):
-                tokens += 1
-                text += delta.text
-                print(_display(delta.text, styled), end="", flush=True)
+            completion = stream_reply(engine, prompt, params, shown + pending, show_steps=show_steps,
+                                      show=lambda t, pieces=pieces: (pieces.append(t),
+                                                                     print(_display(t, styled), end="", flush=True)))
+            text, tokens = completion.text, len(completion.token_ids)
         except KeyboardInterrupt:
             print(" [interrupted]", end="")
+            text, tokens = "".join(pieces), len(pieces)
         except MiniMindError as e:                  # e.g. the conversation outgrew the context
             history.pop()
             print(f"\n(error: {e}; /reset to start over)", file=sys.stderr)

@@ -127,8 +127,7 @@ def _sampling(args, **overrides):
 
 def cmd_generate(args) -> None:
     """Raw completion (base models): the prompt continued, streamed."""
-    from minimind.chat import load_images, with_image_markers
-    from minimind.infer import Engine
+    from minimind.chat import load_images, stream_reply, with_image_markers
 
     if (args.prompt is None) == (args.prompt_ids is None):
         raise MiniMindError("give exactly one of --prompt and --prompt-ids")
@@ -137,7 +136,7 @@ def cmd_generate(args) -> None:
     params = _sampling(args)
     params.validate()
     model, tokenizer = _load_for_inference(args)
-    engine = Engine(model, tokenizer, compile=args.compile)
+    engine = _engine(args, model, tokenizer)
     images = load_images(model, args.image)
     text = args.prompt
     if text is not None and images:
@@ -146,42 +145,53 @@ def cmd_generate(args) -> None:
         text = expand_image_markers([{"role": "user", "content": with_image_markers(text, len(images))}],
                                     model.vision.image_tokens)[0]["content"]
     prompt = args.prompt_ids if text is None else [tokenizer.bos_id, *tokenizer.encode(text)]
-    start, tokens = time.perf_counter(), []
-    for (delta,) in engine.stream([prompt], params, images=[images]):
-        if args.prompt is not None:
-            print((args.prompt if not tokens else "") + delta.text, end="", flush=True)
-        tokens.append(delta.token_id)
-    print("" if args.prompt is not None else " ".join(map(str, tokens)))
+    start = time.perf_counter()
+    if args.prompt is not None:
+        print(args.prompt, end="", flush=True)
+    out = stream_reply(engine, prompt, params, images, show=(lambda t: print(t, end="", flush=True))
+                       if args.prompt is not None else None, show_steps=args.show_steps)
+    print("" if args.prompt is not None else " ".join(map(str, out.token_ids)))
     seconds = time.perf_counter() - start
-    print(f"{len(tokens)} tokens in {seconds:.2f} s ({len(tokens) / seconds:.1f} tokens/s)", file=sys.stderr)
+    n = len(out.token_ids)
+    print(f"{n} tokens in {seconds:.2f} s ({n / seconds:.1f} tokens/s)", file=sys.stderr)
 
 
 def cmd_chat(args) -> None:
     """One-shot (--prompt: print only the reply) or an interactive REPL with history and streaming."""
     from minimind.chat import load_images, one_shot, repl
-    from minimind.infer import Engine
 
-    engine = Engine(*_load_for_inference(args), compile=args.compile)
+    engine = _engine(args, *_load_for_inference(args))
     params = _sampling(args)
     images = load_images(engine.model, args.image)
     if args.prompt is not None:
-        print(one_shot(engine, args.prompt, params, system=args.system, thinking=args.think, images=images))
+        print(one_shot(engine, args.prompt, params, system=args.system, thinking=args.think, images=images,
+                       show_steps=args.show_steps))
     else:
-        repl(engine, params, system=args.system, thinking=args.think, images=images)
+        repl(engine, params, system=args.system, thinking=args.think, images=images, show_steps=args.show_steps)
 
 
 def cmd_serve(args) -> None:
     """The OpenAI-compatible server and the web chat page."""
-    from minimind.infer import Engine
     from minimind.serve import serve
     from minimind.serve.app import default_model_name
 
-    engine = Engine(*_load_for_inference(args), compile=args.compile)
+    engine = _engine(args, *_load_for_inference(args))
     name = args.name or default_model_name(args.model)
     where = f"http://{args.host}:{args.port}"
     print(f"serving {name!r} at {where}/v1 · chat page at {where}/", file=sys.stderr)
     serve(engine, name, host=args.host, port=args.port, api_key=args.api_key, cors_origins=args.cors_origin or [],
           max_rows=args.batch_size)
+
+
+def _engine(args, model, tokenizer):
+    """The engine for the loaded model: AR decoding, or the diffusion sampler with the command's settings."""
+    from minimind.infer import DiffusionParams, engine_for
+
+    diffusion = DiffusionParams(block_length=args.block_length, steps=args.steps, remasking=args.remasking,
+                                cfg_scale=args.cfg_scale)
+    if not model.config.is_diffusion and args.show_steps:
+        raise MiniMindError("--show-steps shows a diffusion model's denoising; this model is causal")
+    return engine_for(model, tokenizer, compile=args.compile, diffusion=diffusion)
 
 
 def cmd_train_tokenizer(args) -> None:
@@ -505,6 +515,13 @@ def _inference_args(p: argparse.ArgumentParser, temperature: float, max_new_toke
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
     _seed_arg(p)
+    g = p.add_argument_group("diffusion models (objective diffusion; docs/diffusion.md)")
+    g.add_argument("--block-length", type=int, default=32, help="tokens per semi-autoregressive block")
+    g.add_argument("--steps", type=int, default=32, help="denoising steps per block")
+    g.add_argument("--remasking", choices=("low_confidence", "random"), default="low_confidence",
+                   help="which guesses are kept at each step: the most confident, or random ones")
+    g.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale (0 = off)")
+    g.add_argument("--show-steps", action="store_true", help="print the denoising trajectory, step by step")
 
 
 EVAL_HELP = """tasks:

@@ -17,6 +17,10 @@ from minimind.errors import MiniMindError
 
 DENSE = ("qwen3", "Qwen3ForCausalLM")
 MOE = ("qwen3_moe", "Qwen3MoeForCausalLM")
+# A masked-diffusion model (objective "diffusion"): the same decoder attending both ways. No stock class computes it,
+# so it is saved under its own names (transformers refuses the directory) with the decoder's family beside them.
+DIFFUSION = ("minimind_dlm", "MiniMindDiffusionLM")
+OBJECTIVES = ("causal", "diffusion")
 # The dense families one decoder serves, told apart by two flags: (qk_norm, attention_bias) → (model_type, class).
 FAMILIES = {(True, False): DENSE, (False, True): ("qwen2", "Qwen2ForCausalLM"),
             (False, False): ("llama", "LlamaForCausalLM")}
@@ -61,6 +65,10 @@ class ModelConfig:
     pad_token_id: int = 0
     bos_token_id: int = 1
     eos_token_id: int = 2
+    # "causal": next-token prediction; "diffusion": masked diffusion (bidirectional attention, mask_token_id
+    # marks the noised positions; minimind.train.diffusion, minimind.infer.diffusion).
+    objective: str = "causal"
+    mask_token_id: int = 27                # <|buffer1|>, a reserved token of the tokenizer (as MiniMind-dLM)
 
     def __post_init__(self):
         self.validate()
@@ -68,6 +76,10 @@ class ModelConfig:
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
+
+    @property
+    def is_diffusion(self) -> bool:
+        return self.objective == "diffusion"
 
     def validate(self) -> None:
         """Type- and range-check every field; the error names the field."""
@@ -103,6 +115,12 @@ class ModelConfig:
             raise MiniMindError(f"model config: qk_norm={self.qk_norm} with attention_bias={self.attention_bias}"
                                 f"{' in an MoE model' if self.is_moe else ''} matches no supported architecture "
                                 "(Qwen3: true/false, Qwen2: false/true, Llama: false/false; MoE is Qwen3-MoE)")
+        if self.objective not in OBJECTIVES:
+            raise MiniMindError(f"model config field 'objective' must be one of {', '.join(OBJECTIVES)}, "
+                                f"got {self.objective!r}")
+        if not 0 <= self.mask_token_id < self.vocab_size:
+            raise MiniMindError(f"model config field 'mask_token_id' must be a token id in 0..{self.vocab_size - 1}, "
+                                f"got {self.mask_token_id}")
         if self.rope_scaling is not None:
             self.rope_scaling = _check_rope_scaling(self.rope_scaling, self.max_position_embeddings)
 
@@ -114,12 +132,17 @@ class ModelConfig:
     def to_hf_dict(self, dtype: str = "float32") -> dict[str, Any]:
         """The config.json that transformers reads as Qwen3Config / Qwen3MoeConfig (or Qwen2Config /
         LlamaConfig for imported models; legacy rope keys, which transformers 4 and 5, vLLM and llama.cpp's
-        converter all read)."""
+        converter all read). A diffusion model is written under DIFFUSION's names, with its decoder's model_type
+        as `decoder_model_type`, its objective and its mask token."""
         model_type, arch = MOE if self.is_moe else FAMILIES[self.qk_norm, self.attention_bias]
         d: dict[str, Any] = {"architectures": [arch], "model_type": model_type}
+        if self.is_diffusion:
+            d = {"architectures": [DIFFUSION[1]], "model_type": DIFFUSION[0], "decoder_model_type": model_type}
         for f in dataclasses.fields(self):
             d[f.name] = getattr(self, f.name)
         del d["qk_norm"]
+        if not self.is_diffusion:
+            del d["objective"], d["mask_token_id"]
         if not self.is_moe:
             for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
                       "router_aux_loss_coef"):
@@ -135,6 +158,13 @@ class ModelConfig:
     def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> ModelConfig:
         """Read a Hugging Face Qwen3 / Qwen3-MoE / Qwen2 / Llama config dict (transformers 4 or 5 layout)."""
         model_type = d.get("model_type")
+        if model_type == DIFFUSION[0]:
+            if d.get("objective") != "diffusion":
+                raise MiniMindError(f"{source}: a {DIFFUSION[0]} config must say objective 'diffusion', "
+                                    f"got {d.get('objective')!r}")
+            model_type = d.get("decoder_model_type")
+        elif "objective" in d and d["objective"] != "causal":
+            raise MiniMindError(f"{source}: objective {d['objective']!r} needs model_type {DIFFUSION[0]!r}")
         families = {t: flags for flags, (t, _) in FAMILIES.items()}
         if model_type == "minimind":
             raise MiniMindError(f"{source}: model_type 'minimind' is the reference project's own class; convert the "

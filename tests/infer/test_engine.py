@@ -8,7 +8,7 @@ import torch
 from minimind.config import parse_rope_scaling
 from minimind.errors import MiniMindError
 from minimind.infer import Engine, SamplingParams
-from minimind.infer.engine import _Request, _Row
+from minimind.infer.engine import Request, Row
 from minimind.infer.sampling import apply_penalties, filter_logits
 from minimind.tokenizer import load_tokenizer
 from tests.conftest import make_model
@@ -109,7 +109,7 @@ def test_stream_equals_final_text(engine):
 def test_incremental_detokenisation_never_emits_half_a_character(tokenizer, text):
     ids = tokenizer.encode(text)
     assert len(ids) > len(text) / 3                               # byte-level pieces: characters are split
-    row = _Row(tokenizer, _Request(SamplingParams(), set(), 0), 0, max_new_tokens=len(ids), generator=None)
+    row = Row(tokenizer, Request(SamplingParams(), set(), 0), 0, max_new_tokens=len(ids), generator=None)
     deltas = [row.push(t, None, None) for t in ids]
     assert all("\ufffd" not in d for d in deltas)
     assert "".join(deltas) == text and row.out.finish_reason == "length"

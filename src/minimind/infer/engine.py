@@ -53,9 +53,10 @@ class Delta:
     logprob: float | None = None
     top_logprobs: list[tuple[int, float]] | None = None
     request: Hashable = None        # the handle the row's request was started with
+    canvas: str | None = None       # a diffusion row's block being denoised, [MASK] shown as ░ (infer/diffusion.py)
 
 
-class _Request:
+class Request:
     """What a prompt's rows share: sampling parameters, stop ids and the caller's handle."""
 
     def __init__(self, params: SamplingParams, stop_ids: set[int], handle: Hashable):
@@ -63,10 +64,10 @@ class _Request:
         self.penalties = bool(params.repetition_penalty != 1 or params.presence_penalty or params.frequency_penalty)
 
 
-class _Row:
+class Row:
     """One sequence's detokenisation and stop logic."""
 
-    def __init__(self, tokenizer: Tokenizer, request: _Request, index: int, max_new_tokens: int,
+    def __init__(self, tokenizer: Tokenizer, request: Request, index: int, max_new_tokens: int,
                  generator: torch.Generator | None):
         self.tokenizer, self.request, self.index, self.generator = tokenizer, request, index, generator
         self.stops, self.stop_ids = request.params.stop, request.stop_ids
@@ -115,7 +116,7 @@ class Batch:
     """Rows being decoded. Per row: its cache (written at `write_at`), rotary position, key mask (False on
     left padding), next-token logits, and the tokens seen so far (for penalties)."""
 
-    def __init__(self, engine: Engine, rows: list[_Row], cache: KVCache, key_mask: torch.Tensor, padded: bool,
+    def __init__(self, engine: Engine, rows: list[Row], cache: KVCache, key_mask: torch.Tensor, padded: bool,
                  positions: torch.Tensor, write_at: list[int], logits: torch.Tensor, seen: torch.Tensor):
         self.engine, self.rows, self.cache, self.key_mask = engine, rows, cache, key_mask
         self.positions, self.write_at, self.logits, self.seen = positions, write_at, logits, seen
@@ -243,7 +244,11 @@ class Engine:
         """compile=True decodes a single row through `torch.compile` of the model's `decode_step` (static
         shapes): it compiles once per power-of-two cache length (tens of seconds the first time), then
         decodes about twice as fast on CPU (docs/inference.md). Batches of several rows, where the compiled
-        step measured slower, and every prefill run eagerly."""
+        step measured slower, and every prefill run eagerly. A diffusion model is sampled by
+        `infer.diffusion.DiffusionEngine` instead (`engine_for` chooses)."""
+        if model.config.is_diffusion:
+            raise MiniMindError("a diffusion model does not decode left to right; sample it with DiffusionEngine "
+                                "(minimind.infer.engine_for chooses the engine)")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = model.lm_head.weight.device
         self._compiled_step = torch.compile(model.decode_step, dynamic=False) if compile else None
@@ -299,13 +304,13 @@ class Engine:
         self.check_prompts(prompts)
         pixels = self._pixel_values(prompts, images)
         config, device = self.model.config, self.device
-        requests = [_Request(p, set(p.stop_token_ids) | (set() if p.ignore_eos else {self.tokenizer.eos_id}),
+        requests = [Request(p, set(p.stop_token_ids) | (set() if p.ignore_eos else {self.tokenizer.eos_id}),
                              i if handles is None else handles[i]) for i, p in enumerate(params)]
         rows = []
         for i, (prompt, request) in enumerate(zip(prompts, requests, strict=True)):
             budget = min(request.params.max_new_tokens, config.max_position_embeddings - len(prompt))
             generators = self._generators(request.params)
-            rows += [_Row(self.tokenizer, request, j if handles is not None else i * request.params.n + j, budget, g)
+            rows += [Row(self.tokenizer, request, j if handles is not None else i * request.params.n + j, budget, g)
                      for j, g in enumerate(generators)]
 
         B, longest = len(prompts), max(map(len, prompts))

@@ -80,7 +80,7 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Causal grouped-query attention with per-head q/k RMSNorm before RoPE (Qwen3):
+    """Grouped-query attention with per-head q/k RMSNorm before RoPE (Qwen3):
 
         x [B, T, hidden] → q [B, H, T, d], k/v [B, H_kv, T, d]
         q, k ← rope(norm(q)), rope(norm(k))
@@ -94,6 +94,7 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
+        self.causal = not config.is_diffusion       # a diffusion model's masks are not causal (kernels need to know)
         self.n_heads, self.n_kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                         config.head_dim)
         hidden, q_dim, kv_dim = config.hidden_size, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim

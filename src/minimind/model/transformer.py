@@ -51,10 +51,15 @@ class Block(nn.Module):
 
 
 class Backbone(nn.Module):
-    """Embeddings, blocks and the final norm (transformers' Qwen3Model): input_ids → hidden states."""
+    """Embeddings, blocks and the final norm (transformers' Qwen3Model): input_ids → hidden states.
+
+    Attention is causal, or, for a diffusion model (`config.objective`), bidirectional: every token sees every
+    other token of its document (padding excepted), and there is no KV cache to extend.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        self.causal = not config.is_diffusion
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -75,13 +80,16 @@ class Backbone(nn.Module):
         if attention_mask is not None and attention_mask.shape != (B, past + T):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected {(B, past + T)} "
                              "(it covers the cached positions too)")
+        if cache is not None and not self.causal:
+            raise ValueError("a bidirectional (diffusion) model has no KV cache: every position changes with the rest")
         if position_ids is not None:
             if attention_mask is not None or cache is not None:
                 raise ValueError("position_ids (packed documents) cannot be combined with attention_mask or cache")
             positions, mask, is_causal = position_ids, self.document_mask(position_ids), False
         else:
             positions = _positions(attention_mask, past, T, input_ids.device)
-            mask, is_causal = _attention_mask(attention_mask, past, T, input_ids.device)
+            mask, is_causal = (_attention_mask(attention_mask, past, T, input_ids.device) if self.causal
+                               else (_key_mask(attention_mask), False))
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         cos, sin = self.rotary(positions, h.dtype)
         token_mask = attention_mask[:, past:] if attention_mask is not None else None
@@ -95,12 +103,14 @@ class Backbone(nn.Module):
         return self.norm(h), aux
 
     def document_mask(self, position_ids: torch.Tensor) -> torch.Tensor:
-        """Causal attention within documents [B, 1, T, T] (True = may attend): in row b, query q may see key k
-        when k ≤ q and both lie in the same document (each 0 of position_ids starts one)."""
-        T = position_ids.shape[1]
+        """Attention within documents [B, 1, T, T] (True = may attend): in row b, query q may see key k when both
+        lie in the same document (each 0 of position_ids starts one) and, in a causal model, k ≤ q."""
         doc = document_index(position_ids)
-        causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
-        return (causal & (doc[:, :, None] == doc[:, None, :]))[:, None]
+        same = doc[:, :, None] == doc[:, None, :]
+        if self.causal:
+            T = position_ids.shape[1]
+            same &= torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
+        return same[:, None]
 
     def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None,
                     cache: KVCache) -> torch.Tensor:
@@ -145,6 +155,12 @@ def _attention_mask(attention_mask, past: int, T: int, device) -> tuple[torch.Te
         return allowed[None, None], False
     allowed = allowed & (attention_mask.bool()[:, None, :] | (k_pos == q_pos))     # [B, T, S]
     return allowed[:, None], False
+
+
+def _key_mask(attention_mask) -> torch.Tensor | None:
+    """Bidirectional attention's SDPA mask [B, 1, 1, S] (True = may attend): every query sees every real token;
+    None without padding. (A padding query still has keys, so no softmax row is empty.)"""
+    return None if attention_mask is None else attention_mask.bool()[:, None, None, :]
 
 
 def document_index(position_ids: torch.Tensor) -> torch.Tensor:

@@ -9,12 +9,13 @@ from typing import Literal
 
 import yaml
 
-from minimind.config import DTYPE_NAMES
+from minimind.config import DTYPE_NAMES, OBJECTIVES
 from minimind.errors import MiniMindError
 from minimind.lora import LoRAConfig
 from minimind.model.kernels import Kernels
 from minimind.overrides import apply_overrides, from_dict, to_dict
 from minimind.rl.config import GRPOConfig, PPOConfig, RLConfig
+from minimind.train.diffusion import DiffusionTrainConfig
 from minimind.train.distill import DistillConfig
 from minimind.train.preference import DPOConfig
 from minimind.train.registry import STAGES
@@ -49,6 +50,7 @@ class OptimConfig:
 class TrainConfig:
     stage: str = "pretrain"              # an entry of minimind.train.registry.STAGES
     model: str = "tiny"                  # a preset name (fresh weights) or a model directory to continue from
+    objective: Literal[OBJECTIVES] = "causal"   # diffusion: a masked-diffusion LM (pretrain, sft; train/diffusion.py)
     out: str = "runs/train"              # run directory: model/, checkpoints/, metrics.jsonl, config.yaml
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -59,6 +61,7 @@ class TrainConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)      # stage grpo: group baselines, refills
     ppo: PPOConfig = field(default_factory=PPOConfig)         # stage ppo: the critic, GAE
     vision: VisionTrainConfig = field(default_factory=VisionTrainConfig)   # vision stages: what trains, the tower
+    diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)   # objective diffusion: ε, [MASK]
     batch_size: int = 8                  # packed rows per micro-batch (per process)
     tokens_per_step: int = 0             # tokens per optimiser step (all processes); 0 = one micro-batch each
     max_steps: int = 0                   # optimiser steps; 0 = `epochs` over the training rows
@@ -100,6 +103,11 @@ class TrainConfig:
             raise MiniMindError("config keys 'optim.warmup_steps', 'optim.grad_clip', 'optim.weight_decay' "
                                 "must be ≥ 0")
         spec = STAGES[self.stage]
+        if self.objective not in spec.objectives:
+            raise MiniMindError(f"config key 'objective': stage {self.stage} trains with objective "
+                                f"{' or '.join(spec.objectives)}, not {self.objective!r}")
+        if self.objective == "diffusion":
+            self.diffusion.validate()
         for section in spec.sections:
             getattr(self, section).validate()
         if spec.validate is not None:

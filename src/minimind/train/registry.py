@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from minimind.data.packing import pack_pretrain, pack_sft
 from minimind.errors import MiniMindError
+from minimind.train.diffusion import MaskedDiffusion
 from minimind.train.distill import Distill
 from minimind.train.grpo import GRPO
 from minimind.train.ppo import PPO
@@ -28,6 +29,13 @@ class StageSpec:
     adapters: bool = False               # trains LoRA adapters on a frozen base (checkpoints hold the adapter)
     chat: bool = True                    # its samples are chat replies (else raw continuations)
     black_box: bool = False              # offers `--generate`: the teacher's answers written as sft data
+    objectives: tuple[str, ...] = ("causal",)   # the `objective` settings it trains with
+
+
+def _language_modelling(pack: Callable) -> Callable[..., Stage]:
+    """Next-token prediction, or masked diffusion under `objective: diffusion` (the same data and rows)."""
+    return lambda config: (MaskedDiffusion(pack, config.diffusion) if config.objective == "diffusion"
+                           else LanguageModelling(pack))
 
 
 def _groups_of_two(config) -> None:
@@ -36,10 +44,11 @@ def _groups_of_two(config) -> None:
 
 
 STAGES: dict[str, StageSpec] = {
-    "pretrain": StageSpec("pretrain", "pretrain a model on text (next-token prediction)", "pretrain",
-                          lambda config: LanguageModelling(pack_pretrain), chat=False),
-    "sft": StageSpec("sft", "supervised fine-tuning on conversations (assistant tokens only)", "sft",
-                     lambda config: LanguageModelling(pack_sft)),
+    "pretrain": StageSpec("pretrain", "pretrain a model on text (next-token prediction, or objective=diffusion)",
+                          "pretrain", _language_modelling(pack_pretrain), chat=False,
+                          objectives=("causal", "diffusion")),
+    "sft": StageSpec("sft", "supervised fine-tuning on conversations (assistant tokens only; or objective=diffusion)",
+                     "sft", _language_modelling(pack_sft), objectives=("causal", "diffusion")),
     "lora": StageSpec("lora", "LoRA fine-tuning on conversations (`minimind lora merge` folds it in)", "sft",
                       lambda config: LanguageModelling(pack_sft), sections=("lora",), adapters=True),
     "dpo": StageSpec("dpo", "preference tuning on chosen/rejected pairs: DPO, IPO or SimPO (dpo.loss=…)", "dpo",

@@ -61,7 +61,11 @@ class Stage:
         """The model to train: fresh weights of a preset, or a model directory."""
         if source in PRESETS:
             return Transformer(preset(source)).to(device)
-        return load_model(_model_dir(source), device=device, dtype=torch.float32)
+        model = load_model(model_dir(source), device=device, dtype=torch.float32)
+        if model.config.is_diffusion:
+            raise MiniMindError(f"config key 'model': {source} is a diffusion model; it trains with "
+                                "objective=diffusion (stages pretrain and sft)")
+        return model
 
     def frozen_start(self, source: str, config, device: torch.device) -> Transformer:
         """The language model at `source` (a directory, or a preset's fresh weights from the run's seed, exactly as
@@ -138,7 +142,7 @@ class Stage:
         return model.flops_per_token(seq_len)
 
 
-def _model_dir(source: str) -> str:
+def model_dir(source: str) -> str:
     if not Path(source).is_dir():
         raise MiniMindError(f"config key 'model': {source!r} is neither a preset ({', '.join(PRESETS)}) "
                             "nor a model directory")

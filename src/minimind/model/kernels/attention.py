@@ -3,7 +3,7 @@
 Replaces `layers.Attention.forward`. Per call, one of:
     flex attention        the mask is a BlockMask (packed rows on a GPU; `flex_attention.py`)
     one query             T = 1 with a cache (decoding; `decode_attention.py`)
-    blocked matmuls       bf16 on the CPU without a cache, T ≤ 2048 (training; `matmul_attention.py`)
+    blocked matmuls       bf16 on the CPU without a cache, T ≤ 2048, causal masks (training; `matmul_attention.py`)
     SDPA                  everything else, as in the reference
 q and k go through `FusedRMSNorm` with RoPE inside (`norm_rope.py`); x is cast once for q, k and v.
 """
@@ -43,7 +43,7 @@ class FastAttention(Attention):
             y = flex_attend(q, k, v, mask)
         elif T == 1 and cache is not None:
             y = single_query_attention(q, k, v, mask)
-        elif (cache is None and v.device.type == "cpu" and v.dtype == torch.bfloat16
+        elif (cache is None and self.causal and v.device.type == "cpu" and v.dtype == torch.bfloat16
               and T <= blocked.MATMUL_ATTENTION_MAX_T):
             y = blocked.matmul_attention(q, k, v, mask)
         else:

@@ -18,9 +18,9 @@ from minimind.model.transformer import Backbone
 FLEX_ATTENTION_DEVICES = {"cuda"}   # packed rows attend through flex attention here; on the CPU it has no backward
 
 
-def document_block_mask(position_ids: torch.Tensor) -> BlockMask:
-    """`Backbone.document_mask` as a BlockMask [B, 1, T, T]: query q may see key k of its row when k ≤ q and both
-    lie in the same document."""
+def document_block_mask(position_ids: torch.Tensor, causal: bool = True) -> BlockMask:
+    """`Backbone.document_mask` as a BlockMask [B, 1, T, T]: query q may see key k of its row when both lie in the
+    same document and (causal) k ≤ q."""
     B, T = position_ids.shape
     doc = (position_ids == 0).cumsum(dim=-1)     # document_index + 1: with its "- 1", Inductor's CPU flex kernel
                                                  # found no lowering (torch 2.13, the compiled-model test)
@@ -28,7 +28,11 @@ def document_block_mask(position_ids: torch.Tensor) -> BlockMask:
     def same_document_causal(b, h, q, k):
         return (k <= q) & (doc[b, q] == doc[b, k])
 
-    return create_block_mask(same_document_causal, B, None, T, T, device=position_ids.device)
+    def same_document(b, h, q, k):
+        return doc[b, q] == doc[b, k]
+
+    return create_block_mask(same_document_causal if causal else same_document, B, None, T, T,
+                             device=position_ids.device)
 
 
 @functools.cache
@@ -50,5 +54,5 @@ class FlexBackbone(Backbone):
 
     def document_mask(self, position_ids: torch.Tensor) -> torch.Tensor | BlockMask:
         if position_ids.device.type in FLEX_ATTENTION_DEVICES:
-            return document_block_mask(position_ids)
+            return document_block_mask(position_ids, self.causal)
         return super().document_mask(position_ids)
