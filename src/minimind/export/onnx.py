@@ -73,6 +73,8 @@ def export_onnx(model_dir: str | Path, out: str | Path, dtype: str = "f32") -> P
         raise MiniMindError(f"--outtype {dtype!r}: the ONNX export is f32")
     model = load_model(model_dir, device="cpu", dtype=torch.float32)
     config = model.config
+    if config.is_diffusion:
+        raise MiniMindError(f"{model_dir}: a diffusion model has no KV-cache decoder to export to ONNX")
     if config.is_moe:
         raise MiniMindError(f"{model_dir}: MoE models do not export to ONNX (expert routing is data-dependent); "
                             "use GGUF")

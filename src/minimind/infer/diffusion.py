@@ -61,15 +61,6 @@ def transfer_counts(masked: int, steps: int) -> list[int]:
     return [base + (i < extra) for i in range(steps)]
 
 
-def check_sampling(params: SamplingParams) -> None:
-    """The AR sampling values a diffusion sampler cannot honour, refused by name."""
-    if params.logprobs is not None:
-        raise MiniMindError("a diffusion model gives no per-token log-probabilities while sampling (logprobs)")
-    if params.repetition_penalty != 1 or params.presence_penalty or params.frequency_penalty:
-        raise MiniMindError("repetition, presence and frequency penalties need left-to-right decoding; a diffusion "
-                            "model does not decode in order")
-
-
 class _Canvas:
     """One row's denoising state: the text so far (prompt + committed blocks) and the current block."""
 
@@ -123,7 +114,7 @@ class DiffusionBatch:
             done = not any(a and t == mask_id for t, a in zip(c.block, c.alive, strict=True))
             deltas.append(self._commit(c) if done else
                           Delta(c.row.index, "", mask_id, None, request=c.row.request.handle,
-                                canvas=engine.render(c.block, c.alive)))
+                                canvas=engine.render(c.block, c.alive), tokens=0))
         self.canvases = [c for c in self.canvases if c.row.out.finish_reason is None]
         return deltas
 
@@ -131,15 +122,16 @@ class DiffusionBatch:
         """The completed block's tokens go through the row's stop logic; the canvas moves on."""
         block = [t for t, a in zip(c.block, c.alive, strict=True) if a]
         assert self.engine.mask_id not in block, "a completed block holds no [MASK]"
-        text = ""
+        text, pushed = "", 0
         for token in block:
             text += c.row.push(token, None, None)
+            pushed += 1
             if c.row.out.finish_reason is not None:
                 break
         c.tokens += block
         c.block, c.alive = [], []
-        return Delta(c.row.index, text, block[-1], c.row.out.finish_reason, request=c.row.request.handle,
-                     canvas=self.engine.render(block, [True] * len(block)))
+        return Delta(c.row.index, text, block[pushed - 1], c.row.out.finish_reason, request=c.row.request.handle,
+                     canvas=self.engine.render(block, [True] * len(block)), tokens=pushed)
 
 
 class DiffusionEngine:
@@ -188,8 +180,7 @@ class DiffusionEngine:
         """A batch of n rows per prompt (rows report handles[i], or i; index i·n + j, or j with handles)."""
         params = params if isinstance(params, list) else [params] * len(prompts)
         for p in params:
-            p.validate()
-            check_sampling(p)
+            self.check_params(p)
         self.check_prompts(prompts)
         self.check_images(prompts, images)
         canvases = []
@@ -201,6 +192,15 @@ class DiffusionEngine:
                 row = Row(self.tokenizer, request, j if handles is not None else i * p.n + j, budget, g)
                 canvases.append(_Canvas(row, prompt, budget))
         return DiffusionBatch(self, canvases)
+
+    def check_params(self, params: SamplingParams) -> None:
+        """Valid sampling values, without those a diffusion sampler cannot honour (refused by name)."""
+        params.validate()
+        if params.logprobs is not None:
+            raise MiniMindError("a diffusion model gives no per-token log-probabilities while sampling (logprobs)")
+        if params.repetition_penalty != 1 or params.presence_penalty or params.frequency_penalty:
+            raise MiniMindError("repetition, presence and frequency penalties need left-to-right decoding; a "
+                                "diffusion model does not decode in order")
 
     def check_prompts(self, prompts: list[list[int]]) -> None:
         config = self.model.config

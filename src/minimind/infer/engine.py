@@ -54,6 +54,7 @@ class Delta:
     top_logprobs: list[tuple[int, float]] | None = None
     request: Hashable = None        # the handle the row's request was started with
     canvas: str | None = None       # a diffusion row's block being denoised, [MASK] shown as ░ (infer/diffusion.py)
+    tokens: int = 1                 # tokens it adds to the output (a diffusion row: a block at once, or none)
 
 
 class Request:
@@ -300,7 +301,7 @@ class Engine:
         i·n + j (with handles given: j). `images[i]`: prompt i's images (vision models)."""
         params = params if isinstance(params, list) else [params] * len(prompts)
         for p in params:
-            p.validate()
+            self.check_params(p)
         self.check_prompts(prompts)
         pixels = self._pixel_values(prompts, images)
         config, device = self.model.config, self.device
@@ -345,6 +346,9 @@ class Engine:
             key_mask, logits, seen, positions = (t.repeat_interleave(repeats, dim=0)
                                                  for t in (key_mask, logits, seen, positions))
         return Batch(self, rows, cache, key_mask, padded, positions, [longest] * len(rows), logits, seen)
+
+    def check_params(self, params: SamplingParams) -> None:
+        params.validate()
 
     def check_prompts(self, prompts: list[list[int]]) -> None:
         context, vocab = self.model.config.max_position_embeddings, self.model.config.vocab_size

@@ -122,7 +122,7 @@ class Server:
                            "tokens", param="messages", code="context_length_exceeded")
         params = request.sampling(max_new_tokens or self.context - len(prompt), logprobs)
         try:
-            params.validate()
+            self.engine.check_params(params)
             self.engine.check_prompts([prompt])
             self.engine.check_images([prompt], [images or []])
         except MiniMindError as e:
@@ -183,8 +183,10 @@ class Server:
 
     def models(self, request: Request) -> dict:
         self.authorize(request)
+        objective = self.engine.model.config.objective
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created,
-                                             "owned_by": "minimind", "max_model_len": self.context}]}
+                                             "owned_by": "minimind", "max_model_len": self.context,
+                                             "objective": objective}]}
 
     async def chat_completions(self, request: Request):
         body: ChatRequest = await self.read(request, ChatRequest)
@@ -211,7 +213,7 @@ class Server:
         choices = [chat_choice(j, start, row, self.token_text if logprobs is not None else None)
                    for j, row in enumerate(rows)]
         return head | {"object": "chat.completion", "choices": choices,
-                       "usage": usage(len(prompt), sum(map(len, rows)))}
+                       "usage": usage(len(prompt), sum(d.tokens for row in rows for d in row))}
 
     async def chat_events(self, ticket: Ticket, request: Request, body: ChatRequest, start: str, head: dict,
                           prompt_tokens: int):
@@ -223,7 +225,7 @@ class Server:
             yield sse(head | {"choices": [{"index": j, "delta": {"role": "assistant", "content": ""},
                                            "logprobs": None, "finish_reason": None}]})
         async for d in self.deltas(ticket, request, poll_disconnect=False):
-            generated += 1
+            generated += d.tokens
             texts[d.index] += d.text
             for chunk in chat_delta_chunks(d, splitters[d.index], texts[d.index], self.token_text):
                 yield sse(head | {"choices": [chunk]})
@@ -254,7 +256,7 @@ class Server:
         choices = [completion_choice(i * body.n + j, echoes[i] if echoes else "", row,
                                      self.token_text if body.logprobs is not None else None)
                    for i, rows in enumerate(results) for j, row in enumerate(rows)]
-        generated = sum(len(row) for rows in results for row in rows)
+        generated = sum(d.tokens for rows in results for row in rows for d in row)
         return head | {"choices": choices, "usage": usage(prompt_tokens, generated)}
 
     async def completion_events(self, tickets: list[Ticket], request: Request, body: CompletionRequest,
@@ -279,10 +281,11 @@ class Server:
                 if d is None:
                     done += 1
                     continue
-                generated += 1
+                generated += d.tokens
                 lp = completion_logprobs([d], 0, self.token_text) if d.logprob is not None else None
-                yield sse(head | {"choices": [{"index": i * body.n + d.index, "text": d.text, "logprobs": lp,
-                                               "finish_reason": d.finish_reason}]})
+                choice = {"index": i * body.n + d.index, "text": d.text, "logprobs": lp,
+                          "finish_reason": d.finish_reason}
+                yield sse(head | {"choices": [choice | ({"canvas": d.canvas} if d.canvas is not None else {})]})
         finally:
             for task in tasks:
                 task.cancel()
@@ -343,8 +346,10 @@ def chat_delta_chunks(d, splitter: StreamSplitter, text: str, token_text: TokenT
     delta = ({"reasoning_content": reasoning} if reasoning else {}) | ({"content": content} if content else {})
     lp = {"content": [token_text.chat_entry(d.token_id, d.logprob, d.top_logprobs)]} if d.logprob is not None else None
     chunks = []
-    if delta or lp:
+    if delta or lp or d.canvas is not None:
         chunks.append({"index": d.index, "delta": delta or {"content": ""}, "logprobs": lp, "finish_reason": None})
+        if d.canvas is not None:                    # a diffusion model's block as it is denoised (the web page)
+            chunks[-1]["canvas"] = d.canvas
     if parsed is not None:
         calls = tool_calls(parsed)
         if calls:

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from minimind.errors import MiniMindError
 from minimind.fileio import atomic_directory
-from minimind.infer import Engine, SamplingParams
+from minimind.infer import SamplingParams, engine_for
 from minimind.lora import apply_lora, load_adapter, save_adapter
 from minimind.model.kernels import use_kernels
 from minimind.model.transformer import checkpoint_blocks
@@ -450,7 +450,7 @@ def _loader_state(trainer: dict, world_size: int, steps_per_epoch: int) -> dict:
 
 def sample(model, tokenizer, prompt: str, chat: bool, max_new_tokens: int = 48) -> str:
     """Greedy continuation of `prompt` (raw text, or one user turn rendered with the chat template)."""
-    engine = Engine(model, tokenizer)
+    engine = engine_for(model, tokenizer)
     ids = (engine.chat_prompt([{"role": "user", "content": prompt}]) if chat
            else [tokenizer.bos_id, *tokenizer.encode(prompt)])
     return engine.generate([ids], SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))[0][0].text
