@@ -208,3 +208,19 @@ def test_vision_presets_init_info_and_images_on_the_command_line(tmp_path, capsy
     assert main([*prepare, "--vision", str(tmp_path / "v")]) == 0
     assert "1 records → 1 documents" in capsys.readouterr().out
     assert json.loads((tmp_path / "p" / "meta.json").read_text())["num_images"] == 1
+
+
+def test_a_diffusion_model_generates_with_its_trajectory_and_is_evaluated_as_a_bound(tmp_path, capsys):
+    from minimind.tokenizer import load_tokenizer
+
+    assert main(["init", "--preset", "tiny", "--out", str(tmp_path / "d"), "objective=diffusion"]) == 0
+    load_tokenizer().save(tmp_path / "d")
+    capsys.readouterr()
+    assert main(["generate", "--model", str(tmp_path / "d"), "--prompt", "Once", "--max-new-tokens", "8",
+                 "--block-length", "4", "--steps", "2", "--temperature", "0", "--show-steps"]) == 0
+    steps = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
+    assert len(steps) == 4 and "░" in steps[0] and "░" not in steps[1]     # two blocks of 2 steps, 2 tokens each
+    (tmp_path / "t.txt").write_text("the king speaks of love and war")
+    assert main(["eval", "--model", str(tmp_path / "d"), "--task", "bpb", "--data", str(tmp_path / "t.txt"),
+                 "--mc-samples", "4"]) == 0
+    assert "≤ " in (out := capsys.readouterr().out) and "upper bound" in out

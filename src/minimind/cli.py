@@ -185,13 +185,18 @@ def cmd_serve(args) -> None:
 
 def _engine(args, model, tokenizer):
     """The engine for the loaded model: AR decoding, or the diffusion sampler with the command's settings."""
-    from minimind.infer import DiffusionParams, engine_for
+    from minimind.infer import engine_for
 
-    diffusion = DiffusionParams(block_length=args.block_length, steps=args.steps, remasking=args.remasking,
-                                cfg_scale=args.cfg_scale)
     if not model.config.is_diffusion and args.show_steps:
         raise MiniMindError("--show-steps shows a diffusion model's denoising; this model is causal")
-    return engine_for(model, tokenizer, compile=args.compile, diffusion=diffusion)
+    return engine_for(model, tokenizer, compile=args.compile, diffusion=_diffusion_params(args))
+
+
+def _diffusion_params(args):
+    from minimind.infer import DiffusionParams
+
+    return DiffusionParams(block_length=args.block_length, steps=args.steps, remasking=args.remasking,
+                           cfg_scale=args.cfg_scale)
 
 
 def cmd_train_tokenizer(args) -> None:
@@ -388,17 +393,20 @@ def cmd_quickstart(args) -> None:
 def cmd_eval(args) -> None:
     """One task on one model: print its figures, and write them (with the settings) to --out as JSON."""
     from minimind.eval import bpb, choice, generative, vqa
-    from minimind.eval.scoring import Scorer
+    from minimind.eval.scoring import scorer_for
 
     model, tokenizer = _load_for_inference(args)
-    scorer = Scorer(model, tokenizer, window=args.window)
+    scorer = scorer_for(model, tokenizer, window=args.window, samples=args.mc_samples)
     shots = choice.read_items(args.shots_from) if args.task == "choice" and args.shots_from else None
     result: dict = {"model": args.model, "task": args.task, "files": {}}
     for path in args.data:
         if args.task == "bpb":
             r = bpb.bits_per_byte(scorer, bpb.read_documents(path), args.stride)
-            print(f"{path}: {_figure(r['bpb'], 'bpb')} bits/byte (uniform {r['uniform_bpb']:.3f}), perplexity "
-                  f"{r['perplexity']:.2f}, {r['documents']} documents, {r['bytes']:,} bytes")
+            bound = (f"≤ {r['bpb']['value']:.4f} (an upper bound: the ELBO over {r['samples']} Monte-Carlo draws, "
+                     f"standard error {r['stderr']:.4f})" if r.get("bound") else _figure(r['bpb'], 'bpb'))
+            print(f"{path}: {bound} bits/byte (uniform {r['uniform_bpb']:.3f}), perplexity "
+                  f"{'≤ ' if r.get('bound') else ''}{r['perplexity']:.2f}, {r['documents']} documents, "
+                  f"{r['bytes']:,} bytes")
         elif args.task == "choice":
             r = choice.evaluate_choice(scorer, choice.read_items(path), args.method, args.shots, shots)
             print(f"{path}: acc {_figure(r['acc'])}" + (f", acc_norm {_figure(r['acc_norm'])}" if "acc_norm" in r
@@ -416,7 +424,8 @@ def cmd_eval(args) -> None:
             records = generative.read_problems(path, args.limit)
             r = generative.evaluate_generative(model, tokenizer, records, agent=args.task == "tools",
                                                max_new_tokens=args.max_new_tokens, max_turns=args.max_turns,
-                                               temperature=args.temperature, seed=args.seed)
+                                               temperature=args.temperature, seed=args.seed,
+                                               diffusion=_diffusion_params(args))
             line = f"{path}: exact {_figure(r['accuracy'])}, '#### N' format {100 * r['formatted']:.1f}%"
             if "tool_success" in r:
                 line += (f", correct through error-free calculator calls {_figure(r['tool_success'])}, "
@@ -515,13 +524,18 @@ def _inference_args(p: argparse.ArgumentParser, temperature: float, max_new_toke
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
     _seed_arg(p)
+    g = _diffusion_args(p)
+    g.add_argument("--show-steps", action="store_true", help="print the denoising trajectory, step by step")
+
+
+def _diffusion_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("diffusion models (objective diffusion; docs/diffusion.md)")
     g.add_argument("--block-length", type=int, default=32, help="tokens per semi-autoregressive block")
     g.add_argument("--steps", type=int, default=32, help="denoising steps per block")
     g.add_argument("--remasking", choices=("low_confidence", "random"), default="low_confidence",
                    help="which guesses are kept at each step: the most confident, or random ones")
     g.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale (0 = off)")
-    g.add_argument("--show-steps", action="store_true", help="print the denoising trajectory, step by step")
+    return g
 
 
 EVAL_HELP = """tasks:
@@ -662,12 +676,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="choice: score each option's text, or the option letters")
     g.add_argument("--shots", type=int, default=0, help="choice: solved examples before each question")
     g.add_argument("--shots-from", metavar="FILE", help="choice: draw examples from this file (a dev split)")
+    g.add_argument("--mc-samples", type=int, default=32,
+                   help="a diffusion model: Monte-Carlo draws of its ELBO per scored text (seeded)")
     g = p.add_argument_group("arithmetic and tools")
     g.add_argument("--limit", type=int, help="the first N problems")
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     _seed_arg(g)
     g.add_argument("--max-turns", type=int, default=3, help="tools: assistant turns per problem")
+    _diffusion_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("report", help="the report card: models or runs compared on the default eval files")

@@ -17,7 +17,8 @@ MESSAGES = [{"role": "user", "content": "Hello there"}]
 
 @pytest.fixture(scope="module")
 def engine():
-    return DiffusionEngine(make_model(objective="diffusion"), load_tokenizer(), DiffusionParams(block_length=8, steps=4))
+    return DiffusionEngine(make_model(objective="diffusion"), load_tokenizer(),
+                           DiffusionParams(block_length=8, steps=4))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,8 @@ def test_the_web_page_animates_the_denoising(server):
         page.goto(server + "/")
         page.wait_for_function("document.getElementById('model').textContent.includes('diffusion')")
         page.evaluate("""() => { window.drafts = [];
-            new MutationObserver(() => document.querySelectorAll('.draft').forEach(d => window.drafts.push(d.textContent)))
+            new MutationObserver(() => document.querySelectorAll('.draft')
+                .forEach(d => window.drafts.push(d.textContent)))
               .observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true}); }""")
         page.fill("#max_tokens", "16")
         page.fill("#input", "Hello there")

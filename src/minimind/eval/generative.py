@@ -16,7 +16,7 @@ from pathlib import Path
 from minimind.data.formats import read_records
 from minimind.errors import MiniMindError
 from minimind.eval.stats import estimate
-from minimind.infer import Engine, SamplingParams
+from minimind.infer import DiffusionParams, SamplingParams, engine_for
 from minimind.rl.rewards import FINAL, accuracy
 from minimind.rl.rollouts import solve
 
@@ -35,7 +35,9 @@ def read_problems(path: str | Path, limit: int | None = None) -> list[dict]:
 
 def evaluate_generative(model, tokenizer, records: list[dict], agent: bool = False, tools: tuple[str, ...] = (
         "calculator",), max_new_tokens: int = 256, max_turns: int = 3, temperature: float = 0.0,
-        seed: int = 0) -> dict:
+        seed: int = 0, diffusion: DiffusionParams | None = None) -> dict:
+    """Exact final answers through the engine that samples the model (a diffusion model: its sampler with
+    `diffusion`'s settings)."""
     from minimind.rl.config import RLConfig
     from minimind.rl.tools import resolve_record_tools
 
@@ -44,7 +46,7 @@ def evaluate_generative(model, tokenizer, records: list[dict], agent: bool = Fal
     if agent:
         resolve_record_tools(records, {})          # a record's own tool without an implementation is refused
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    samples = solve(Engine(model.eval(), tokenizer), records, params, options)
+    samples = solve(engine_for(model.eval(), tokenizer, diffusion=diffusion), records, params, options)
     texts = [s.texts[-1] for s in samples]
     correct = accuracy(texts, records)
     out = {"n": len(records), "accuracy": estimate(correct).to_dict(),

@@ -18,8 +18,8 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from minimind.eval.scoring import Scorer
-from minimind.infer import Engine, SamplingParams
+from minimind.eval.scoring import scorer_for
+from minimind.infer import SamplingParams, engine_for
 
 GENERATE_BATCH = 32
 
@@ -37,8 +37,8 @@ class MiniMindLM(LM):
             device = None                   # lm-eval's default --device is cuda; as its hf model does, fall back
         model = load_model(pretrained, device=device, dtype=resolve_dtype(dtype))
         tokenizer = load_tokenizer(tokenizer_dir(pretrained))
-        self.scorer = Scorer(model, tokenizer, window=int(window))
-        self.engine = Engine(model, tokenizer)
+        self.scorer = scorer_for(model, tokenizer, window=int(window))    # a diffusion model: the ELBO's bound
+        self.engine = engine_for(model, tokenizer)
         self.max_gen_toks = int(max_gen_toks)
         self.pretrained = str(pretrained)
 

@@ -18,7 +18,7 @@ from minimind.errors import MiniMindError
 from minimind.eval.bpb import bits_per_byte, read_documents
 from minimind.eval.choice import evaluate_choice, read_items
 from minimind.eval.generative import evaluate_generative, read_problems
-from minimind.eval.scoring import Scorer
+from minimind.eval.scoring import scorer_for
 from minimind.fileio import atomic_write_text
 
 STAGE_ORDER = ("pretrain", "sft", "lora", "dpo", "reward", "grpo", "ppo", "agent", "distill")
@@ -48,7 +48,7 @@ def evaluate_model(model_dir: Path, data_dir: Path, problems: int = 100, window:
 
     model = load_model(model_dir, device=device, kernels=kernels)
     tokenizer = load_tokenizer(tokenizer_dir(model_dir))
-    scorer = Scorer(model, tokenizer, window=window)
+    scorer = scorer_for(model, tokenizer, window=window)
     out = {}
     eval_dir = data_dir / "eval"
     if (eval_dir / "pretrain.jsonl").is_file():
