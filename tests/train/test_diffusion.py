@@ -65,6 +65,8 @@ def test_the_loss_with_t_fixed_equals_a_hand_computation():
     expected = sum(-F.log_softmax(logits[0, i], -1)[ids[0, i]] / p[0, i] for i in range(6) if noised[0, i])
     assert math.isclose(losses.sum().item(), float(expected), rel_tol=1e-6)
     assert (losses[~noised] == 0).all()
+    clean = torch.zeros_like(noised)                                  # a fully unmasked input: nothing to predict
+    assert masked_losses(logits, ids, clean, p).sum().item() == 0.0
 
 
 def test_each_document_draws_its_own_t():

@@ -79,7 +79,7 @@ def test_sft_loss_counts_only_assistant_tokens(data):
     x = torch.tensor([ids])
     labels = torch.where(torch.tensor([mask]) == 1, x, -100)
     batch = {"input_ids": x, "labels": labels, "position_ids": torch.arange(len(ids))[None]}
-    sft = STAGES["sft"].build(None)
+    sft = STAGES["sft"].build(TrainConfig())
     total, _, _ = sft.loss(model, batch)
     loss = total / sft.count(batch)
     logits = model(x).logits[0]
