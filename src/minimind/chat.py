@@ -37,19 +37,21 @@ def with_image_markers(text: str, count: int) -> str:
 def stream_reply(engine: Engine, prompt: list[int], params: SamplingParams, images: list | None = None,
                  show=None, show_steps: bool = False) -> Completion:
     """One prompt's completion, each new piece of text passed to `show` as it comes. show_steps: a diffusion
-    model's denoising trajectory is printed, a line per step (the text so far, then the block, ░ for [MASK])."""
+    model's denoising trajectory is printed instead, a line per step (the text so far, then the block: ░ for [MASK],
+    ↵ for a line break, ✓ where a block completes), and `show` gets the whole text at the end."""
     batch = engine.start([prompt], params, images=[images or []])
     row, text, step = batch.rows[0], "", 0
     while batch:
         (delta,) = batch.step()
         step += 1
         if show_steps and delta.canvas is not None:
-            print(f"\nstep {step:3d} │ {text}{delta.canvas}", end="" if delta.text else "\n", flush=True)
-            if delta.text:
-                print(" ✓", flush=True)
+            done = " ✓" if delta.tokens else ""
+            print(f"step {step:3d} │ {(text + delta.canvas).replace(chr(10), '↵')}{done}", flush=True)
         text += delta.text
-        if show is not None and delta.text:
+        if show is not None and delta.text and not show_steps:
             show(delta.text)
+    if show is not None and show_steps:
+        show(text)
     return row.out
 
 

@@ -146,10 +146,11 @@ def cmd_generate(args) -> None:
                                     model.vision.image_tokens)[0]["content"]
     prompt = args.prompt_ids if text is None else [tokenizer.bos_id, *tokenizer.encode(text)]
     start = time.perf_counter()
-    if args.prompt is not None:
+    if args.prompt is not None and not args.show_steps:
         print(args.prompt, end="", flush=True)
-    out = stream_reply(engine, prompt, params, images, show=(lambda t: print(t, end="", flush=True))
-                       if args.prompt is not None else None, show_steps=args.show_steps)
+    out = stream_reply(engine, prompt, params, images, show=(lambda t: print(
+        (args.prompt if args.show_steps else "") + t, end="", flush=True)) if args.prompt is not None else None,
+        show_steps=args.show_steps)
     print("" if args.prompt is not None else " ".join(map(str, out.token_ids)))
     seconds = time.perf_counter() - start
     n = len(out.token_ids)

@@ -11,11 +11,11 @@ unmasks some of the block's positions:
     c_i = softmax(z_i)[x̂_i] (low_confidence)  or  c_i ~ U(0, 1) (random)
     unmask the k still-masked positions of highest c_i with x̂_i;  k = the block's masks split evenly over its steps
 
-After its last step every position of the block is unmasked (the k sum to the block). An end-of-turn token ends
-the answer: once it is unmasked, the block's later positions leave the canvas (a training document never sees past
-its end either), and the block's text is emitted up to it. A Batch step is one denoising step of every row; a row
-emits text when it completes a block (streaming block by block) and shows the block being denoised in
-`Delta.canvas`. The prompt of a request never changes, so rows of different requests batch together, left-padded.
+After its last step every position of the block is unmasked (the k sum to the block). An end-of-turn token (or
+another stop id) ends the answer: once it is unmasked, the block's later positions leave the canvas (a training
+document never sees past its end either), and the block's text is emitted up to it. A Batch step is one denoising
+step of every row; a row emits text when it completes a block (streaming block by block) and shows the block
+being denoised in `Delta.canvas`. Rows of different requests batch together, left-padded.
 """
 
 from __future__ import annotations
@@ -100,7 +100,6 @@ class DiffusionBatch:
                 c.block, c.alive = [mask_id] * size, [True] * size
                 c.schedule = transfer_counts(size, engine.params.steps)
         logits = engine.block_logits(self.canvases)
-        eos = engine.tokenizer.eos_id
         deltas = []
         for c, z in zip(self.canvases, logits, strict=True):
             masked = [i for i, (t, a) in enumerate(zip(c.block, c.alive, strict=True)) if a and t == mask_id]
@@ -108,7 +107,7 @@ class DiffusionBatch:
             take = confidence.topk(min(c.schedule.pop(0), len(masked))).indices.tolist()
             for j in take:
                 c.block[masked[j]] = guess[j]
-            ends = [i for i, t in enumerate(c.block) if t == eos and c.alive[i]]
+            ends = [i for i, t in enumerate(c.block) if t in c.row.stop_ids and c.alive[i]]
             if ends:                                         # the answer ends here: later positions leave
                 c.alive = [a and i <= ends[0] for i, a in enumerate(c.alive)]
             done = not any(a and t == mask_id for t, a in zip(c.block, c.alive, strict=True))
