@@ -66,10 +66,11 @@ def test_the_web_page_animates_the_denoising(server):
         page = browser.new_page(viewport={"width": 1100, "height": 750})
         page.goto(server + "/")
         page.wait_for_function("document.getElementById('model').textContent.includes('diffusion')")
-        page.evaluate("""() => { window.drafts = [];
-            new MutationObserver(() => document.querySelectorAll('.draft')
-                .forEach(d => window.drafts.push(d.textContent)))
-              .observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true}); }""")
+        page.evaluate("""() => { window.drafts = [];      // every text the draft line held, record by record
+            new MutationObserver(records => records.forEach(r => {
+                if (r.target.classList && r.target.classList.contains('draft'))
+                  r.addedNodes.forEach(n => window.drafts.push(n.textContent)); }))
+              .observe(document.getElementById('log'), {subtree: true, childList: true}); }""")
         page.fill("#max_tokens", "16")
         page.fill("#temperature", "0")                  # greedy: the reply the first test checks
         page.fill("#input", "Hello there")
