@@ -21,16 +21,16 @@ being denoised in `Delta.canvas`. Rows of different requests batch together, lef
 from __future__ import annotations
 
 import itertools
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from minimind.errors import MiniMindError
-from minimind.infer.engine import Completion, Delta, Engine, Request, Row
+from minimind.infer.engine import Delta, Engine, Request, Row
 from minimind.infer.sampling import SamplingParams, filter_logits
-from minimind.tokenizer import ParsedOutput, Tokenizer, parse_output
+from minimind.tokenizer import Tokenizer
 
 MASK_GLYPH = "░"
 REMASKING = ("low_confidence", "random")
@@ -133,10 +133,10 @@ class DiffusionBatch:
                      canvas=self.engine.render(block, [True] * len(block)), tokens=pushed)
 
 
-class DiffusionEngine:
+class DiffusionEngine(Engine):
     """`Engine`'s interface (generate, stream, chat, start → a batch) for a diffusion model directory."""
 
-    def __init__(self, model, tokenizer: Tokenizer, params: DiffusionParams | None = None):
+    def __init__(self, model, tokenizer: Tokenizer, params: DiffusionParams | None = None):   # not Engine's: no cache
         if not model.config.is_diffusion:
             raise MiniMindError("DiffusionEngine samples diffusion models; this one is causal (use Engine)")
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -145,34 +145,7 @@ class DiffusionEngine:
         self.mask_id = model.config.mask_token_id
         self.device = model.lm_head.weight.device
 
-    # ---- the engine's public API --------------------------------------------------------------------------
-
-    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
-                 images: list[list] | None = None) -> list[list[Completion]]:
-        batch = self.start(prompts, params, images=images)
-        rows = list(batch.rows)
-        while batch:
-            batch.step()
-        outs = (row.out for row in rows)
-        return [list(itertools.islice(outs, p.n)) for p in (params if isinstance(params, list)
-                                                           else [params] * len(prompts))]
-
-    def stream(self, prompts: list[list[int]], params: SamplingParams,
-               images: list[list] | None = None) -> Iterator[list[Delta]]:
-        batch = self.start(prompts, params, images=images)
-        while batch:
-            yield batch.step()
-
-    def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
-                    enable_thinking: bool = False) -> list[int]:
-        return self.tokenizer.render_chat(messages, tools, add_generation_prompt=True,
-                                          enable_thinking=enable_thinking)[0]
-
-    def chat(self, messages: list[dict], params: SamplingParams, tools: list[dict] | None = None,
-             enable_thinking: bool = False, images: list | None = None) -> list[tuple[Completion, ParsedOutput]]:
-        completions = self.generate([self.chat_prompt(messages, tools, enable_thinking)], params,
-                                    images=[images or []])[0]
-        return [(c, parse_output(c.text)) for c in completions]
+    # ---- the engine's public API: generate, stream, chat_prompt and chat are Engine's, over this start ----------
 
     def start(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
               handles: list[Hashable] | None = None, images: list[list] | None = None) -> DiffusionBatch:
