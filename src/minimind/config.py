@@ -69,6 +69,13 @@ class ModelConfig:
     # marks the noised positions; minimind.train.diffusion, minimind.infer.diffusion).
     objective: str = "causal"
     mask_token_id: int = 27                # <|buffer1|>, a reserved token of the tokenizer (as MiniMind-dLM)
+    # Sliding-window attention (Qwen3's fields): a "sliding_attention" layer attends to the last `sliding_window`
+    # positions only (itself included). layer_types None: derived as Qwen3 does, layers i ≥ max_window_layers
+    # slide when use_sliding_window.
+    use_sliding_window: bool = False
+    sliding_window: int = 4096
+    max_window_layers: int = 0
+    layer_types: list | None = None
 
     def __post_init__(self):
         self.validate()
@@ -80,6 +87,22 @@ class ModelConfig:
     @property
     def is_diffusion(self) -> bool:
         return self.objective == "diffusion"
+
+    @property
+    def attention_types(self) -> list[str]:
+        """Each layer's "full_attention" or "sliding_attention": layer_types, or Qwen3's rule when it is None."""
+        if self.layer_types is not None:
+            return list(self.layer_types)
+        return ["sliding_attention" if self.use_sliding_window and i >= self.max_window_layers else "full_attention"
+                for i in range(self.num_hidden_layers)]
+
+    @property
+    def is_windowed(self) -> bool:
+        return "sliding_attention" in self.attention_types
+
+    def window(self, layer: int) -> int | None:
+        """The attention window of layer `layer` (None: full attention)."""
+        return self.sliding_window if self.attention_types[layer] == "sliding_attention" else None
 
     def validate(self) -> None:
         """Type- and range-check every field; the error names the field."""
@@ -123,6 +146,15 @@ class ModelConfig:
                                 f"got {self.mask_token_id}")
         if self.rope_scaling is not None:
             self.rope_scaling = _check_rope_scaling(self.rope_scaling, self.max_position_embeddings)
+        if self.sliding_window < 1:
+            raise MiniMindError(f"model config field 'sliding_window' must be positive, got {self.sliding_window}")
+        if self.layer_types is not None and (
+                not isinstance(self.layer_types, list) or len(self.layer_types) != self.num_hidden_layers
+                or any(t not in ("full_attention", "sliding_attention") for t in self.layer_types)):
+            raise MiniMindError(f"model config field 'layer_types' must list 'full_attention' or 'sliding_attention' "
+                                f"for each of the {self.num_hidden_layers} layers, got {self.layer_types!r}")
+        if self.is_windowed and self.is_diffusion:
+            raise MiniMindError("model config: sliding-window attention is for causal models (objective 'causal')")
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -149,9 +181,13 @@ class ModelConfig:
                 del d[k]
         else:
             d.update(decoder_sparse_step=1, mlp_only_layers=[], output_router_logits=False)
-        d.update(hidden_act="silu", attention_dropout=0.0, use_cache=True, mlp_bias=False,
-                 use_sliding_window=False, sliding_window=None, max_window_layers=self.num_hidden_layers,
-                 torch_dtype=dtype)
+        d.update(hidden_act="silu", attention_dropout=0.0, use_cache=True, mlp_bias=False, torch_dtype=dtype)
+        if self.is_windowed:                  # transformers 4 reads the first three, transformers 5 layer_types
+            types = self.attention_types
+            d.update(use_sliding_window=True, max_window_layers=types.index("sliding_attention"), layer_types=types)
+        else:
+            d.update(sliding_window=None, max_window_layers=self.num_hidden_layers)
+            del d["layer_types"]
         return d
 
     @classmethod
@@ -187,15 +223,17 @@ class ModelConfig:
         if d.get("mlp_bias", False) or (model_type != "qwen2" and d.get("attention_bias", False)):
             raise MiniMindError(f"{source}: field '{'mlp_bias' if d.get('mlp_bias') else 'attention_bias'}' is "
                                 f"true; {model_type} models with these biases are not supported")
-        if d.get("use_sliding_window", False):
-            raise MiniMindError(f"{source}: field 'use_sliding_window' is true; sliding-window attention "
-                                "is not supported")
         if model_type == MOE[0] and (d.get("decoder_sparse_step", 1) != 1 or d.get("mlp_only_layers")):
             raise MiniMindError(f"{source}: fields 'decoder_sparse_step'/'mlp_only_layers' must leave every "
                                 "layer an MoE layer")
 
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names}
+        if not d.get("use_sliding_window") or d.get("sliding_window") is None:     # no window: full attention
+            for key in ("use_sliding_window", "sliding_window", "max_window_layers", "layer_types"):
+                kwargs.pop(key, None)
+        elif kwargs.get("layer_types") is None:
+            kwargs.setdefault("max_window_layers", 28)              # Qwen3Config's default
         if model_type == MOE[0]:
             kwargs.setdefault("num_experts", d.get("num_local_experts"))
             kwargs.setdefault("norm_topk_prob", False)   # Qwen3MoeConfig's default

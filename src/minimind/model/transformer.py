@@ -60,6 +60,7 @@ class Backbone(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.causal = not config.is_diffusion
+        self.window = config.sliding_window if config.is_windowed else None   # the sliding layers' window
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -82,34 +83,44 @@ class Backbone(nn.Module):
                              "(it covers the cached positions too)")
         if cache is not None and not self.causal:
             raise ValueError("a bidirectional (diffusion) model has no KV cache: every position changes with the rest")
+        window = self.window
         if position_ids is not None:
             if attention_mask is not None or cache is not None:
                 raise ValueError("position_ids (packed documents) cannot be combined with attention_mask or cache")
-            positions, mask, is_causal = position_ids, self.document_mask(position_ids), False
+            positions = position_ids
+            masks = {None: (self.document_mask(position_ids), False)}
+            if window:
+                masks[window] = (self.document_mask(position_ids, window), False)
         else:
             positions = _positions(attention_mask, past, T, input_ids.device)
-            mask, is_causal = (_attention_mask(attention_mask, past, T, input_ids.device) if self.causal
-                               else (_key_mask(attention_mask), False))
+            masks = {None: _attention_mask(attention_mask, past, T, input_ids.device) if self.causal
+                     else (_key_mask(attention_mask), False)}
+            if window:
+                masks[window] = (_window_mask(attention_mask, past, T, window, input_ids.device), False)
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         cos, sin = self.rotary(positions, h.dtype)
         token_mask = attention_mask[:, past:] if attention_mask is not None else None
         aux = None
         for layer in self.layers:
-            h, layer_aux = layer(h, cos, sin, mask, is_causal, cache, token_mask)
+            h, layer_aux = layer(h, cos, sin, *masks[layer.self_attn.window], cache, token_mask)
             if layer_aux is not None:
                 aux = layer_aux if aux is None else aux + layer_aux
         if cache is not None:
             cache.advance(T)
         return self.norm(h), aux
 
-    def document_mask(self, position_ids: torch.Tensor) -> torch.Tensor:
+    def document_mask(self, position_ids: torch.Tensor, window: int | None = None) -> torch.Tensor:
         """Attention within documents [B, 1, T, T] (True = may attend): in row b, query q may see key k when both
-        lie in the same document (each 0 of position_ids starts one) and, in a causal model, k ≤ q."""
+        lie in the same document (each 0 of position_ids starts one), in a causal model k ≤ q, and with a window
+        q − k < window."""
         doc = document_index(position_ids)
         same = doc[:, :, None] == doc[:, None, :]
         if self.causal:
             T = position_ids.shape[1]
             same &= torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
+        if window:
+            T = position_ids.shape[1]
+            same &= torch.ones(T, T, dtype=torch.bool, device=position_ids.device).triu(1 - window)
         return same[:, None]
 
     def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None,
@@ -119,15 +130,19 @@ class Backbone(nn.Module):
         positions ≤ write_at[b] among the first cache.length that key_mask allows. key_mask None: every row
         attends to all cache.length positions (no padding, all rows at the same position; SDPA runs faster
         without a mask)."""
-        mask = None
+        masks = {None: None}
+        S = cache.length
         if key_mask is not None:
-            S = cache.length
             written = torch.arange(S, device=input_ids.device) <= cache.write_at[:, None]        # [B, S]
-            mask = (key_mask[:, :S] & written)[:, None, None, :]
+            masks[None] = (key_mask[:, :S] & written)[:, None, None, :]
+        if self.window:                        # the sliding layers see the last `window` positions only
+            recent = torch.arange(S, device=input_ids.device) > cache.write_at[:, None] - self.window
+            recent = recent[:, None, None, :]
+            masks[self.window] = recent if masks[None] is None else masks[None] & recent
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary(positions, h.dtype)
         for layer in self.layers:
-            h, _ = layer(h, cos, sin, mask, False, cache)
+            h, _ = layer(h, cos, sin, masks[layer.self_attn.window], False, cache)
         return self.norm(h)
 
 
@@ -155,6 +170,17 @@ def _attention_mask(attention_mask, past: int, T: int, device) -> tuple[torch.Te
         return allowed[None, None], False
     allowed = allowed & (attention_mask.bool()[:, None, :] | (k_pos == q_pos))     # [B, T, S]
     return allowed[:, None], False
+
+
+def _window_mask(attention_mask, past: int, T: int, window: int, device) -> torch.Tensor:
+    """A sliding layer's SDPA mask [B or 1, 1, T, past+T]: `_attention_mask`'s, and q − k < window (positions as
+    cache indices: left padding comes before every real token, so it never shortens a window)."""
+    q_pos = torch.arange(past, past + T, device=device)[:, None]
+    k_pos = torch.arange(past + T, device=device)[None, :]
+    allowed = (k_pos <= q_pos) & (q_pos - k_pos < window)                   # [T, S]
+    if attention_mask is None:
+        return allowed[None, None]
+    return (allowed & (attention_mask.bool()[:, None, :] | (k_pos == q_pos)))[:, None]
 
 
 def _key_mask(attention_mask) -> torch.Tensor | None:

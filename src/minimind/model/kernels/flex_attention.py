@@ -18,9 +18,9 @@ from minimind.model.transformer import Backbone
 FLEX_ATTENTION_DEVICES = {"cuda"}   # packed rows attend through flex attention here; on the CPU it has no backward
 
 
-def document_block_mask(position_ids: torch.Tensor, causal: bool = True) -> BlockMask:
+def document_block_mask(position_ids: torch.Tensor, causal: bool = True, window: int | None = None) -> BlockMask:
     """`Backbone.document_mask` as a BlockMask [B, 1, T, T]: query q may see key k of its row when both lie in the
-    same document and (causal) k ≤ q."""
+    same document, (causal) k ≤ q, and (window) q − k < window."""
     B, T = position_ids.shape
     doc = (position_ids == 0).cumsum(dim=-1)     # document_index + 1: with its "- 1", Inductor's CPU flex kernel
                                                  # found no lowering (torch 2.13, the compiled-model test)
@@ -31,8 +31,11 @@ def document_block_mask(position_ids: torch.Tensor, causal: bool = True) -> Bloc
     def same_document(b, h, q, k):
         return doc[b, q] == doc[b, k]
 
-    return create_block_mask(same_document_causal if causal else same_document, B, None, T, T,
-                             device=position_ids.device)
+    def same_document_window(b, h, q, k):
+        return (k <= q) & (q - k < window) & (doc[b, q] == doc[b, k])
+
+    rule = same_document_window if window else same_document_causal if causal else same_document
+    return create_block_mask(rule, B, None, T, T, device=position_ids.device)
 
 
 @functools.cache
@@ -52,7 +55,7 @@ def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: B
 class FlexBackbone(Backbone):
     """`Backbone` whose packed rows on a flex-attention device get a BlockMask (attention then takes `flex_attend`)."""
 
-    def document_mask(self, position_ids: torch.Tensor) -> torch.Tensor | BlockMask:
+    def document_mask(self, position_ids: torch.Tensor, window: int | None = None) -> torch.Tensor | BlockMask:
         if position_ids.device.type in FLEX_ATTENTION_DEVICES:
-            return document_block_mask(position_ids, self.causal)
-        return super().document_mask(position_ids)
+            return document_block_mask(position_ids, self.causal, window)
+        return super().document_mask(position_ids, window)
