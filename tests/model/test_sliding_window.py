@@ -84,3 +84,51 @@ def test_cached_decoding_equals_a_full_recompute_past_the_window(kernels):
             for _ in range(12):                                         # no cache: the whole sequence each step
                 ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], 1)
         assert completion.token_ids == ids[0, len(prompt):].tolist()
+
+
+def naive(model, prompt: list[int], n: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(n):
+            ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], 1)
+    return ids[0, len(prompt):].tolist()
+
+
+def test_the_ring_keeps_a_sliding_layers_memory_fixed(kernels):
+    model, tokenizer = make_model(kernels=kernels, **WINDOW), load_tokenizer()
+    engine = Engine(model, tokenizer)
+    prefix = list(range(100, 140))                                  # shared by both prompts: prefilled once
+    prompts = [[1, *prefix, 7, 8], [1, *prefix, 9]]
+    greedy = SamplingParams(max_new_tokens=140, temperature=0, ignore_eos=True)
+    batch = engine.start(prompts, greedy)
+    rows = batch.rows
+    while batch:
+        batch.step()
+    assert batch.cache.k[1].shape[2] == 5 and batch.cache.k[0].shape[2] >= 180     # the ring, the growing layer
+    for prompt, row in zip(prompts, rows, strict=True):
+        assert row.out.token_ids == naive(model, prompt, 140)
+
+
+def test_rows_joining_a_windowed_batch_decode_as_if_alone():
+    model, tokenizer = make_model(**WINDOW), load_tokenizer()
+    engine = Engine(model, tokenizer)
+    greedy = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
+    batch = engine.start([[1, 200, 300, 400]], greedy, handles=["a"])
+    rows = {}
+    for step in range(20):
+        if step == 4:
+            batch.extend(engine.start([[1, 500, 600, 700, 800, 900, 901, 902]], greedy, handles=["b"]))
+        rows |= {row.request.handle: row for row in batch.rows}
+        if not batch:
+            break
+        batch.step()
+    assert rows["a"].out.token_ids == naive(model, [1, 200, 300, 400], 12)
+    assert rows["b"].out.token_ids == naive(model, [1, 500, 600, 700, 800, 900, 901, 902], 12)
+
+
+def test_the_compiled_step_decodes_through_the_ring_as_eager_does():
+    model, tokenizer = make_model(**WINDOW), load_tokenizer()
+    params = SamplingParams(max_new_tokens=24, temperature=0, ignore_eos=True)
+    eager = Engine(model, tokenizer).generate([[1, 5, 6, 7]], params)[0][0]
+    compiled = Engine(model, tokenizer, compile=True).generate([[1, 5, 6, 7]], params)[0][0]
+    assert compiled.token_ids == eager.token_ids == naive(model, [1, 5, 6, 7], 24)

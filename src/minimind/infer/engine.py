@@ -315,7 +315,8 @@ class Engine:
                      for j, g in enumerate(generators)]
 
         B, longest = len(prompts), max(map(len, prompts))
-        shared = _shared_prefix(prompts) if pixels is None else 0       # images are spliced in one forward
+        # images are spliced in one forward; a sliding window counts cache positions, so padding may only come first
+        shared = _shared_prefix(prompts) if pixels is None and not config.is_windowed else 0
         tails = [p[shared:] for p in prompts]
         width = longest - shared
         ids = torch.full((B, width), self.tokenizer.pad_id, dtype=torch.long)

@@ -21,22 +21,42 @@ class KVCache:
     [layers, ...] tensor: under torch.compile, a write into a slice of a tensor that later layers also read is
     functionalised into a copy of that slice, every layer and every step; a write into a whole input is done
     in place.
+
+    A sliding-window layer keeps a **ring** of `window` slots instead: position p lives in slot p mod window, and
+    `slot_pos` [B, window] says which position each slot holds (−1: none), so its memory stays fixed however long
+    the context grows. A prefill attends to the ring as it was plus the new positions, then writes the last
+    `window` of them; a decode step claims its slot first (`claim_slots`), then every ring layer writes it and
+    attends to the whole ring. The model builds the ring layers' masks from `slot_pos`.
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device=None,
                  dtype: torch.dtype = torch.float32):
-        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.windows = [config.window(i) for i in range(config.num_hidden_layers)]
+        self.window = config.sliding_window if config.is_windowed else None
+        shape = lambda n: (batch_size, config.num_key_value_heads, n, config.head_dim)  # noqa: E731
+        self.k = [torch.zeros(shape(w or max_len), device=device, dtype=dtype) for w in self.windows]
+        self.v = [torch.zeros(shape(w or max_len), device=device, dtype=dtype) for w in self.windows]
+        self.capacity = max_len    # positions a row can hold (a ring layer holds the last `window` of them)
+        self.slot_pos = (torch.full((batch_size, self.window), -1, dtype=torch.long, device=device)
+                         if self.window else None)
         self.length = 0            # positions written (prefill) or attended to (decoding): a host int, no sync
         self.write_at: torch.Tensor | None = None
 
     @property
     def max_len(self) -> int:
-        return self.k[0].shape[2]
+        return self.capacity
+
+    def claim_slots(self) -> None:
+        """Decoding: each row's ring slot for its position `write_at` now holds that position."""
+        if self.window:
+            rows = torch.arange(self.slot_pos.shape[0], device=self.slot_pos.device)
+            self.slot_pos[rows, self.write_at % self.window] = self.write_at
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v [B, kv_heads, T, d]; return the keys/values to attend to [B, kv_heads, S, d]."""
+        """Write k, v [B, kv_heads, T, d]; return the keys/values to attend to [B, kv_heads, S, d] (a ring layer:
+        the whole ring, and in a prefill the new positions after it)."""
+        if self.windows[layer]:
+            return self._update_ring(layer, k, v)
         if self.write_at is not None:                # one position per row; an index_put (CPU bf16 scatter_ is slow)
             rows = torch.arange(k.shape[0], device=k.device)
             self.k[layer][rows, :, self.write_at] = k[:, :, 0].to(self.k[layer].dtype)
@@ -49,9 +69,28 @@ class KVCache:
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def _update_ring(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ring_k, ring_v, window = self.k[layer], self.v[layer], self.windows[layer]
+        if self.write_at is not None:
+            rows = torch.arange(k.shape[0], device=k.device)
+            ring_k[rows, :, self.write_at % window] = k[:, :, 0].to(ring_k.dtype)
+            ring_v[rows, :, self.write_at % window] = v[:, :, 0].to(ring_v.dtype)
+            return ring_k, ring_v
+        keys, values = torch.cat([ring_k, k.to(ring_k.dtype)], 2), torch.cat([ring_v, v.to(ring_v.dtype)], 2)
+        T = k.shape[2]
+        kept = min(T, window)                         # only the last `window` new positions can be seen again
+        slots = torch.arange(self.length + T - kept, self.length + T, device=k.device) % window
+        ring_k[:, :, slots] = k[:, :, T - kept:].to(ring_k.dtype)
+        ring_v[:, :, slots] = v[:, :, T - kept:].to(ring_v.dtype)
+        return keys, values
+
     def advance(self, n: int) -> None:
         """Called by the model once every layer has written its n new positions (prefill mode)."""
         if self.write_at is None:
+            if self.window:
+                kept = min(n, self.window)
+                positions = torch.arange(self.length + n - kept, self.length + n, device=self.slot_pos.device)
+                self.slot_pos[:, positions % self.window] = positions
             self.length += n
 
     # ---- reshaping the batch (between steps) ----------------------------------------------------------------
@@ -60,16 +99,21 @@ class KVCache:
         """Row i becomes repeats[i] consecutive rows (samples continuing one shared prefill)."""
         self.k = [k.repeat_interleave(repeats, dim=0) for k in self.k]
         self.v = [v.repeat_interleave(repeats, dim=0) for v in self.v]
+        if self.window:
+            self.slot_pos = self.slot_pos.repeat_interleave(repeats, dim=0)
 
     def select_rows(self, index: torch.Tensor) -> None:
         self.k, self.v = [k[index] for k in self.k], [v[index] for v in self.v]
+        if self.window:
+            self.slot_pos = self.slot_pos[index]
 
     def grow(self, capacity: int) -> None:
-        """Reallocate to hold `capacity` positions per row, keeping what is written."""
-        if capacity > self.max_len:
-            pad = (0, 0, 0, capacity - self.max_len)
-            self.k = [torch.nn.functional.pad(k, pad) for k in self.k]
-            self.v = [torch.nn.functional.pad(v, pad) for v in self.v]
+        """Reallocate to hold `capacity` positions per row, keeping what is written (rings keep their size)."""
+        if capacity > self.capacity:
+            pad = (0, 0, 0, capacity - self.capacity)
+            self.k = [k if w else torch.nn.functional.pad(k, pad) for k, w in zip(self.k, self.windows, strict=True)]
+            self.v = [v if w else torch.nn.functional.pad(v, pad) for v, w in zip(self.v, self.windows, strict=True)]
+            self.capacity = capacity
 
     def extend(self, other: KVCache) -> None:
         """Append other's rows (after growing both to the larger capacity)."""
@@ -78,3 +122,5 @@ class KVCache:
         other.grow(capacity)
         self.k = [torch.cat(pair) for pair in zip(self.k, other.k, strict=True)]
         self.v = [torch.cat(pair) for pair in zip(self.v, other.v, strict=True)]
+        if self.window:
+            self.slot_pos = torch.cat([self.slot_pos, other.slot_pos])

@@ -95,7 +95,9 @@ class Backbone(nn.Module):
             positions = _positions(attention_mask, past, T, input_ids.device)
             masks = {None: _attention_mask(attention_mask, past, T, input_ids.device) if self.causal
                      else (_key_mask(attention_mask), False)}
-            if window:
+            if window and cache is not None:        # the sliding layers attend to their ring, then the new positions
+                masks[window] = (_ring_prefill_mask(cache.slot_pos, attention_mask, past, T, window), False)
+            elif window:
                 masks[window] = (_window_mask(attention_mask, past, T, window, input_ids.device), False)
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         cos, sin = self.rotary(positions, h.dtype)
@@ -135,10 +137,9 @@ class Backbone(nn.Module):
         if key_mask is not None:
             written = torch.arange(S, device=input_ids.device) <= cache.write_at[:, None]        # [B, S]
             masks[None] = (key_mask[:, :S] & written)[:, None, None, :]
-        if self.window:                        # the sliding layers see the last `window` positions only
-            recent = torch.arange(S, device=input_ids.device) > cache.write_at[:, None] - self.window
-            recent = recent[:, None, None, :]
-            masks[self.window] = recent if masks[None] is None else masks[None] & recent
+        if self.window:                        # the sliding layers attend to their ring of the last `window` positions
+            cache.claim_slots()
+            masks[self.window] = _ring_decode_mask(cache.slot_pos, cache.write_at, key_mask, self.window)
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary(positions, h.dtype)
         for layer in self.layers:
@@ -181,6 +182,29 @@ def _window_mask(attention_mask, past: int, T: int, window: int, device) -> torc
     if attention_mask is None:
         return allowed[None, None]
     return (allowed & (attention_mask.bool()[:, None, :] | (k_pos == q_pos)))[:, None]
+
+
+def _ring_prefill_mask(slot_pos: torch.Tensor, attention_mask, past: int, T: int, window: int) -> torch.Tensor:
+    """A ring layer's mask while prefilling into a cache [B, 1, T, window + T] (`KVCache`'s ring): the slots first —
+    a position written before, within the window of the query, not padding — then the T new positions as
+    `_window_mask` sees them."""
+    q_pos = torch.arange(past, past + T, device=slot_pos.device)[None, :, None]               # [1, T, 1]
+    held = slot_pos[:, None, :]                                                               # [B, 1, W]
+    ring = (held >= 0) & (q_pos - held < window)                                              # [B, T, W]
+    if attention_mask is not None:
+        ring = ring & attention_mask.bool().gather(1, slot_pos.clamp(min=0))[:, None, :]
+    new = _window_mask(attention_mask[:, past:] if attention_mask is not None else None, 0, T, window,
+                       slot_pos.device)
+    return torch.cat([ring[:, None], new.expand(ring.shape[0], -1, -1, -1)], -1)
+
+
+def _ring_decode_mask(slot_pos: torch.Tensor, write_at: torch.Tensor, key_mask, window: int) -> torch.Tensor:
+    """A ring layer's mask for one new token per row [B, 1, 1, window]: the slots holding one of the row's last
+    `window` positions (its new one included), padding excluded."""
+    held = (slot_pos >= 0) & (slot_pos > write_at[:, None] - window)
+    if key_mask is not None:
+        held = held & key_mask.gather(1, slot_pos.clamp(min=0))
+    return held[:, None, None, :]
 
 
 def _key_mask(attention_mask) -> torch.Tensor | None:
