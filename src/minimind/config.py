@@ -20,6 +20,10 @@ MOE = ("qwen3_moe", "Qwen3MoeForCausalLM")
 # A masked-diffusion model (objective "diffusion"): the same decoder attending both ways. No stock class computes it,
 # so it is saved under its own names (transformers refuses the directory) with the decoder's family beside them.
 DIFFUSION = ("minimind_dlm", "MiniMindDiffusionLM")
+# A hybrid of Gated DeltaNet and Qwen3 attention layers: Qwen3-Next / Qwen3.5 mix the same layer with a gated,
+# partially rotated attention, so no stock class computes ours; saved under its own names, as a diffusion model is.
+HYBRID = ("minimind_hybrid", "MiniMindHybridForCausalLM")
+LAYER_TYPES = ("full_attention", "sliding_attention", "linear_attention")
 OBJECTIVES = ("causal", "diffusion")
 # The dense families one decoder serves, told apart by two flags: (qk_norm, attention_bias) → (model_type, class).
 FAMILIES = {(True, False): DENSE, (False, True): ("qwen2", "Qwen2ForCausalLM"),
@@ -76,6 +80,12 @@ class ModelConfig:
     sliding_window: int = 4096
     max_window_layers: int = 0
     layer_types: list | None = None
+    # Gated DeltaNet layers ("linear_attention" in layer_types; minimind.model.deltanet), Qwen3.5's fields.
+    linear_conv_kernel_dim: int = 4
+    linear_key_head_dim: int = 96
+    linear_value_head_dim: int = 96
+    linear_num_key_heads: int = 8
+    linear_num_value_heads: int = 8
 
     def __post_init__(self):
         self.validate()
@@ -99,6 +109,10 @@ class ModelConfig:
     @property
     def is_windowed(self) -> bool:
         return "sliding_attention" in self.attention_types
+
+    @property
+    def is_hybrid(self) -> bool:
+        return "linear_attention" in self.attention_types
 
     def window(self, layer: int) -> int | None:
         """The attention window of layer `layer` (None: full attention)."""
@@ -150,10 +164,14 @@ class ModelConfig:
             raise MiniMindError(f"model config field 'sliding_window' must be positive, got {self.sliding_window}")
         if self.layer_types is not None and (
                 not isinstance(self.layer_types, list) or len(self.layer_types) != self.num_hidden_layers
-                or any(t not in ("full_attention", "sliding_attention") for t in self.layer_types)):
-            raise MiniMindError(f"model config field 'layer_types' must list 'full_attention' or 'sliding_attention' "
-                                f"for each of the {self.num_hidden_layers} layers, got {self.layer_types!r}")
-        if self.is_windowed and self.is_diffusion:
+                or any(t not in LAYER_TYPES for t in self.layer_types)):
+            raise MiniMindError(f"model config field 'layer_types' must list one of {', '.join(LAYER_TYPES)} for each "
+                                f"of the {self.num_hidden_layers} layers, got {self.layer_types!r}")
+        if self.is_hybrid and self.linear_num_value_heads % self.linear_num_key_heads:
+            raise MiniMindError("model config: linear_num_value_heads must be a multiple of linear_num_key_heads")
+        if self.is_hybrid and self.linear_conv_kernel_dim < 2:
+            raise MiniMindError("model config field 'linear_conv_kernel_dim' must be ≥ 2")
+        if (self.is_windowed or self.is_hybrid) and self.is_diffusion:
             raise MiniMindError("model config: sliding-window attention is for causal models (objective 'causal')")
 
     def replace(self, **changes) -> ModelConfig:
@@ -168,13 +186,17 @@ class ModelConfig:
         as `decoder_model_type`, its objective and its mask token."""
         model_type, arch = MOE if self.is_moe else FAMILIES[self.qk_norm, self.attention_bias]
         d: dict[str, Any] = {"architectures": [arch], "model_type": model_type}
-        if self.is_diffusion:
-            d = {"architectures": [DIFFUSION[1]], "model_type": DIFFUSION[0], "decoder_model_type": model_type}
+        own = DIFFUSION if self.is_diffusion else HYBRID if self.is_hybrid else None
+        if own:
+            d = {"architectures": [own[1]], "model_type": own[0], "decoder_model_type": model_type}
         for f in dataclasses.fields(self):
             d[f.name] = getattr(self, f.name)
         del d["qk_norm"]
         if not self.is_diffusion:
             del d["objective"], d["mask_token_id"]
+        if not self.is_hybrid:
+            for key in [k for k in d if k.startswith("linear_")]:
+                del d[key]
         if not self.is_moe:
             for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
                       "router_aux_loss_coef"):
@@ -185,6 +207,8 @@ class ModelConfig:
         if self.is_windowed:                  # transformers 4 reads the first three, transformers 5 layer_types
             types = self.attention_types
             d.update(use_sliding_window=True, max_window_layers=types.index("sliding_attention"), layer_types=types)
+        elif self.is_hybrid:
+            d.update(sliding_window=None, max_window_layers=self.num_hidden_layers, layer_types=self.attention_types)
         else:
             d.update(sliding_window=None, max_window_layers=self.num_hidden_layers)
             del d["layer_types"]
@@ -198,6 +222,11 @@ class ModelConfig:
             if d.get("objective") != "diffusion":
                 raise MiniMindError(f"{source}: a {DIFFUSION[0]} config must say objective 'diffusion', "
                                     f"got {d.get('objective')!r}")
+            model_type = d.get("decoder_model_type")
+        elif model_type == HYBRID[0]:
+            if "linear_attention" not in (d.get("layer_types") or []):
+                raise MiniMindError(f"{source}: a {HYBRID[0]} config must list 'linear_attention' layers in "
+                                    "'layer_types'")
             model_type = d.get("decoder_model_type")
         elif "objective" in d and d["objective"] != "causal":
             raise MiniMindError(f"{source}: objective {d['objective']!r} needs model_type {DIFFUSION[0]!r}")
@@ -230,8 +259,10 @@ class ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names}
         if not d.get("use_sliding_window") or d.get("sliding_window") is None:     # no window: full attention
-            for key in ("use_sliding_window", "sliding_window", "max_window_layers", "layer_types"):
+            for key in ("use_sliding_window", "sliding_window", "max_window_layers"):
                 kwargs.pop(key, None)
+            if "linear_attention" not in (kwargs.get("layer_types") or []):
+                kwargs.pop("layer_types", None)
         elif kwargs.get("layer_types") is None:
             kwargs.setdefault("max_window_layers", 28)              # Qwen3Config's default
         if model_type == MOE[0]:
@@ -479,6 +510,10 @@ PRESETS: dict[str, ModelConfig] = {
     # The reference's current models.
     "minimind-3": ModelConfig(),
     "minimind-3-moe": ModelConfig(num_experts=4, num_experts_per_tok=1),
+    # MiniMind-Linear's experiment (discussion #704): layers 3 and 7 keep attention, the other six are Gated
+    # DeltaNet with 8 heads of 96 for q, k and v and a width-4 convolution (71.12M parameters, as reported).
+    "minimind-3-hybrid": ModelConfig(layer_types=["linear_attention"] * 3 + ["full_attention"]
+                                     + ["linear_attention"] * 3 + ["full_attention"]),
     # The reference's previous generation (shapes only; the architecture is Qwen3 here, with qk-norm).
     "minimind2-small": ModelConfig(hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
                                    num_key_value_heads=2, head_dim=64,
@@ -502,6 +537,10 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny-moe": ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                             head_dim=16, intermediate_size=192, max_position_embeddings=2048,
                             num_experts=4, num_experts_per_tok=2, moe_intermediate_size=96),
+    "tiny-hybrid": ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                               head_dim=16, intermediate_size=192, max_position_embeddings=2048,
+                               layer_types=["linear_attention", "full_attention"], linear_key_head_dim=16,
+                               linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4),
 }
 
 

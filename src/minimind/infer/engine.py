@@ -315,8 +315,9 @@ class Engine:
                      for j, g in enumerate(generators)]
 
         B, longest = len(prompts), max(map(len, prompts))
-        # images are spliced in one forward; a sliding window counts cache positions, so padding may only come first
-        shared = _shared_prefix(prompts) if pixels is None and not config.is_windowed else 0
+        # images are spliced in one forward; a sliding window counts cache positions and DeltaNet's convolution
+        # reads the inputs just before, so with either, padding may only come first
+        shared = _shared_prefix(prompts) if pixels is None and not (config.is_windowed or config.is_hybrid) else 0
         tails = [p[shared:] for p in prompts]
         width = longest - shared
         ids = torch.full((B, width), self.tokenizer.pad_id, dtype=torch.long)

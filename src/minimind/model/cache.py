@@ -33,9 +33,19 @@ class KVCache:
                  dtype: torch.dtype = torch.float32):
         self.windows = [config.window(i) for i in range(config.num_hidden_layers)]
         self.window = config.sliding_window if config.is_windowed else None
+        linear = [t == "linear_attention" for t in config.attention_types]
         shape = lambda n: (batch_size, config.num_key_value_heads, n, config.head_dim)  # noqa: E731
-        self.k = [torch.zeros(shape(w or max_len), device=device, dtype=dtype) for w in self.windows]
-        self.v = [torch.zeros(shape(w or max_len), device=device, dtype=dtype) for w in self.windows]
+        self.k = [torch.zeros(shape(0 if lin else w or max_len), device=device, dtype=dtype)
+                  for w, lin in zip(self.windows, linear, strict=True)]
+        self.v = [torch.zeros(shape(0 if lin else w or max_len), device=device, dtype=dtype)
+                  for w, lin in zip(self.windows, linear, strict=True)]
+        # A DeltaNet layer's cache: the convolution's last kernel−1 inputs and the state S, fixed in size (fp32)
+        c = config
+        conv = 2 * c.linear_num_key_heads * c.linear_key_head_dim + c.linear_num_value_heads * c.linear_value_head_dim
+        self.tails = {i: torch.zeros(batch_size, conv, c.linear_conv_kernel_dim - 1, device=device, dtype=dtype)
+                      for i, lin in enumerate(linear) if lin}
+        self.states = {i: torch.zeros(batch_size, c.linear_num_value_heads, c.linear_key_head_dim,
+                                      c.linear_value_head_dim, device=device) for i, lin in enumerate(linear) if lin}
         self.capacity = max_len    # positions a row can hold (a ring layer holds the last `window` of them)
         self.slot_pos = (torch.full((batch_size, self.window), -1, dtype=torch.long, device=device)
                          if self.window else None)
@@ -45,6 +55,22 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return self.capacity
+
+    def linear_state(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A DeltaNet layer's (convolution tail [B, conv, kernel−1], state [B, H, d_k, d_v])."""
+        return self.tails[layer], self.states[layer]
+
+    def save_linear_state(self, layer: int, tail: torch.Tensor, state: torch.Tensor) -> None:
+        """Written in place (the compiled decode step sees no new tensors)."""
+        self.tails[layer].copy_(tail)
+        self.states[layer].copy_(state)
+
+    def _rows(self, fn) -> None:
+        """Apply a row operation to the per-row tensors beside k and v."""
+        if self.window:
+            self.slot_pos = fn(self.slot_pos)
+        self.tails = {i: fn(t) for i, t in self.tails.items()}
+        self.states = {i: fn(t) for i, t in self.states.items()}
 
     def claim_slots(self) -> None:
         """Decoding: each row's ring slot for its position `write_at` now holds that position."""
@@ -99,20 +125,19 @@ class KVCache:
         """Row i becomes repeats[i] consecutive rows (samples continuing one shared prefill)."""
         self.k = [k.repeat_interleave(repeats, dim=0) for k in self.k]
         self.v = [v.repeat_interleave(repeats, dim=0) for v in self.v]
-        if self.window:
-            self.slot_pos = self.slot_pos.repeat_interleave(repeats, dim=0)
+        self._rows(lambda t: t.repeat_interleave(repeats, dim=0))
 
     def select_rows(self, index: torch.Tensor) -> None:
         self.k, self.v = [k[index] for k in self.k], [v[index] for v in self.v]
-        if self.window:
-            self.slot_pos = self.slot_pos[index]
+        self._rows(lambda t: t[index])
 
     def grow(self, capacity: int) -> None:
         """Reallocate to hold `capacity` positions per row, keeping what is written (rings keep their size)."""
         if capacity > self.capacity:
             pad = (0, 0, 0, capacity - self.capacity)
-            self.k = [k if w else torch.nn.functional.pad(k, pad) for k, w in zip(self.k, self.windows, strict=True)]
-            self.v = [v if w else torch.nn.functional.pad(v, pad) for v, w in zip(self.v, self.windows, strict=True)]
+            fixed = [w or i in self.states for i, w in enumerate(self.windows)]     # rings and DeltaNet layers
+            self.k = [k if f else torch.nn.functional.pad(k, pad) for k, f in zip(self.k, fixed, strict=True)]
+            self.v = [v if f else torch.nn.functional.pad(v, pad) for v, f in zip(self.v, fixed, strict=True)]
             self.capacity = capacity
 
     def extend(self, other: KVCache) -> None:
@@ -124,3 +149,5 @@ class KVCache:
         self.v = [torch.cat(pair) for pair in zip(self.v, other.v, strict=True)]
         if self.window:
             self.slot_pos = torch.cat([self.slot_pos, other.slot_pos])
+        self.tails = {i: torch.cat([t, other.tails[i]]) for i, t in self.tails.items()}
+        self.states = {i: torch.cat([t, other.states[i]]) for i, t in self.states.items()}

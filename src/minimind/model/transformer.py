@@ -19,6 +19,7 @@ from torch import nn
 
 from minimind.config import ModelConfig
 from minimind.model.cache import KVCache
+from minimind.model.deltanet import GatedDeltaNet
 from minimind.model.layers import MLP, Attention, Linear, RMSNorm
 from minimind.model.loss import IGNORE_INDEX, cross_entropy_sum
 from minimind.model.moe import MoE
@@ -34,16 +35,30 @@ class ModelOutput:
 
 
 class Block(nn.Module):
+    """A decoder layer. Its token mixer is attention (`self_attn`, full or sliding-window), or in a hybrid model a
+    Gated DeltaNet layer (`linear_attn`, `minimind.model.deltanet`), as `layer_types` says."""
+
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer_idx)
+        self.linear = config.attention_types[layer_idx] == "linear_attention"
+        if self.linear:
+            self.linear_attn = GatedDeltaNet(config, layer_idx)
+        else:
+            self.self_attn = Attention(config, layer_idx)
+        self.window = config.window(layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MoE(config) if config.is_moe else MLP(config.hidden_size, config.intermediate_size)
 
-    def forward(self, h, cos, sin, mask, is_causal, cache=None, token_mask=None):
+    def mix(self, x, cos, sin, mask, is_causal, cache, token_mask, position_ids):
+        """The token mixer on the normalised input: attention reads the mask, DeltaNet the tokens' own mask."""
+        if self.linear:
+            return self.linear_attn(x, token_mask, cache, position_ids)
+        return self.self_attn(x, cos, sin, mask, is_causal, cache)
+
+    def forward(self, h, cos, sin, mask, is_causal, cache=None, token_mask=None, position_ids=None):
         """h [B, T, hidden] → (h [B, T, hidden], aux loss [] or None)."""
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask, is_causal, cache)
+        h = h + self.mix(self.input_layernorm(h), cos, sin, mask, is_causal, cache, token_mask, position_ids)
         if isinstance(self.mlp, MoE):
             y, aux = self.mlp(self.post_attention_layernorm(h), token_mask)
             return h + y, aux
@@ -104,7 +119,7 @@ class Backbone(nn.Module):
         token_mask = attention_mask[:, past:] if attention_mask is not None else None
         aux = None
         for layer in self.layers:
-            h, layer_aux = layer(h, cos, sin, *masks[layer.self_attn.window], cache, token_mask)
+            h, layer_aux = layer(h, cos, sin, *masks[layer.window], cache, token_mask, position_ids)
             if layer_aux is not None:
                 aux = layer_aux if aux is None else aux + layer_aux
         if cache is not None:
@@ -143,7 +158,7 @@ class Backbone(nn.Module):
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary(positions, h.dtype)
         for layer in self.layers:
-            h, _ = layer(h, cos, sin, masks[layer.self_attn.window], False, cache)
+            h, _ = layer(h, cos, sin, masks[layer.window], False, cache)
         return self.norm(h)
 
 
@@ -275,6 +290,8 @@ class Transformer(nn.Module):
         std = self.config.initializer_range
         out_std = std / math.sqrt(2 * self.config.num_hidden_layers)
         for name, p in self.named_parameters():
+            if name.endswith("A_log"):               # DeltaNet's decay rates keep their spread (deltanet.py)
+                continue
             if p.ndim == 1:
                 nn.init.ones_(p)
             elif name.endswith(("o_proj.weight", "down_proj.weight", "experts.down_proj")):
@@ -306,6 +323,16 @@ class Transformer(nn.Module):
     def save(self, path: str | Path, dtype: torch.dtype | None = None, tokenizer=None) -> Path:
         """Write a Hugging Face Qwen3 model directory atomically; see `minimind.model.save.save_model`."""
         return save_model(self, path, dtype=dtype, tokenizer=tokenizer)
+
+
+def with_layer_types(model: Transformer, layer_types: list[str]) -> Transformer:
+    """The model with `layer_types` (e.g. a dense model made a DeltaNet hybrid, MiniMind-Linear's start): every tensor
+    the two share is kept (embeddings, norms, MLPs, the layers that stay attention); the new mixers are fresh."""
+    out = Transformer(model.config.replace(layer_types=list(layer_types)))
+    shared = {k: v for k, v in model.state_dict().items() if k in out.state_dict()}
+    out.load_state_dict(shared, strict=False)
+    out.tie_weights()
+    return out.to(model.lm_head.weight.device)
 
 
 def checkpoint_blocks(module: nn.Module, layers: Iterable[int] | None = None) -> list[int]:

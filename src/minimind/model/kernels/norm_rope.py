@@ -109,9 +109,10 @@ class CastOnceBlock(Block):
     """`Block` whose norms hand attention and the dense MLP their input already in the compute dtype, so autocast
     casts nothing per projection. The MoE router keeps the residual stream's dtype."""
 
-    def forward(self, h, cos, sin, mask, is_causal, cache=None, token_mask=None):
+    def forward(self, h, cos, sin, mask, is_causal, cache=None, token_mask=None, position_ids=None):
         dtype = autocast_dtype(h)
-        h = h + self.self_attn(self.input_layernorm(h, dtype=dtype), cos, sin, mask, is_causal, cache)
+        h = h + self.mix(self.input_layernorm(h, dtype=dtype), cos, sin, mask, is_causal, cache, token_mask,
+                         position_ids)
         if isinstance(self.mlp, MoE):
             y, aux = self.mlp(self.post_attention_layernorm(h), token_mask)
             return h + y, aux
