@@ -224,3 +224,16 @@ def test_a_diffusion_model_generates_with_its_trajectory_and_is_evaluated_as_a_b
     assert main(["eval", "--model", str(tmp_path / "d"), "--task", "bpb", "--data", str(tmp_path / "t.txt"),
                  "--mc-samples", "4"]) == 0
     assert "≤ " in (out := capsys.readouterr().out) and "upper bound" in out
+
+
+def test_init_from_a_dense_model_makes_a_hybrid_keeping_its_weights(tmp_path, capsys):
+    make_model().save(tmp_path / "dense")
+    assert main(["init", "--from", str(tmp_path / "dense"), "--out", str(tmp_path / "h"),
+                 'layer_types=["linear_attention","full_attention"]', "linear_key_head_dim=16",
+                 "linear_value_head_dim=16", "linear_num_key_heads=2", "linear_num_value_heads=2"]) == 0
+    assert "1 fresh DeltaNet layers" in capsys.readouterr().out
+    dense, hybrid = load_model(tmp_path / "dense", device="cpu"), load_model(tmp_path / "h", device="cpu")
+    assert hybrid.config.is_hybrid
+    torch.testing.assert_close(hybrid.model.layers[1].self_attn.q_proj.weight,
+                               dense.model.layers[1].self_attn.q_proj.weight)
+    assert main(["init", "--from", str(tmp_path / "dense"), "--out", str(tmp_path / "x"), "hidden_size=128"]) == 2

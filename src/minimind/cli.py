@@ -47,6 +47,26 @@ def cmd_init(args) -> None:
     from minimind.tokenizer import load_tokenizer
 
     torch.manual_seed(args.seed)
+    if (args.preset is None) == (args.start is None):
+        raise MiniMindError("give exactly one of --preset and --from")
+    if args.start is not None:                # the same weights with a new layer_types (a dense model → hybrid)
+        from minimind.model import load_model
+        from minimind.model.transformer import with_layer_types
+        from minimind.tokenizer import tokenizer_dir
+
+        start = load_model(args.start, device="cpu", dtype=torch.float32)
+        changed = apply_overrides(start.config, args.overrides)
+        mixers = ("layer_types", "use_sliding_window", "sliding_window", "max_window_layers")
+        kept = lambda c: {k: v for k, v in vars(c).items() if k not in mixers and not k.startswith("linear_")}  # noqa: E731
+        if kept(changed) != kept(start.config):
+            raise MiniMindError("--from keeps the model's shape: only the layer types (layer_types, the sliding-window "
+                                "and linear_* fields) may be given")
+        model = with_layer_types(start, changed)
+        path = model.save(args.out, dtype=resolve_dtype(args.dtype),
+                          tokenizer=load_tokenizer(tokenizer_dir(args.start)))
+        fresh = changed.attention_types.count("linear_attention")
+        print(f"wrote {path} (from {args.start}, {fresh} fresh DeltaNet layers): {_param_summary(model)}")
+        return
     if args.preset in VISION_PRESETS:
         text, vision = vision_preset(args.preset)
         model = VisionLanguageModel(apply_overrides(text, args.overrides), vision)
@@ -573,8 +593,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the model presets and their parameter counts")
     p.set_defaults(func=cmd_presets)
 
-    p = sub.add_parser("init", help="write a randomly initialised model directory")
-    p.add_argument("--preset", required=True, help="model preset (see `minimind presets`)")
+    p = sub.add_parser("init", help="write a randomly initialised model directory (or --from: a model with new layer "
+                                    "types, e.g. a dense model made a DeltaNet hybrid)")
+    p.add_argument("--preset", help="model preset (see `minimind presets`)")
+    p.add_argument("--from", dest="start", metavar="DIR",
+                   help="a model directory whose weights are kept where the new layer_types shares them")
     p.add_argument("--out", required=True, help="model directory to write")
     _seed_arg(p)
     _dtype_arg(p, "fp32", "dtype of the saved weights")

@@ -126,4 +126,24 @@ def test_a_dense_model_becomes_a_hybrid_keeping_what_both_share():
     assert not any("layers.0.self_attn" in name for name in hybrid.state_dict())
     with pytest.raises(MiniMindError, match="layer_types"):
         with_layer_types(dense, ["linear_attention"])
-    assert Transformer(preset("minimind-3-hybrid")).num_params() == 71_118_624     # MiniMind-Linear's 71.12M
+    with torch.device("meta"):
+        assert Transformer(preset("minimind-3-hybrid")).num_params() == 71_118_624     # MiniMind-Linear's 71.12M
+
+
+def test_a_hybrid_and_a_windowed_model_train_through_the_trainer(tmp_path):
+    from minimind.train.trainer import train
+    from tests.train.test_trainer import WORDS, config, metrics
+
+    rng = __import__("random").Random(0)
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(40))})
+                                              + "\n" for _ in range(200)))
+    files = {"train": [str(tmp_path / "p.jsonl")], "val": [], "seq_len": 32, "prepared": str(tmp_path / "prep")}
+    out = train(config(tmp_path, tmp_path / "h", model="tiny-hybrid", max_steps=25, data=files))
+    losses = [m["loss"] for m in metrics(tmp_path / "h")]
+    assert losses[-1] < losses[0] - 1.0 and load_model(out, device="cpu").config.is_hybrid
+    windowed = tmp_path / "w-init"
+    Transformer(preset("tiny").replace(use_sliding_window=True, sliding_window=8)).save(windowed,
+                                                                                        tokenizer=load_tokenizer())
+    out = train(config(tmp_path, tmp_path / "w", model=str(windowed), max_steps=25, data=files))
+    losses = [m["loss"] for m in metrics(tmp_path / "w")]
+    assert losses[-1] < losses[0] - 1.0 and load_model(out, device="cpu").config.window(0) == 8

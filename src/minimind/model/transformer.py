@@ -325,10 +325,13 @@ class Transformer(nn.Module):
         return save_model(self, path, dtype=dtype, tokenizer=tokenizer)
 
 
-def with_layer_types(model: Transformer, layer_types: list[str]) -> Transformer:
-    """The model with `layer_types` (e.g. a dense model made a DeltaNet hybrid, MiniMind-Linear's start): every tensor
-    the two share is kept (embeddings, norms, MLPs, the layers that stay attention); the new mixers are fresh."""
-    out = Transformer(model.config.replace(layer_types=list(layer_types)))
+def with_layer_types(model: Transformer, layer_types: list[str] | ModelConfig) -> Transformer:
+    """The model with other layer types (`layer_types`, or a whole config differing only in its mixers: e.g. a dense
+    model made a DeltaNet hybrid, MiniMind-Linear's start): every tensor the two share is kept (embeddings, norms,
+    MLPs, the layers that stay attention); the new mixers are fresh."""
+    config = (layer_types if isinstance(layer_types, ModelConfig)
+              else model.config.replace(layer_types=list(layer_types)))
+    out = Transformer(config)
     shared = {k: v for k, v in model.state_dict().items() if k in out.state_dict()}
     out.load_state_dict(shared, strict=False)
     out.tie_weights()
@@ -353,9 +356,12 @@ def checkpoint_blocks(module: nn.Module, layers: Iterable[int] | None = None) ->
 
 
 def training_flops(model, seq_len: int, lookup: int) -> int:
-    """PaLM's estimate of training FLOPs per token: 6·N + 12·L·(H·d)·T, where N counts the active parameters
-    that take part in matmuls: all but the norms' and `lookup` (the embedding table's)."""
+    """PaLM's estimate of training FLOPs per token: 6·N + 12·Σ_attention layers (H·d)·T, where N counts the active
+    parameters that take part in matmuls: all but the norms' and `lookup` (the embedding table's); a sliding layer
+    attends to min(T, window) positions, a DeltaNet layer's recurrence is left out (its matmuls are in N)."""
     c = model.config
     norms = sum(p.numel() for p in model.parameters() if p.ndim == 1)
     matmul = model.num_params(active=True) - norms - lookup
-    return 6 * matmul + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len
+    seen = sum(min(seq_len, c.window(i) or seq_len) for i, t in enumerate(c.attention_types)
+               if t != "linear_attention")
+    return 6 * matmul + 12 * c.num_attention_heads * c.head_dim * seen
