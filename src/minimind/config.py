@@ -79,7 +79,7 @@ class ModelConfig:
     use_sliding_window: bool = False
     sliding_window: int = 4096
     max_window_layers: int = 0
-    layer_types: list | None = None
+    layer_types: list[str] | None = None
     # Gated DeltaNet layers ("linear_attention" in layer_types; minimind.model.deltanet), Qwen3.5's fields.
     linear_conv_kernel_dim: int = 4
     linear_key_head_dim: int = 96

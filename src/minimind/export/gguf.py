@@ -149,6 +149,9 @@ def _check_exportable(config: ModelConfig, model_dir: Path) -> None:
     if config.is_windowed:
         raise MiniMindError(f"{model_dir}: sliding-window attention; llama.cpp's qwen3 graph attends to the whole "
                             "context, so it would compute something else")
+    if config.is_hybrid:
+        raise MiniMindError(f"{model_dir}: a Gated-DeltaNet hybrid; llama.cpp's qwen3 graph has no DeltaNet layers "
+                            "(its qwen3next graph pairs them with another attention layer)")
     if config.is_moe and config.num_experts_per_tok > 1 and not config.norm_topk_prob:
         # llama.cpp's qwen3moe graph always renormalises the top-k gate weights
         raise MiniMindError(f"{model_dir / 'config.json'}: norm_topk_prob is false with top-"

@@ -75,6 +75,9 @@ def export_onnx(model_dir: str | Path, out: str | Path, dtype: str = "f32") -> P
     config = model.config
     if config.is_diffusion:
         raise MiniMindError(f"{model_dir}: a diffusion model has no KV-cache decoder to export to ONNX")
+    if config.is_hybrid:
+        raise MiniMindError(f"{model_dir}: a Gated-DeltaNet hybrid carries recurrent states, which this ONNX decoder's "
+                            "inputs and outputs (keys and values) do not hold")
     if config.is_windowed:
         raise MiniMindError(f"{model_dir}: sliding-window attention does not export to ONNX yet (its window mask is "
                             "built from the cache position, which the exported graph does not compute)")
