@@ -87,11 +87,17 @@ def cmd_info(args) -> None:
         v = vision
         kind = (f"Llava ({v.family} tower {v.num_hidden_layers} × {v.hidden_size}, {v.image_size}² / {v.patch_size} → "
                 f"{v.image_tokens} tokens per image, {v.projector} projector) on {kind}")
+    if c.is_diffusion:
+        kind = f"masked diffusion ([MASK] = {c.mask_token_id}) on {kind}"
     print(f"{args.model}: {kind}, {_param_summary(model)}")
     print(f"  hidden {c.hidden_size}, {c.num_hidden_layers} layers, heads {c.num_attention_heads} "
           f"(kv {c.num_key_value_heads}, dim {c.head_dim}), vocab {c.vocab_size}, "
           f"context {c.max_position_embeddings}, rope θ {c.rope_theta:g}"
           + (f", {c.rope_scaling['rope_type']} ×{c.rope_scaling['factor']:g}" if c.rope_scaling else ""))
+    if c.is_windowed or c.is_hybrid:
+        names = {"full_attention": "attention", "sliding_attention": f"window {c.sliding_window}",
+                 "linear_attention": "Gated DeltaNet"}
+        print("  layers: " + ", ".join(names[t] for t in c.attention_types))
 
 
 def _text_config(model_dir: str):
