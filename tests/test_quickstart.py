@@ -30,10 +30,12 @@ def test_vision_quickstart_end_to_end(tmp_path):
     """The vision job with the tiny-v model, few pictures and steps: every phase runs and the report has its parts."""
     from minimind.vision_quickstart import vision_quickstart
 
-    report = vision_quickstart(tmp_path / "v", ["model=tiny-v", "max_steps=4", "log_every=1", "eval_every=0",
-                                                "save_every=0", "eval_batches=1", "dtype=fp32", "batch_size=4"],
-                               pictures=48, held_out_pictures=24).read_text()
-    for heading in ("## Timings", "## Training", "## Held-out questions", "## Held-out pictures"):
+    quick = ["model=tiny-v", "max_steps=4", "log_every=1", "eval_every=0", "save_every=0", "eval_batches=1",
+             "dtype=fp32", "batch_size=4"]
+    report = vision_quickstart(tmp_path / "v", quick, pictures=48, held_out_pictures=24,
+                               tower_overrides=quick).read_text()
+    for heading in ("## Timings", "## Tower pretraining", "## Vision SFT", "## Held-out questions",
+                    "## Held-out pictures"):
         assert heading in report
     assert "| colour |" in report and "| 16.7% |" in report       # a type with its chance level
     pictures = sorted(p.name for p in (tmp_path / "v" / "pictures").iterdir())

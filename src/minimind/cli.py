@@ -741,7 +741,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="data: prepare (tokenize once), fetch and build the default data")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="<data command>")
     p = data_sub.add_parser("prepare", help="tokenize jsonl files into a memory-mapped prepared directory")
-    p.add_argument("--stage", required=True, choices=FORMATS, help="the record format of the files")
+    p.add_argument("--stage", required=True, choices=[f for f in FORMATS if f != "labels"],
+                   help="the record format of the files (labelled images need no preparing)")
     p.add_argument("--data", nargs="+", required=True, metavar="FILE")
     p.add_argument("--tokenizer", required=True, help="a directory with tokenizer.json (e.g. a model directory)")
     p.add_argument("--out", required=True)

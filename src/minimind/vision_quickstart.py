@@ -1,10 +1,11 @@
 """The vision main job (`minimind quickstart --vision`): from nothing to a model that answers questions about
 pictures, on a laptop CPU, with a report of what it learned.
 
-    generated scenes (data/default/scenes.py: train and held-out combinations) → vision SFT of the `mini-v` model
-    from fresh weights, tower included (configs/tiny/vision.yaml: captions and questions together) → held-out
-    questions, exact match per type against chance (eval/vqa.py) → sample answers on held-out pictures → where
-    the answers looked (attention over the image patches) → DIR/report.md
+    generated scenes (data/default/scenes.py: train and held-out combinations) → the tower pretrained on the
+    pictures' labels (configs/tiny/vision-tower.yaml, train/tower.py) → vision SFT of `mini-v`'s projector and
+    decoder from fresh weights, the tower read and frozen (configs/tiny/vision.yaml: captions and questions together)
+    → held-out questions, exact match per type against chance (eval/vqa.py) → sample answers on held-out pictures →
+    where the answers looked (attention over the image patches) → DIR/report.md
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from minimind.tokenizer import load_tokenizer
 from minimind.train.config import load_config
 from minimind.train.trainer import train
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "vision.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tiny"
 PICTURES = 6          # held-out pictures shown with their answers and attention
 
 
 def vision_quickstart(out: str | Path, overrides: list[str] = (), pictures: int = 6000,
-                      held_out_pictures: int = 600) -> Path:
-    """Run the job into `out` (training `overrides` as on the command line); returns the report's path."""
+                      held_out_pictures: int = 600, tower_overrides: list[str] = ()) -> Path:
+    """Run the job into `out` (the vision SFT's `overrides` as on the command line; the tower pretraining's
+    `tower_overrides`); returns the report's path."""
     out = Path(out)
     timings = {}
     start = time.perf_counter()
@@ -40,9 +42,17 @@ def vision_quickstart(out: str | Path, overrides: list[str] = (), pictures: int 
     manifest = build_scenes(data, train=pictures, heldout=held_out_pictures)
     timings["data"] = time.perf_counter() - start
 
-    config = load_config(CONFIG, [f"out={out / 'vision-sft'}", f"data.prepared={out / 'prepared'}",
-                                  f'data.train=["{data / "vqa.jsonl"}", "{data / "captions.jsonl"}"]',
-                                  f'data.val=["{data / "captions_heldout.jsonl"}"]', *overrides])
+    tower = load_config(CONFIGS / "vision-tower.yaml", [
+        f"out={out / 'vision-tower'}", f'data.train=["{data / "labels.jsonl"}"]',
+        f'data.val=["{data / "labels_heldout.jsonl"}"]', *tower_overrides])
+    begin = time.perf_counter()
+    train(tower)
+    timings["tower"] = time.perf_counter() - begin
+
+    config = load_config(CONFIGS / "vision.yaml", [f"out={out / 'vision-sft'}", f"data.prepared={out / 'prepared'}",
+                                                   f"vision.tower={out / 'vision-tower' / 'model'}",
+                                                   f'data.train=["{data / "vqa.jsonl"}", "{data / "captions.jsonl"}"]',
+                                                   f'data.val=["{data / "captions_heldout.jsonl"}"]', *overrides])
     begin = time.perf_counter()
     train(config)
     timings["training"] = time.perf_counter() - begin
@@ -60,7 +70,7 @@ def vision_quickstart(out: str | Path, overrides: list[str] = (), pictures: int 
 
     report = out / "report.md"
     report.write_text(_report(manifest, run_summary(out / "vision-sft" / "metrics.jsonl"), result, pictures, timings,
-                              model))
+                              model, run_summary(out / "vision-tower" / "metrics.jsonl")))
     return report
 
 
@@ -87,7 +97,7 @@ def _percent(e: dict) -> str:
     return f"{100 * e['value']:.1f}% [{100 * e['low']:.1f}, {100 * e['high']:.1f}]"
 
 
-def _report(manifest, run, result, pictures, timings, model) -> str:
+def _report(manifest, run, result, pictures, timings, model, tower) -> str:
     device = platform.processor() or "CPU"
     v = model.vision
     lines = [
@@ -102,7 +112,13 @@ def _report(manifest, run, result, pictures, timings, model) -> str:
         *(f"- `{name}`: {n:,} records" for name, n in manifest["files"].items()),
         "- held out (never in training): " + ", ".join(f"{c} {s}" for c, s in manifest["held_out_shapes"])
         + "; digits " + ", ".join(f"{d} in {c}" for c, d in manifest["held_out_digits"]), "",
-        "## Training", "",
+        "## Tower pretraining (labels of the pictures; held-out pictures' accuracy per label)", "",
+        "| steps | train loss | " + " | ".join(k.removeprefix("acc_") for k in tower["val_after"] if
+                                            k.startswith("acc_")) + " |",
+        "|---|---|" + "---|" * sum(k.startswith("acc_") for k in tower["val_after"]),
+        f"| {tower['steps']} | {tower['first_loss']:.2f} → {tower['last_loss']:.2f} | "
+        + " | ".join(f"{100 * v:.1f}%" for k, v in tower["val_after"].items() if k.startswith("acc_")) + " |", "",
+        "## Vision SFT (the tower frozen)", "",
         "| steps | tokens | tokens/s | train loss | held-out caption loss | held-out caption bits/byte |",
         "|---|---|---|---|---|---|",
         f"| {run['steps']} | {run['tokens']:,} | {run['tokens_per_s']:,.0f} | {run['first_loss']:.2f} → "

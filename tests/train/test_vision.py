@@ -218,3 +218,33 @@ def test_handwritten_digits_are_mnist_and_held_out_by_image():
     held = [f for k, f in scenes.scenes(0, 0, 0, True, 1, n_handwritten=100, mnist=mnist)]
     cut = {d: int(len(v) * (1 - scenes.HELD_OUT_HANDWRITTEN)) for d, v in mnist.items()}
     assert all(f["image"] < cut[f["digit"]] for f in train) and all(f["image"] >= cut[f["digit"]] for f in held)
+
+
+def test_the_tower_pretrains_on_labels_and_a_vision_stage_reads_it(scene_dir, tmp_path):
+    from minimind.model.io import read_tower
+    from minimind.train.tower import TowerClassifier
+
+    records = [json.loads(line) for line in (scene_dir / "labels.jsonl").read_text().splitlines()]
+    assert {"kind", "shape", "colour", "size", "position"} <= set(records[0]["labels"]) | {"count", "digit"}
+    assert all("colour" not in r["labels"] for r in records if r["labels"].get("kind") == "handwritten")
+    config = load_config(None, [
+        "stage=vision-tower", "model=tiny-v", f"out={tmp_path / 'tower'}",
+        f'data.train=["{scene_dir / "labels.jsonl"}"]', f'data.val=["{scene_dir / "labels_heldout.jsonl"}"]',
+        "max_steps=40", "batch_size=16", "eval_every=40", "log_every=10", "dtype=fp32", "optim.lr=3e-3",
+        "optim.warmup_steps=5", "save_every=20", "device=cpu"])
+    tower_dir = train(config)
+    val = [json.loads(line) for line in (tmp_path / "tower" / "metrics.jsonl").read_text().splitlines()
+           if json.loads(line)["kind"] == "val"]
+    assert val[-1]["acc_kind"] > val[0]["acc_kind"] and val[-1]["acc_size"] >= 0.6
+    saved = json.loads((tower_dir / "config.json").read_text())
+    assert saved["model_type"] == "siglip_vision_model" and saved["architectures"] == ["SiglipVisionModel"]
+    tower_config, state = read_tower(tower_dir)                   # heads and labels are left out
+    assert tower_config.hidden_size == VISION.hidden_size and not any("head" in k for k in state)
+    assert TowerClassifier.load(tower_dir).classes["shape"] == sorted(scenes.SHAPES)
+    sft = load_config(None, [
+        "stage=vision-sft", "model=tiny-v", f"out={tmp_path / 'sft'}", f"vision.tower={tower_dir}",
+        "vision.train=all-but-tower", f'data.train=["{scene_dir / "captions.jsonl"}"]', "data.seq_len=128",
+        "max_steps=2", "batch_size=4", "dtype=fp32", "save_every=0", "eval_every=0", "device=cpu"])
+    model = load_model(train(sft), kernels="reference")
+    torch.testing.assert_close(model.vision_tower.state_dict()["embeddings.patch_embedding.weight"],
+                               state["embeddings.patch_embedding.weight"])          # read, then frozen

@@ -28,7 +28,7 @@ from minimind.errors import MiniMindError
 from minimind.jsonl import JSONProblem, loads, parse_line
 from minimind.tokenizer.tokenizer import IMAGE_PAD
 
-STAGES = ("pretrain", "sft", "dpo", "rl", "vision")
+STAGES = ("pretrain", "sft", "dpo", "rl", "vision", "labels")
 IMAGE_MARKER = "<image>"          # MiniMind-V's placeholder for one image in a message
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -74,7 +74,7 @@ def read_records(path: str | Path, stage: str, skip_bad: bool = False,
                 report.first_errors.append(message)
             continue
         report.records += 1
-        if stage == "vision":
+        if stage in ("vision", "labels"):
             record |= {"where": where, "base": str(path.parent)}
         yield record
 
@@ -280,4 +280,18 @@ def _tool_calls(value, where: str) -> list[dict] | None:
     return out
 
 
-VALIDATORS = {"pretrain": _pretrain, "sft": _sft, "dpo": _dpo, "rl": _rl, "vision": _vision}
+def _labels(raw: dict) -> dict:
+    """A labelled image (the vision-tower stage): "image" (a path relative to the file) and "labels", an object of
+    label name → class (a string or an integer)."""
+    image, labels = raw.get("image"), raw.get("labels")
+    if not isinstance(image, str) or not image:
+        raise _Bad("image", "must be an image file's path")
+    if not isinstance(labels, dict) or not labels:
+        raise _Bad("labels", "must be a non-empty object of label → class")
+    for name, value in labels.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise _Bad(f"labels.{name}", f"must be a string or an integer, got {value!r}")
+    return {"image": image, "labels": labels}
+
+
+VALIDATORS = {"pretrain": _pretrain, "sft": _sft, "dpo": _dpo, "rl": _rl, "vision": _vision, "labels": _labels}

@@ -15,6 +15,7 @@ from minimind.train.grpo import GRPO
 from minimind.train.ppo import PPO
 from minimind.train.preference import DPO, RewardModelling
 from minimind.train.stages import LanguageModelling, Stage
+from minimind.train.tower import TowerPretraining
 from minimind.train.vision import VisionLanguageModelling
 
 
@@ -59,6 +60,8 @@ STAGES: dict[str, StageSpec] = {
                       "rl", GRPO, sections=("rl", "grpo"), validate=_groups_of_two),
     "ppo": StageSpec("ppo", "RL with a learned value function: PPO with GAE, clipped policy and value losses", "rl",
                      PPO, sections=("rl", "ppo")),
+    "vision-tower": StageSpec("vision-tower", "pretrain a vision tower on labelled images (a linear head per label; "
+                              "vision.tower=DIR then reads it)", "labels", TowerPretraining),
     "vision-pretrain": StageSpec("vision-pretrain", "vision pretraining on image captions (default: the projector "
                                  "alone learns)", "vision", lambda config: VisionLanguageModelling(config, "projector"),
                                  sections=("vision",)),

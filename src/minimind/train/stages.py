@@ -56,6 +56,7 @@ class Stage:
     generative: bool = True          # the trainer samples generations from the model
     trains_on_targets: bool = True   # its loss reads the data's targets (RL's come from its rollouts instead)
     with_docs: bool = False          # batches carry "doc_ids"
+    language_model: bool = True      # the model reads tokens (its vocabulary and context are checked)
 
     def build_model(self, source: str, device: torch.device) -> torch.nn.Module:
         """The model to train: fresh weights of a preset, or a model directory."""

@@ -134,10 +134,10 @@ def _setup(config: TrainConfig, stage: Stage, device: torch.device, info: Dist, 
         apply_lora(model, config.lora)
     model.train()
     tokenizer = load_tokenizer(tokenizer_path)
-    if tokenizer.vocab_size > model.config.vocab_size:
+    if stage.language_model and tokenizer.vocab_size > model.config.vocab_size:
         raise MiniMindError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                             f"{model.config.vocab_size}")
-    if config.data.seq_len > model.config.max_position_embeddings:
+    if stage.language_model and config.data.seq_len > model.config.max_position_embeddings:
         raise MiniMindError(f"config key 'data.seq_len' ({config.data.seq_len}) exceeds the model's "
                             f"max_position_embeddings ({model.config.max_position_embeddings})")
     if resumed is not None:

@@ -18,7 +18,8 @@ digits are the last 15% of each digit's images, never trained on.
 
 Files (`build_scenes`): images/{train,heldout}/*.png; captions.jsonl / captions_heldout.jsonl (one caption
 conversation per picture: vision pretraining and the bits-per-byte check); vqa.jsonl (multi-turn questions per
-training picture); vqa_heldout.jsonl (one question per record with its "type", for `minimind eval --task vqa`).
+training picture); vqa_heldout.jsonl (one question per record with its "type", for `minimind eval --task vqa`);
+labels.jsonl / labels_heldout.jsonl (each picture's facts as classes: the tower's pretraining, `train.tower`).
 """
 
 from __future__ import annotations
@@ -214,6 +215,20 @@ def scenes(n_single: int, n_count: int, n_digit: int, held_out: bool, seed: int,
                               rng.randrange(cut)}
 
 
+def scene_labels(kind: str, facts: dict) -> dict:
+    """What a picture shows, as classes for the tower's pretraining (`train.tower`): its kind, and the named
+    colour, shape, size, position, count or digit it has (an unnamed colour or shape is no class)."""
+    labels = {"kind": kind}
+    if facts.get("colour"):
+        labels["colour"] = facts["colour"]
+    if facts.get("shape") in SHAPES:
+        labels["shape"] = facts["shape"]
+    for key in ("size", "position", "count", "digit"):
+        if key in facts:
+            labels[key] = facts[key]
+    return labels
+
+
 def draw(kind: str, facts: dict, size: int, rng: np.random.Generator, mnist: dict | None = None):
     if kind == "handwritten":
         from PIL import Image
@@ -258,7 +273,7 @@ def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: i
         folder.mkdir(parents=True, exist_ok=True)
         rng = random.Random(seed + held_out)
         pixels = np.random.default_rng(seed + 10 + held_out)
-        captions, questions, singles = [], [], []
+        captions, questions, singles, labels = [], [], [], []
         n_single, n_count = int(total * 0.55), int(total * 0.25)
         n_hand = int(total * 0.1) if mnist else 0
         n_digit = total - n_single - n_count - n_hand
@@ -268,6 +283,7 @@ def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: i
             draw(kind, facts, size, pixels, mnist).save(out / name)
             if kind == "single" and facts["shape"] in SHAPES:
                 singles.append((name, facts))
+            labels.append({"image": name, "labels": scene_labels(kind, facts)})
             zh = rng.random() < 0.5
             captions.append({"conversations": _turn(CAPTION_PROMPTS[zh], caption(facts, zh), True), "image": name})
             kinds = [k for k in QUESTION_KINDS[kind] if (k != "colour" or facts.get("colour")) and
@@ -295,7 +311,8 @@ def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: i
             questions.append(record | ({"type": "same"} if held_out else {}))
         rng.shuffle(questions)
         suffix = "_heldout" if held_out else ""
-        for name, records in ((f"captions{suffix}.jsonl", captions), (f"vqa{suffix}.jsonl", questions)):
+        for name, records in ((f"captions{suffix}.jsonl", captions), (f"vqa{suffix}.jsonl", questions),
+                              (f"labels{suffix}.jsonl", labels)):
             with open(out / name, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
             written[name] = len(records)
