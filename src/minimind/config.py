@@ -114,6 +114,17 @@ class ModelConfig:
     def is_hybrid(self) -> bool:
         return "linear_attention" in self.attention_types
 
+    def plain_decoder_problem(self) -> str | None:
+        """Why another engine's plain causal Qwen3 decoder would compute something else from this model (None: it
+        would not): a diffusion model, sliding windows, DeltaNet layers."""
+        if self.is_diffusion:
+            return "a diffusion model (objective diffusion): its attention is bidirectional and it has no KV cache"
+        if self.is_hybrid:
+            return "a Gated-DeltaNet hybrid: its DeltaNet layers carry recurrent states, not keys and values"
+        if self.is_windowed:
+            return "sliding-window attention: its layers see only the last sliding_window positions"
+        return None
+
     def window(self, layer: int) -> int | None:
         """The attention window of layer `layer` (None: full attention)."""
         return self.sliding_window if self.attention_types[layer] == "sliding_attention" else None

@@ -299,3 +299,17 @@ def test_smollm2_import_matches_llama_cpp(tmp_path, llama_cpp, smollm2):
     assert np.abs(exact - ours).max() <= 1e-2 * np.abs(ours).max()
     assert greedy == Engine(model, tok).generate([ids], SamplingParams(max_new_tokens=32, temperature=0.0,
                                                                        ignore_eos=True))[0][0].token_ids
+
+
+@pytest.mark.parametrize("name, overrides, reason", [
+    ("tiny", {"objective": "diffusion"}, "diffusion model"),
+    ("tiny", {"use_sliding_window": True, "sliding_window": 8}, "sliding-window"),
+    ("tiny-hybrid", {}, "Gated-DeltaNet hybrid")])
+def test_models_a_plain_decoder_would_misread_are_refused(tmp_path, tokenizer, name, overrides, reason):
+    from minimind.export.onnx import export_onnx
+
+    _, directory = saved(tmp_path, tokenizer, name, **overrides)
+    with pytest.raises(MiniMindError, match=reason):
+        export_gguf(directory, tmp_path / "m.gguf", "f16")
+    with pytest.raises(MiniMindError, match=reason):
+        export_onnx(directory, tmp_path / "onnx")

@@ -143,15 +143,9 @@ def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "f16") -> P
 
 
 def _check_exportable(config: ModelConfig, model_dir: Path) -> None:
-    if config.is_diffusion:
-        raise MiniMindError(f"{model_dir}: a diffusion model (objective diffusion); llama.cpp would run it as a causal "
-                            "model and compute something else")
-    if config.is_windowed:
-        raise MiniMindError(f"{model_dir}: sliding-window attention; llama.cpp's qwen3 graph attends to the whole "
-                            "context, so it would compute something else")
-    if config.is_hybrid:
-        raise MiniMindError(f"{model_dir}: a Gated-DeltaNet hybrid; llama.cpp's qwen3 graph has no DeltaNet layers "
-                            "(its qwen3next graph pairs them with another attention layer)")
+    if config.plain_decoder_problem():
+        raise MiniMindError(f"{model_dir}: {config.plain_decoder_problem()}; llama.cpp's qwen3 graph would compute "
+                            "something else")
     if config.is_moe and config.num_experts_per_tok > 1 and not config.norm_topk_prob:
         # llama.cpp's qwen3moe graph always renormalises the top-k gate weights
         raise MiniMindError(f"{model_dir / 'config.json'}: norm_topk_prob is false with top-"

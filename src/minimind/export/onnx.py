@@ -73,14 +73,9 @@ def export_onnx(model_dir: str | Path, out: str | Path, dtype: str = "f32") -> P
         raise MiniMindError(f"--outtype {dtype!r}: the ONNX export is f32")
     model = load_model(model_dir, device="cpu", dtype=torch.float32)
     config = model.config
-    if config.is_diffusion:
-        raise MiniMindError(f"{model_dir}: a diffusion model has no KV-cache decoder to export to ONNX")
-    if config.is_hybrid:
-        raise MiniMindError(f"{model_dir}: a Gated-DeltaNet hybrid carries recurrent states, which this ONNX decoder's "
-                            "inputs and outputs (keys and values) do not hold")
-    if config.is_windowed:
-        raise MiniMindError(f"{model_dir}: sliding-window attention does not export to ONNX yet (its window mask is "
-                            "built from the cache position, which the exported graph does not compute)")
+    if config.plain_decoder_problem():
+        raise MiniMindError(f"{model_dir}: {config.plain_decoder_problem()}; the ONNX decoder (keys and values in, "
+                            "keys and values out, causal) does not compute it")
     if config.is_moe:
         raise MiniMindError(f"{model_dir}: MoE models do not export to ONNX (expert routing is data-dependent); "
                             "use GGUF")
