@@ -296,8 +296,9 @@ class Engine:
     def start(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
               handles: list[Hashable] | None = None, images: list[list] | None = None) -> Batch:
         """Prefill the prompts into a Batch of n rows per prompt: a common prefix of ≥ SHARED_PREFIX_MIN tokens
-        once, then the rest in one left-padded forward. Each prompt may
-        have its own params (the server batches requests); rows report `handles[i]` (default: i) and index
+        once, then the rest in one left-padded forward (a sliding-window model: a window at a time, no shared
+        prefix). Each prompt may have its own params (the server batches requests); rows report `handles[i]`
+        (default: i) and index
         i·n + j (with handles given: j). `images[i]`: prompt i's images (vision models)."""
         params = params if isinstance(params, list) else [params] * len(prompts)
         for p in params:
@@ -333,8 +334,12 @@ class Engine:
             self.model(torch.tensor([prompts[0][:shared]], device=device), cache=cache, logits_to_keep=1)
             cache.repeat_rows(torch.tensor([B], device=device))
         extra = {} if pixels is None else {"pixel_values": pixels}
-        logits = self.model(ids, attention_mask=key_mask[:, :longest].long() if padded else None, cache=cache,
-                            logits_to_keep=1, **extra).logits[:, -1].float()
+        # a windowed model prefills a window at a time through its rings: memory stays bounded by the window
+        step = config.sliding_window if config.is_windowed and pixels is None else width
+        for s in range(0, width, step):
+            end = shared + min(s + step, width)
+            logits = self.model(ids[:, s:s + step], attention_mask=key_mask[:, :end].long() if padded else None,
+                                cache=cache, logits_to_keep=1, **extra).logits[:, -1].float()
         seen = torch.zeros((B, config.vocab_size), dtype=torch.bool, device=device)
         seen.scatter_(1, ids, True)
         seen[:, prompts[0][:shared]] = True
