@@ -14,6 +14,7 @@ from minimind.model.deltanet import chunked_delta_rule, l2norm, recurrent_delta_
 from minimind.model.transformer import with_layer_types
 from minimind.tokenizer import load_tokenizer
 from tests.conftest import make_model
+from tests.infer.test_engine import naive_greedy as naive
 
 
 def inputs(B=2, T=37, H=3, dk=8, dv=5, seed=0):
@@ -75,14 +76,6 @@ def test_packed_rows_and_padding_equal_each_sequence_alone(kernels):
         mask = torch.tensor([[0, 0, 0] + [1] * 8])
         torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, 3:], model(b).logits,
                                    atol=1e-5, rtol=1e-5)
-
-
-def naive(model, prompt, n):
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        for _ in range(n):
-            ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], 1)
-    return ids[0, len(prompt):].tolist()
 
 
 def test_cached_decoding_equals_a_full_recompute(kernels):

@@ -12,6 +12,7 @@ from minimind.errors import MiniMindError
 from minimind.infer import Engine, SamplingParams
 from minimind.tokenizer import load_tokenizer
 from tests.conftest import make_model
+from tests.infer.test_engine import naive_greedy as naive
 
 transformers = pytest.importorskip("transformers")
 WINDOW = dict(use_sliding_window=True, sliding_window=5, max_window_layers=1)     # layer 1 slides, layer 0 is full
@@ -84,14 +85,6 @@ def test_cached_decoding_equals_a_full_recompute_past_the_window(kernels):
             for _ in range(12):                                         # no cache: the whole sequence each step
                 ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], 1)
         assert completion.token_ids == ids[0, len(prompt):].tolist()
-
-
-def naive(model, prompt: list[int], n: int) -> list[int]:
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        for _ in range(n):
-            ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], 1)
-    return ids[0, len(prompt):].tolist()
 
 
 def test_the_ring_keeps_a_sliding_layers_memory_fixed(kernels):
