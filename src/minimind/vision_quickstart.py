@@ -111,7 +111,8 @@ def _report(manifest, run, result, pictures, timings, model, tower) -> str:
         "saved as a stock `LlavaForConditionalGeneration` directory",
         *(f"- `{name}`: {n:,} records" for name, n in manifest["files"].items()),
         "- held out (never in training): " + ", ".join(f"{c} {s}" for c, s in manifest["held_out_shapes"])
-        + "; digits " + ", ".join(f"{d} in {c}" for c, d in manifest["held_out_digits"]), "",
+        + "; digits " + ", ".join(f"{d} in {c}" for c, d in manifest["held_out_digits"])
+        + "; words " + ", ".join(f"{w} in {c}" for c, w in manifest["held_out_words"]), "",
         "## Tower pretraining (labels of the pictures; held-out pictures' accuracy per label)", "",
         "| steps | train loss | " + " | ".join(k.removeprefix("acc_") for k in tower["val_after"] if
                                             k.startswith("acc_")) + " |",

@@ -41,6 +41,10 @@ def test_held_out_scenes_use_only_combinations_never_trained_on():
     digit_pairs = lambda items: {(f["colour"], f["digit"]) for k, f in items if k == "digit" and f["colour"]}  # noqa
     assert not shape_pairs(train) & scenes.HELD_OUT_SHAPES and shape_pairs(held) <= scenes.HELD_OUT_SHAPES
     assert not digit_pairs(train) & scenes.HELD_OUT_DIGITS and digit_pairs(held) <= scenes.HELD_OUT_DIGITS
+    words = lambda split: {(f["colour"], f["word"]) for k, f in scenes.scenes(0, 0, 0, split, 2, n_word=200)  # noqa
+                           if f["colour"]}
+    assert not words(False) & scenes.HELD_OUT_WORDS and words(True) <= scenes.HELD_OUT_WORDS
+    assert {w for _, w in words(False)} == set(scenes.WORDS)
     # yet every colour and every shape is seen in training, and shapes in unnamed colours too (colour must not
     # predict shape), never in the held-out split
     assert {c for c, _ in shape_pairs(train)} == set(scenes.COLOURS)
@@ -230,12 +234,13 @@ def test_the_tower_pretrains_on_labels_and_a_vision_stage_reads_it(scene_dir, tm
     config = load_config(None, [
         "stage=vision-tower", "model=tiny-v", f"out={tmp_path / 'tower'}",
         f'data.train=["{scene_dir / "labels.jsonl"}"]', f'data.val=["{scene_dir / "labels_heldout.jsonl"}"]',
-        "max_steps=40", "batch_size=16", "eval_every=40", "log_every=10", "dtype=fp32", "optim.lr=3e-3",
-        "optim.warmup_steps=5", "save_every=20", "device=cpu"])
+        "max_steps=150", "batch_size=16", "eval_every=150", "log_every=50", "dtype=fp32", "optim.lr=3e-3",
+        "optim.warmup_steps=5", "save_every=75", "device=cpu"])
     tower_dir = train(config)
     val = [json.loads(line) for line in (tmp_path / "tower" / "metrics.jsonl").read_text().splitlines()
            if json.loads(line)["kind"] == "val"]
-    assert val[-1]["acc_kind"] > val[0]["acc_kind"] and val[-1]["acc_size"] >= 0.6
+    mean = lambda m: sum(v for k, v in m.items() if k.startswith("acc_")) / sum(k.startswith("acc_") for k in m)  # noqa
+    assert mean(val[-1]) > mean(val[0]) + 0.1 and val[-1]["acc_size"] >= 0.6
     saved = json.loads((tower_dir / "config.json").read_text())
     assert saved["model_type"] == "siglip_vision_model" and saved["architectures"] == ["SiglipVisionModel"]
     tower_config, state = read_tower(tower_dir)                   # heads and labels are left out

