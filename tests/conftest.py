@@ -23,3 +23,17 @@ def kernels(request) -> str:
 @pytest.fixture(params=["tiny", "tiny-moe"])
 def model(request, kernels) -> Transformer:
     return make_model(request.param, kernels=kernels)
+
+
+@torch.no_grad()
+def assert_packed_rows_equal_each_document_alone(model, lengths=(11, 8)):
+    """Documents packed in one row (position_ids restarting at 0) give the logits each gives alone; returns the packed
+    ids, their position_ids and logits."""
+    docs = [torch.randint(30, 400, (1, n)) for n in lengths]
+    packed, positions = torch.cat(docs, 1), torch.cat([torch.arange(n) for n in lengths])[None]
+    logits = model(packed, position_ids=positions).logits
+    start = 0
+    for doc in docs:
+        torch.testing.assert_close(logits[:, start:start + doc.shape[1]], model(doc).logits, atol=1e-5, rtol=1e-5)
+        start += doc.shape[1]
+    return packed, positions, logits

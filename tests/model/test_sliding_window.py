@@ -11,7 +11,7 @@ from minimind.config import ModelConfig
 from minimind.errors import MiniMindError
 from minimind.infer import Engine, SamplingParams
 from minimind.tokenizer import load_tokenizer
-from tests.conftest import make_model
+from tests.conftest import assert_packed_rows_equal_each_document_alone, make_model
 from tests.infer.test_engine import naive_greedy as naive
 
 transformers = pytest.importorskip("transformers")
@@ -65,13 +65,7 @@ def test_we_read_a_transformers_windowed_model(tmp_path):
 
 
 def test_packed_rows_equal_each_document_alone(kernels):
-    model = make_model(kernels=kernels, **WINDOW)
-    a, b = torch.randint(30, 400, (1, 11)), torch.randint(30, 400, (1, 8))
-    positions = torch.cat([torch.arange(11), torch.arange(8)])[None]
-    with torch.no_grad():
-        packed = model(torch.cat([a, b], 1), position_ids=positions).logits
-        torch.testing.assert_close(packed[:, :11], model(a).logits, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(packed[:, 11:], model(b).logits, atol=1e-5, rtol=1e-5)
+    assert_packed_rows_equal_each_document_alone(make_model(kernels=kernels, **WINDOW))
 
 
 def test_cached_decoding_equals_a_full_recompute_past_the_window(kernels):

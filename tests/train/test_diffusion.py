@@ -12,7 +12,7 @@ from minimind.model import load_model
 from minimind.model.loss import IGNORE_INDEX
 from minimind.train.diffusion import DiffusionTrainConfig, MaskedDiffusion, add_noise, as_diffusion, masked_losses
 from minimind.train.trainer import train
-from tests.conftest import make_model
+from tests.conftest import assert_packed_rows_equal_each_document_alone, make_model
 from tests.train.test_trainer import config, data, metrics  # noqa: F401 — the trainer tests' data fixture
 
 MASK = 27
@@ -30,12 +30,7 @@ def test_changing_a_later_token_changes_earlier_logits_only_when_bidirectional(k
 
 def test_packed_documents_do_not_see_each_other(kernels):
     model = make_model(kernels=kernels, objective="diffusion")
-    a, b = torch.randint(30, 400, (1, 7)), torch.randint(30, 400, (1, 5))
-    packed = torch.cat([a, b], 1)
-    positions = torch.cat([torch.arange(7), torch.arange(5)])[None]
-    together = model(packed, position_ids=positions).logits
-    torch.testing.assert_close(together[:, :7], model(a).logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(together[:, 7:], model(b).logits, atol=1e-5, rtol=1e-5)
+    packed, positions, together = assert_packed_rows_equal_each_document_alone(model, (7, 5))
     changed = packed.clone()
     changed[0, 9] = 3                                        # a token of the second document
     torch.testing.assert_close(model(changed, position_ids=positions).logits[:, :7], together[:, :7])

@@ -10,6 +10,8 @@ and whether every continuation token is the argmax (greedy).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from minimind.model.loss import token_logprobs
@@ -52,6 +54,16 @@ class Scorer:
             pairs.append((seq[a:s], seq[s:e + 1]))
         return pairs
 
+    def by_length(self, items: list, width) -> Iterator[list]:
+        """`items` longest first (by `width(item)`, the tokens one forward reads per row), in batches of at most
+        batch_tokens tokens (one item at least)."""
+        items = sorted(items, key=lambda item: -width(item))
+        start = 0
+        while start < len(items):
+            size = max(1, min(len(items) - start, self.batch_tokens // max(width(items[start]), 1)))
+            yield items[start:start + size]
+            start += size
+
     @torch.no_grad()
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """(Σ log p(continuation | context), greedy?) per (context, continuation) of token ids, batched by
@@ -64,13 +76,8 @@ class Scorer:
                 continue
             seq = (list(context) + list(continuation))[-(self.window + 1):]
             rows.append((i, seq, len(continuation)))
-        rows.sort(key=lambda r: -len(r[1]))
-        start = 0
-        while start < len(rows):
-            width = len(rows[start][1]) - 1
-            size = max(1, min(len(rows) - start, self.batch_tokens // max(width, 1)))
-            batch = rows[start:start + size]
-            start += size
+        for batch in self.by_length(rows, lambda r: len(r[1]) - 1):
+            width = len(batch[0][1]) - 1
             ids = torch.zeros(len(batch), width + 1, dtype=torch.long)
             for j, (_, seq, _) in enumerate(batch):
                 ids[j, :len(seq)] = torch.tensor(seq)
@@ -135,13 +142,8 @@ class DiffusionScorer(Scorer):
         """Per (sequence, masked positions): Σ log p(true token) over the masked positions, and whether each is
         the argmax there; batched by length, right-padded (the padding is masked out of attention)."""
         out: list[tuple[float, bool]] = [(0.0, True)] * len(rows)
-        order = sorted(range(len(rows)), key=lambda r: -len(rows[r][0]))
-        start = 0
-        while start < len(order):
-            width = len(rows[order[start]][0])
-            size = max(1, min(len(order) - start, self.batch_tokens // max(width, 1)))
-            batch = order[start:start + size]
-            start += size
+        for batch in self.by_length(range(len(rows)), lambda r: len(rows[r][0])):
+            width = len(rows[batch[0]][0])
             ids = torch.full((len(batch), width), self.tokenizer.pad_id, dtype=torch.long)
             keep = torch.zeros((len(batch), width), dtype=torch.long)
             noised = torch.zeros((len(batch), width), dtype=torch.bool)

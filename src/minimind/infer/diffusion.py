@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 
 from minimind.errors import MiniMindError
-from minimind.infer.engine import Delta, Engine, Request, Row
+from minimind.infer.engine import Delta, Engine, Row
 from minimind.infer.sampling import SamplingParams, filter_logits
 from minimind.tokenizer import Tokenizer
 
@@ -64,8 +64,8 @@ def transfer_counts(masked: int, steps: int) -> list[int]:
 class _Canvas:
     """One row's denoising state: the text so far (prompt + committed blocks) and the current block."""
 
-    def __init__(self, row: Row, prompt: list[int], budget: int):
-        self.row, self.prompt_len, self.tokens, self.budget = row, len(prompt), list(prompt), budget
+    def __init__(self, row: Row, prompt: list[int]):
+        self.row, self.prompt_len, self.tokens, self.budget = row, len(prompt), list(prompt), row.max_new_tokens
         self.block: list[int] = []       # the block's ids ([MASK] where undecided)
         self.alive: list[bool] = []      # False: past an unmasked end-of-turn token, out of the canvas
         self.schedule: list[int] = []    # positions to unmask at each remaining step
@@ -155,15 +155,9 @@ class DiffusionEngine(Engine):
             self.check_params(p)
         self.check_prompts(prompts)
         self.check_images(prompts, images)
-        canvases = []
-        for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
-            request = Request(p, set(p.stop_token_ids) | (set() if p.ignore_eos else {self.tokenizer.eos_id}),
-                              i if handles is None else handles[i])
-            budget = min(p.max_new_tokens, self.model.config.max_position_embeddings - len(prompt))
-            for j, g in enumerate(self._generators(p)):
-                row = Row(self.tokenizer, request, j if handles is not None else i * p.n + j, budget, g)
-                canvases.append(_Canvas(row, prompt, budget))
-        return DiffusionBatch(self, canvases)
+        row_prompts = [prompt for prompt, p in zip(prompts, params, strict=True) for _ in range(p.n)]
+        return DiffusionBatch(self, [_Canvas(row, prompt) for row, prompt in
+                                     zip(self._rows(prompts, params, handles), row_prompts, strict=True)])
 
     def check_params(self, params: SamplingParams) -> None:
         """Valid sampling values, without those a diffusion sampler cannot honour (refused by name)."""
@@ -175,15 +169,8 @@ class DiffusionEngine(Engine):
                                 "diffusion model does not decode in order")
 
     def check_prompts(self, prompts: list[list[int]]) -> None:
-        config = self.model.config
-        if not prompts or any(not p for p in prompts):
-            raise MiniMindError("empty prompt")
-        longest = max(map(len, prompts))
-        if longest >= config.max_position_embeddings:
-            raise MiniMindError(f"the prompt has {longest} tokens; the model's context is "
-                                f"{config.max_position_embeddings} tokens (leave room for the reply)")
-        if any(t < 0 or t >= config.vocab_size for p in prompts for t in p):
-            raise MiniMindError(f"prompt token ids must be in 0..{config.vocab_size - 1}")
+        """Engine's checks, and no [MASK] in a prompt."""
+        super().check_prompts(prompts)
         if any(self.mask_id in p for p in prompts):
             raise MiniMindError(f"the prompt holds the model's [MASK] token (id {self.mask_id}, "
                                 f"{self.tokenizer.decode([self.mask_id], skip_special_tokens=False)!r})")
@@ -241,13 +228,9 @@ class DiffusionEngine(Engine):
             out.append(MASK_GLYPH * len(run) if is_mask else self.tokenizer.decode(run, skip_special_tokens=True))
         return "".join(out)
 
-    def _generators(self, params: SamplingParams) -> list[torch.Generator | None]:
-        """One generator per sample (seed + j when seeded); also used by random remasking."""
-        if params.temperature == 0 and self.params.remasking != "random":
-            return [None] * params.n
-        seeds = ([params.seed + j for j in range(params.n)] if params.seed is not None
-                 else torch.randint(0, 2**62, (params.n,)).tolist())
-        return [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+    def _draws(self, params: SamplingParams) -> bool:
+        """Sampling at a temperature, or random remasking, draws random numbers."""
+        return params.temperature != 0 or self.params.remasking == "random"
 
 
 def engine_for(model, tokenizer: Tokenizer, compile: bool = False, diffusion: DiffusionParams | None = None):

@@ -298,22 +298,14 @@ class Engine:
         """Prefill the prompts into a Batch of n rows per prompt: a common prefix of ≥ SHARED_PREFIX_MIN tokens
         once, then the rest in one left-padded forward (a sliding-window model: a window at a time, no shared
         prefix). Each prompt may have its own params (the server batches requests); rows report `handles[i]`
-        (default: i) and index
-        i·n + j (with handles given: j). `images[i]`: prompt i's images (vision models)."""
+        (default: i) and index i·n + j (with handles given: j). `images[i]`: prompt i's images (vision models)."""
         params = params if isinstance(params, list) else [params] * len(prompts)
         for p in params:
             self.check_params(p)
         self.check_prompts(prompts)
         pixels = self._pixel_values(prompts, images)
         config, device = self.model.config, self.device
-        requests = [Request(p, set(p.stop_token_ids) | (set() if p.ignore_eos else {self.tokenizer.eos_id}),
-                             i if handles is None else handles[i]) for i, p in enumerate(params)]
-        rows = []
-        for i, (prompt, request) in enumerate(zip(prompts, requests, strict=True)):
-            budget = min(request.params.max_new_tokens, config.max_position_embeddings - len(prompt))
-            generators = self._generators(request.params)
-            rows += [Row(self.tokenizer, request, j if handles is not None else i * request.params.n + j, budget, g)
-                     for j, g in enumerate(generators)]
+        rows = self._rows(prompts, params, handles)
 
         B, longest = len(prompts), max(map(len, prompts))
         # images are spliced in one forward; a sliding window counts cache positions and DeltaNet's convolution
@@ -391,9 +383,26 @@ class Engine:
             return None
         return pixel_values(torch.from_numpy(np.stack(arrays)).to(self.device), vision)
 
+    def _rows(self, prompts: list[list[int]], params: list[SamplingParams],
+              handles: list[Hashable] | None) -> list[Row]:
+        """n rows per prompt, in order: each with its request (params, stop ids, handle), the tokens the request or
+        the context leaves it, and its generator; index i·n + j (with handles given: j)."""
+        rows = []
+        for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+            request = Request(p, set(p.stop_token_ids) | (set() if p.ignore_eos else {self.tokenizer.eos_id}),
+                              i if handles is None else handles[i])
+            budget = min(p.max_new_tokens, self.model.config.max_position_embeddings - len(prompt))
+            rows += [Row(self.tokenizer, request, j if handles is not None else i * p.n + j, budget, g)
+                     for j, g in enumerate(self._generators(p))]
+        return rows
+
+    def _draws(self, params: SamplingParams) -> bool:
+        """Whether sampling with `params` draws random numbers (then each sample gets a generator)."""
+        return params.temperature != 0
+
     def _generators(self, params: SamplingParams) -> list[torch.Generator | None]:
         """One generator per sample: seed + j when seeded, else an independent random stream."""
-        if params.temperature == 0:
+        if not self._draws(params):
             return [None] * params.n
         seeds = ([params.seed + j for j in range(params.n)] if params.seed is not None
                  else torch.randint(0, 2**62, (params.n,)).tolist())

@@ -99,7 +99,6 @@ class GatedDeltaNet(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.window = None                           # the blocks ask every mixer for its window
         self.k_heads, self.v_heads = config.linear_num_key_heads, config.linear_num_value_heads
         self.dk, self.dv = config.linear_key_head_dim, config.linear_value_head_dim
         key_dim, value_dim = self.k_heads * self.dk, self.v_heads * self.dv

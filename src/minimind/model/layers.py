@@ -87,7 +87,7 @@ class Attention(nn.Module):
         out = o_proj(softmax(q·kᵀ / √d + mask) · v)        → [B, T, hidden]
 
     The H / H_kv query heads of a group share one key/value head. mask: a bool tensor [B or 1, 1, T, S] (True =
-    may attend), or None (causal when is_causal, else full); a sliding layer (`window`) gets its own, banded mask.
+    may attend), or None (causal when is_causal, else full); a sliding layer (`Block.window`) gets a banded mask.
     With a cache, k and v are appended to it and the queries attend to every cached position the mask allows.
     """
 
@@ -95,7 +95,6 @@ class Attention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.causal = not config.is_diffusion       # a diffusion model's masks are not causal (kernels need to know)
-        self.window = config.window(layer_idx)       # sliding-window attention: the positions it sees, or None
         self.n_heads, self.n_kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                         config.head_dim)
         hidden, q_dim, kv_dim = config.hidden_size, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
