@@ -578,3 +578,111 @@ def vision_preset(name: str) -> tuple[ModelConfig, VisionConfig]:
         raise MiniMindError(f"unknown vision preset {name!r}; choose from {', '.join(VISION_PRESETS)}")
     text, vision = VISION_PRESETS[name]
     return preset(text), dataclasses.replace(vision)
+
+
+MINIMIND_O = ("minimind_o", "MiniMindOForConditionalGeneration")
+
+
+@dataclass
+class AudioConfig:
+    """The speech side of an omni model (MiniMind-O's layout, every part trained here; `minimind.model.omni`).
+
+    Hearing: 16 kHz audio → 80-bin log-mel at 100 frames/s → an encoder (two convolutions, the second of stride 2,
+    then frames stacked by 4: 12.5 tokens/s; `encoder_layers` transformer layers of `encoder_size`) → a projector
+    (LayerNorm, Linear, GELU, Linear) into the language model's width → one `<|audio_pad|>` (audio_token_id) position
+    per token. Speaking: a Talker of `talker_layers` decoder layers reads the Thinker's hidden state after layer
+    `bridge_layer` (−1: the middle one, num_hidden_layers // 2 − 1, as MiniMind-O) and predicts `codebooks` streams
+    of audio units in parallel, one frame per text position with a one-step delay per codebook; the units are a
+    residual k-means codebook of `codebook_size` entries over `unit_frames` log-mel frames (`minimind.model.codec`),
+    turned back into sound by Griffin-Lim.
+    """
+    n_mels: int = 80
+    encoder_size: int = 128
+    encoder_layers: int = 2
+    encoder_heads: int = 4
+    audio_token_id: int = 16
+    talker_layers: int = 2                 # 0: a model that hears but does not speak
+    bridge_layer: int = -1
+    codebooks: int = 8
+    codebook_size: int = 256
+    unit_frames: int = 8                   # log-mel frames per unit frame: 8 × 10 ms = 80 ms (Mimi's 12.5 Hz)
+    stop_weight: float = 10.0              # the stop unit's weight in the Talker's loss (MiniMind-O: ×10)
+
+    def __post_init__(self):
+        for name in ("n_mels", "encoder_size", "encoder_layers", "encoder_heads", "codebooks", "codebook_size",
+                     "unit_frames"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise MiniMindError(f"audio config field '{name}' must be a positive integer, got {value!r}")
+        if not isinstance(self.talker_layers, int) or self.talker_layers < 0:
+            raise MiniMindError(f"audio config field 'talker_layers' must be ≥ 0, got {self.talker_layers!r}")
+        if self.encoder_size % self.encoder_heads:
+            raise MiniMindError(f"audio config: encoder_size ({self.encoder_size}) must be a multiple of "
+                                f"encoder_heads ({self.encoder_heads})")
+
+    @property
+    def pad_unit(self) -> int:
+        """The Talker's 'no unit here' id (before a codebook starts, after it stops)."""
+        return self.codebook_size
+
+    @property
+    def stop_unit(self) -> int:
+        return self.codebook_size + 1
+
+    @property
+    def unit_vocab(self) -> int:
+        """Units per codebook: the codebook's entries, pad and stop."""
+        return self.codebook_size + 2
+
+    def bridge(self, text: ModelConfig) -> int:
+        """The Thinker layer whose output the Talker reads (0-based)."""
+        layer = text.num_hidden_layers // 2 - 1 if self.bridge_layer == -1 else self.bridge_layer
+        if not 0 <= layer < text.num_hidden_layers:
+            raise MiniMindError(f"audio config field 'bridge_layer' must name a layer 0–{text.num_hidden_layers - 1}"
+                                f" (or -1), got {self.bridge_layer}")
+        return layer
+
+    def replace(self, **changes) -> AudioConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_hf_dict(self, text: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
+        """config.json of an omni model: our own architectures name (no stock class computes it), the Thinker's
+        Qwen3 config as text_config."""
+        return {"architectures": [MINIMIND_O[1]], "model_type": MINIMIND_O[0], "text_config": text.to_hf_dict(dtype),
+                "audio_config": dataclasses.asdict(self), "audio_token_index": self.audio_token_id,
+                "tie_word_embeddings": text.tie_word_embeddings, "torch_dtype": dtype}
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple[ModelConfig, AudioConfig]:
+        """An omni model directory's config.json → (text config, audio config)."""
+        d, source = read_json_object(path), str(path)
+        for key in ("text_config", "audio_config"):
+            if not isinstance(d.get(key), dict):
+                raise MiniMindError(f"{source}: missing object '{key}'")
+        text = ModelConfig.from_hf_dict(d["text_config"], source=f"{source}: text_config")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d["audio_config"]) - names)
+        if unknown:
+            raise MiniMindError(f"{source}: audio_config has unknown field '{unknown[0]}'")
+        try:
+            return text, cls(**d["audio_config"])
+        except TypeError as e:
+            raise MiniMindError(f"{source}: audio_config: {e}") from None
+
+
+# Omni models: (text preset, audio side). minimind-3o is MiniMind-O's shape (a 4-layer Talker of the Thinker's width,
+# 8 codebooks); the small ones train from nothing on a CPU in minutes.
+OMNI_PRESETS: dict[str, tuple[str, AudioConfig]] = {
+    "minimind-3o": ("minimind-3", AudioConfig(encoder_size=512, encoder_layers=4, encoder_heads=8, talker_layers=4,
+                                              codebook_size=1024)),
+    "mini-o": ("micro", AudioConfig()),
+    "tiny-o": ("tiny", AudioConfig(encoder_size=32, encoder_layers=1, encoder_heads=2, talker_layers=1, codebooks=4,
+                                   codebook_size=16)),
+}
+
+
+def omni_preset(name: str) -> tuple[ModelConfig, AudioConfig]:
+    if name not in OMNI_PRESETS:
+        raise MiniMindError(f"unknown omni preset {name!r}; choose from {', '.join(OMNI_PRESETS)}")
+    text, audio = OMNI_PRESETS[name]
+    return preset(text), dataclasses.replace(audio)

@@ -10,6 +10,9 @@
               or {…, "images": [path, …]}; parquet rows                 each `<image>` in a user message takes the
               {"conversations": json, "image_bytes": bytes | [bytes]}   next image; no marker at all = a text-only
                                                                             row whose image is a placeholder (ignored)
+    speech    {"conversations": [message, …], "audios": [path, …],     sft with sound (MiniMind-O's): each `<audio>`
+               "answer_audio"?: path}; parquet rows may hold bytes in   in a user message takes the next clip; the
+              "question_audios" / "answer_audio"                        last assistant turn spoken (answer_audio)
     message   {"role": "system"|"user"|"assistant"|"tool", "content": str,
                "reasoning_content"?: str, "tool_calls"?: [{"name", "arguments"} | {"function": {…}}]}
 
@@ -28,8 +31,10 @@ from minimind.errors import MiniMindError
 from minimind.jsonl import JSONProblem, loads, parse_line
 from minimind.tokenizer.tokenizer import IMAGE_PAD
 
-STAGES = ("pretrain", "sft", "dpo", "rl", "vision", "labels")
+STAGES = ("pretrain", "sft", "dpo", "rl", "vision", "labels", "speech")
 IMAGE_MARKER = "<image>"          # MiniMind-V's placeholder for one image in a message
+AUDIO_MARKER = "<audio>"          # one clip in a user message (its run of <|audio_pad|> tokens)
+AUDIO_PAD = "<|audio_pad|>"
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -74,7 +79,7 @@ def read_records(path: str | Path, stage: str, skip_bad: bool = False,
                 report.first_errors.append(message)
             continue
         report.records += 1
-        if stage in ("vision", "labels"):
+        if stage in ("vision", "labels", "speech"):
             record |= {"where": where, "base": str(path.parent)}
         yield record
 
@@ -178,6 +183,36 @@ def _vision(raw: dict) -> dict:
         raise _Bad("conversations", f"has {markers} {IMAGE_MARKER} marker(s) for {len(images)} image(s)")
     kind = raw.get("type")                   # a question's type (`minimind eval --task vqa` groups by it)
     return record | {"images": images} | ({"type": kind} if isinstance(kind, str) and kind else {})
+
+
+def _speech(raw: dict) -> dict:
+    """sft's checks, and the sound: "audios" (paths relative to the file, or bytes: MiniMind-O's
+    "question_audios"), one per `<audio>` marker of the user messages in order; "answer_audio" (a path or bytes),
+    the last assistant message spoken, for the Talker."""
+    if isinstance(raw.get("conversations"), str):
+        raw = raw | {"conversations": _loads(raw["conversations"], "conversations")}
+    record = _sft(raw)
+    key = "audios" if "audios" in raw else "question_audios"
+    audios = raw.get(key) or []
+    if not isinstance(audios, list) or not all(isinstance(a, (str, bytes)) and a for a in audios):
+        raise _Bad(key, "must be a list of audio file paths (or bytes)")
+    markers = 0
+    for i, message in enumerate(record["messages"]):
+        if AUDIO_PAD in message["content"]:
+            raise _Bad(f"conversations[{i}].content", f"holds {AUDIO_PAD} itself; mark a clip with {AUDIO_MARKER}")
+        if AUDIO_MARKER in message["content"] and message["role"] != "user":
+            raise _Bad(f"conversations[{i}].content", f"{AUDIO_MARKER} may only appear in user messages")
+        markers += message["content"].count(AUDIO_MARKER)
+    if markers != len(audios):
+        raise _Bad("conversations", f"has {markers} {AUDIO_MARKER} marker(s) for {len(audios)} clip(s)")
+    answer = raw.get("answer_audio")
+    if answer is not None and not (isinstance(answer, (str, bytes)) and answer):
+        raise _Bad("answer_audio", "must be an audio file's path (or bytes)")
+    if answer is not None and record["messages"][-1]["role"] != "assistant":
+        raise _Bad("answer_audio", "speaks the last assistant message; the conversation does not end with one")
+    kind = raw.get("type")
+    return record | {"audios": list(audios), "answer_audio": answer} | (
+        {"type": kind} if isinstance(kind, str) and kind else {})
 
 
 def expand_image_markers(messages: list[dict], image_tokens: int) -> list[dict]:
@@ -294,4 +329,5 @@ def _labels(raw: dict) -> dict:
     return {"image": image, "labels": labels}
 
 
-VALIDATORS = {"pretrain": _pretrain, "sft": _sft, "dpo": _dpo, "rl": _rl, "vision": _vision, "labels": _labels}
+VALIDATORS = {"pretrain": _pretrain, "sft": _sft, "dpo": _dpo, "rl": _rl, "vision": _vision, "labels": _labels,
+              "speech": _speech}

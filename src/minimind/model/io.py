@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from minimind.config import ModelConfig, VisionConfig, read_json_object
+from minimind.config import AudioConfig, ModelConfig, VisionConfig, read_json_object
 from minimind.errors import MiniMindError
 from minimind.model.kernels import Kernels, use_kernels
 from minimind.model.reward import SEQUENCE_CLASSIFICATION, RewardModel
 from minimind.model.save import INDEX, WEIGHTS, generation_config, nonfinite_count, save_model, to_checkpoint
+from minimind.model.omni import OmniModel, is_omni_dir
 from minimind.model.transformer import Transformer
 from minimind.model.vlm import VisionLanguageModel, from_disk_names, is_vision_dir
 from minimind.runtime import resolve_device
@@ -127,6 +128,9 @@ def _load(path, build, device, dtype, rope_scaling, allow_nonfinite=False):
     if is_vision_dir(path):
         config, vision = VisionConfig.load(path / "config.json")
         build, tensors = partial(VisionLanguageModel, vision=vision), from_disk_names(read_tensors(path))
+    elif is_omni_dir(path):
+        config, audio = AudioConfig.load(path / "config.json")
+        build, tensors = partial(OmniModel, audio=audio), read_tensors(path)
     else:
         config, tensors = ModelConfig.load(path / "config.json"), read_tensors(path)
     if rope_scaling is not None:
