@@ -2,7 +2,9 @@
 
 REPL commands: /reset (forget the history), /system TEXT, /think on|off, /image PATH (attach to the next message),
 /exit. A vision model reads images given with --image (repeatable): each takes the place of an `<image>` marker in
-the message, or, when the message has none, they come first, one per line (as MiniMind-V's demo puts them).
+the message, or, when the message has none, they come first, one per line (as MiniMind-V's demo puts them). An
+omni model hears clips given with --audio (wav, flac, mp3) the same way (`<audio>` markers), and with --speak
+OUT.wav says its reply too (`minimind.infer.omni.speak`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import sys
 import time
 
-from minimind.data.formats import IMAGE_MARKER
+from minimind.data.audio import read_audio, write_wav
+from minimind.data.formats import AUDIO_MARKER, IMAGE_MARKER
 from minimind.data.images import load_array
 from minimind.errors import MiniMindError
 from minimind.infer import Completion, Engine, SamplingParams
@@ -29,17 +32,30 @@ def load_images(model, paths: list[str]) -> list:
     return [load_array(path, vision.image_size, where=str(path)) for path in paths]
 
 
-def with_image_markers(text: str, count: int) -> str:
-    """`text` with an `<image>` line per image in front, unless it places its images itself."""
-    return text if IMAGE_MARKER in text else (IMAGE_MARKER + "\n") * count + text
+def load_audios(model, paths: list[str]) -> list:
+    """The clips at `paths` as the model's encoder reads them (log-mel [n_mels, F]); refused for a model that does
+    not hear."""
+    if not paths:
+        return []
+    audio = getattr(model, "audio", None)
+    if audio is None:
+        raise MiniMindError("--audio: this model hears no audio (it is not an omni model)")
+    from minimind.model.audio import log_mel
+
+    return [log_mel(read_audio(path, where=str(path)), audio.n_mels) for path in paths]
+
+
+def with_image_markers(text: str, count: int, marker: str = IMAGE_MARKER) -> str:
+    """`text` with a marker line per image (or clip) in front, unless it places them itself."""
+    return text if marker in text else (marker + "\n") * count + text
 
 
 def stream_reply(engine: Engine, prompt: list[int], params: SamplingParams, images: list | None = None,
-                 show=None, show_steps: bool = False) -> Completion:
+                 show=None, show_steps: bool = False, audios: list | None = None) -> Completion:
     """One prompt's completion, each new piece of text passed to `show` as it comes. show_steps: a diffusion
     model's denoising trajectory is printed instead, a line per step (the text so far, then the block: ░ for [MASK],
     ↵ for a line break, ✓ where a block completes), and `show` gets the whole text at the end."""
-    batch = engine.start([prompt], params, images=[images or []])
+    batch = engine.start([prompt], params, images=[images or []], audios=[audios or []])
     row, text, step = batch.rows[0], "", 0
     while batch:
         (delta,) = batch.step()
@@ -56,14 +72,25 @@ def stream_reply(engine: Engine, prompt: list[int], params: SamplingParams, imag
 
 
 def one_shot(engine: Engine, prompt: str, params: SamplingParams, system: str | None = None,
-             thinking: bool = False, images: list | None = None, show_steps: bool = False) -> str:
-    """The reply's content only (tool calls, if any, as their <tool_call> text)."""
-    if not prompt.strip():
+             thinking: bool = False, images: list | None = None, show_steps: bool = False,
+             audios: list | None = None, speak_to: str | None = None) -> str:
+    """The reply's content only (tool calls, if any, as their <tool_call> text); with `speak_to`, an omni model's
+    spoken reply is written there as a wav file."""
+    if not prompt.strip() and not audios:
         raise MiniMindError("empty prompt")
-    user = {"role": "user", "content": with_image_markers(prompt, len(images or []))}
-    messages = ([{"role": "system", "content": system}] if system else []) + [user]
-    completion = stream_reply(engine, engine.chat_prompt(messages, enable_thinking=thinking), params, images,
-                              show_steps=show_steps)
+    content = with_image_markers(with_image_markers(prompt, len(images or [])), len(audios or []), AUDIO_MARKER)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+    chat_prompt = engine.chat_prompt(messages, enable_thinking=thinking, audios=audios)
+    if speak_to is not None:
+        from minimind.infer.omni import speak
+
+        if getattr(engine.model, "talker", None) is None:
+            raise MiniMindError("--speak: this model does not speak (it is not an omni model with a Talker)")
+        spoken = speak(engine.model, engine.tokenizer, chat_prompt, audios, params, seed=params.seed or 0)
+        write_wav(speak_to, spoken.wave)
+        print(f"(spoke {spoken.seconds:.1f} s into {speak_to})", file=sys.stderr)
+        return engine.tokenizer.decode(spoken.text_ids, skip_special_tokens=True).strip()
+    completion = stream_reply(engine, chat_prompt, params, images, show_steps=show_steps, audios=audios)
     parsed = parse_output(completion.text)
     return parsed.content if not parsed.tool_calls else completion.text
 

@@ -87,6 +87,11 @@ def cmd_info(args) -> None:
         v = vision
         kind = (f"Llava ({v.family} tower {v.num_hidden_layers} × {v.hidden_size}, {v.image_size}² / {v.patch_size} → "
                 f"{v.image_tokens} tokens per image, {v.projector} projector) on {kind}")
+    audio = getattr(model, "audio", None)
+    if audio is not None:
+        kind = (f"MiniMind-O (audio encoder {audio.encoder_layers} × {audio.encoder_size}, 12.5 tokens/s; Talker "
+                f"{audio.talker_layers} layers reading layer {model.bridge_layer}, {audio.codebooks} codebooks × "
+                f"{audio.codebook_size} units per 80 ms) on {kind}")
     if c.is_diffusion:
         kind = f"masked diffusion ([MASK] = {c.mask_token_id}) on {kind}"
     print(f"{args.model}: {kind}, {_param_summary(model)}")
@@ -101,11 +106,14 @@ def cmd_info(args) -> None:
 
 
 def _text_config(model_dir: str):
-    """The decoder's config of a model directory (a vision model's text_config)."""
-    from minimind.config import ModelConfig, VisionConfig
+    """The decoder's config of a model directory (a vision or omni model's text_config)."""
+    from minimind.config import AudioConfig, ModelConfig, VisionConfig
+    from minimind.model.omni import is_omni_dir
     from minimind.model.vlm import is_vision_dir
 
     path = Path(model_dir) / "config.json"
+    if is_omni_dir(model_dir):
+        return AudioConfig.load(path)[0]
     return VisionConfig.load(path)[0] if is_vision_dir(model_dir) else ModelConfig.load(path)
 
 
@@ -185,14 +193,15 @@ def cmd_generate(args) -> None:
 
 def cmd_chat(args) -> None:
     """One-shot (--prompt: print only the reply) or an interactive REPL with history and streaming."""
-    from minimind.chat import load_images, one_shot, repl
+    from minimind.chat import load_audios, load_images, one_shot, repl
 
     engine = _engine(args, *_load_for_inference(args))
     params = _sampling(args)
     images = load_images(engine.model, args.image)
-    if args.prompt is not None:
-        print(one_shot(engine, args.prompt, params, system=args.system, thinking=args.think, images=images,
-                       show_steps=args.show_steps))
+    audios = load_audios(engine.model, args.audio)
+    if args.prompt is not None or audios or args.speak:
+        print(one_shot(engine, args.prompt or "", params, system=args.system, thinking=args.think, images=images,
+                       show_steps=args.show_steps, audios=audios, speak_to=args.speak))
     else:
         repl(engine, params, system=args.system, thinking=args.think, images=images, show_steps=args.show_steps)
 
@@ -627,6 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="system message")
     p.add_argument("--think", action="store_true", help="let the model reason in <think> first")
     _image_arg(p)
+    p.add_argument("--audio", action="append", default=[], metavar="PATH",
+                   help="a clip for an omni model (wav, flac, mp3; repeatable): it fills an <audio> marker of the "
+                        "prompt, or comes first; one reply, as with --prompt")
+    p.add_argument("--speak", metavar="OUT.wav", help="an omni model says its reply too, into this wav file")
     _inference_args(p, temperature=0.7, max_new_tokens=512)
     p.set_defaults(func=cmd_chat)
 

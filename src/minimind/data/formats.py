@@ -222,6 +222,21 @@ def expand_image_markers(messages: list[dict], image_tokens: int) -> list[dict]:
             if m.get("role") == "user" and isinstance(m.get("content"), str) else m for m in messages]
 
 
+def expand_audio_markers(messages: list[dict], frames: list[int]) -> list[dict]:
+    """Each `<audio>` of the user messages, in order → the <|audio_pad|> run of its clip
+    (⌈frames/8⌉ tokens: `minimind.model.audio.audio_tokens`)."""
+    runs = iter(frames)
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if m.get("role") == "user" and isinstance(content, str) and AUDIO_MARKER in content:
+            pieces = content.split(AUDIO_MARKER)
+            content = pieces[0] + "".join(AUDIO_PAD * -(-next(runs) // 8) + p for p in pieces[1:])
+            m = m | {"content": content}
+        out.append(m)
+    return out
+
+
 def _image_list(raw: dict) -> list:
     if raw.get("image_bytes") is not None:
         value = raw["image_bytes"]

@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from minimind.data.formats import expand_image_markers
+from minimind.data.formats import expand_audio_markers, expand_image_markers
 from minimind.errors import MiniMindError
 from minimind.infer.sampling import SamplingParams, apply_penalties, sample
+from minimind.model.audio import batch_mels
 from minimind.model.cache import KVCache
 from minimind.model.layers import autocast_dtype
+from minimind.model.omni import check_audio_tokens
 from minimind.model.transformer import Transformer
 from minimind.model.vision import pixel_values
 from minimind.model.vlm import check_image_tokens
@@ -257,10 +259,10 @@ class Engine:
     # ---- public API -------------------------------------------------------------------------------------------
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
-                 images: list[list] | None = None) -> list[list[Completion]]:
-        """All completions: [prompt][sample] (params: one for all prompts, or one per prompt; images: per prompt,
-        its images in order)."""
-        batch = self.start(prompts, params, images=images)
+                 images: list[list] | None = None, audios: list[list] | None = None) -> list[list[Completion]]:
+        """All completions: [prompt][sample] (params: one for all prompts, or one per prompt; images / audios: per
+        prompt, its images or clips in order)."""
+        batch = self.start(prompts, params, images=images, audios=audios)
         rows = list(batch.rows)
         while batch:
             batch.step()
@@ -269,48 +271,54 @@ class Engine:
                                                            else [params] * len(prompts))]
 
     def stream(self, prompts: list[list[int]], params: SamplingParams,
-               images: list[list] | None = None) -> Iterator[list[Delta]]:
+               images: list[list] | None = None, audios: list[list] | None = None) -> Iterator[list[Delta]]:
         """Per step, a Delta for every row still running at the start of the step."""
-        batch = self.start(prompts, params, images=images)
+        batch = self.start(prompts, params, images=images, audios=audios)
         while batch:
             yield batch.step()
 
     def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
-                    enable_thinking: bool = False) -> list[int]:
-        """The generation prompt; a vision model's `<image>` markers become its runs of <|image_pad|>."""
+                    enable_thinking: bool = False, audios: list | None = None) -> list[int]:
+        """The generation prompt; a vision model's `<image>` markers become its runs of <|image_pad|>, an omni
+        model's `<audio>` markers the runs of `audios` (their log-mels, in order)."""
         vision = getattr(self.model, "vision", None)
         if vision is not None:
             messages = expand_image_markers(messages, vision.image_tokens)
+        if getattr(self.model, "audio", None) is not None:
+            messages = expand_audio_markers(messages, [m.shape[-1] for m in audios or []])
         return self.tokenizer.render_chat(messages, tools, add_generation_prompt=True,
                                           enable_thinking=enable_thinking)[0]
 
     def chat(self, messages: list[dict], params: SamplingParams, tools: list[dict] | None = None,
-             enable_thinking: bool = False, images: list | None = None) -> list[tuple[Completion, ParsedOutput]]:
+             enable_thinking: bool = False, images: list | None = None,
+             audios: list | None = None) -> list[tuple[Completion, ParsedOutput]]:
         """Reply to a conversation: each sample's completion and its parse (reasoning, content, tool calls).
-        `images`: one per `<image>` marker of the messages, in order."""
-        prompt = self.chat_prompt(messages, tools, enable_thinking)
-        completions = self.generate([prompt], params, images=[images or []])[0]
+        `images`: one per `<image>` marker of the messages, in order; `audios` (log-mels) one per `<audio>`."""
+        prompt = self.chat_prompt(messages, tools, enable_thinking, audios)
+        completions = self.generate([prompt], params, images=[images or []], audios=[audios or []])[0]
         return [(c, parse_output(c.text)) for c in completions]
 
     @torch.inference_mode()
     def start(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
-              handles: list[Hashable] | None = None, images: list[list] | None = None) -> Batch:
+              handles: list[Hashable] | None = None, images: list[list] | None = None,
+              audios: list[list] | None = None) -> Batch:
         """Prefill the prompts into a Batch of n rows per prompt: a common prefix of ≥ SHARED_PREFIX_MIN tokens
         once, then the rest in one left-padded forward (a sliding-window model: a window at a time, no shared
         prefix). Each prompt may have its own params (the server batches requests); rows report `handles[i]`
-        (default: i) and index i·n + j (with handles given: j). `images[i]`: prompt i's images (vision models)."""
+        (default: i) and index i·n + j (with handles given: j). `images[i]`: prompt i's images (vision models);
+        `audios[i]`: its clips' log-mels [n_mels, F] (omni models)."""
         params = params if isinstance(params, list) else [params] * len(prompts)
         for p in params:
             self.check_params(p)
         self.check_prompts(prompts)
-        pixels = self._pixel_values(prompts, images)
+        extra = self._media(prompts, images, audios)
         config, device = self.model.config, self.device
         rows = self._rows(prompts, params, handles)
 
         B, longest = len(prompts), max(map(len, prompts))
         # images are spliced in one forward; a sliding window counts cache positions and DeltaNet's convolution
         # reads the inputs just before, so with either, padding may only come first
-        shared = _shared_prefix(prompts) if pixels is None and not (config.is_windowed or config.is_hybrid) else 0
+        shared = _shared_prefix(prompts) if not extra and not (config.is_windowed or config.is_hybrid) else 0
         tails = [p[shared:] for p in prompts]
         width = longest - shared
         ids = torch.full((B, width), self.tokenizer.pad_id, dtype=torch.long)
@@ -325,9 +333,8 @@ class Engine:
         if shared:                                                # once, then copied to every row
             self.model(torch.tensor([prompts[0][:shared]], device=device), cache=cache, logits_to_keep=1)
             cache.repeat_rows(torch.tensor([B], device=device))
-        extra = {} if pixels is None else {"pixel_values": pixels}
         # a windowed model prefills a window at a time through its rings: memory stays bounded by the window
-        step = config.sliding_window if config.is_windowed and pixels is None else width
+        step = config.sliding_window if config.is_windowed and not extra else width
         for s in range(0, width, step):
             end = shared + min(s + step, width)
             logits = self.model(ids[:, s:s + step], attention_mask=key_mask[:, :end].long() if padded else None,
@@ -374,14 +381,33 @@ class Engine:
             check_image_tokens(prompt, len(own), vision,
                                where=f"prompt {i}" if len(prompts) > 1 else "the prompt")
 
-    def _pixel_values(self, prompts: list[list[int]], images: list[list] | None) -> torch.Tensor | None:
-        """The prompts' images as one batch of pixel values [N, 3, S, S] in prompt order (None: no image)."""
+    def check_audios(self, prompts: list[list[int]], audios: list[list] | None) -> None:
+        """Refuse clips for a model that does not hear, and a prompt whose <|audio_pad|> count is not its clips'."""
+        audio = getattr(self.model, "audio", None)
+        if audio is None:
+            if audios and any(audios):
+                raise MiniMindError("this model hears no audio (it is not an omni model)")
+            return
+        audios = audios or [[] for _ in prompts]
+        if len(audios) != len(prompts):
+            raise ValueError("audios: one list per prompt")
+        for i, (prompt, own) in enumerate(zip(prompts, audios, strict=True)):
+            check_audio_tokens(prompt, [m.shape[-1] for m in own], audio,
+                               where=f"prompt {i}" if len(prompts) > 1 else "the prompt")
+
+    def _media(self, prompts: list[list[int]], images: list[list] | None, audios: list[list] | None) -> dict:
+        """The model inputs beside the tokens: the prompts' images as pixel values [N, 3, S, S], or their clips as
+        log-mels [N, n_mels, F] with frames [N], in prompt order ({}: none)."""
         self.check_images(prompts, images)
-        vision = getattr(self.model, "vision", None)
+        self.check_audios(prompts, audios)
         arrays = [a for own in images or [] for a in own]
-        if not arrays:
-            return None
-        return pixel_values(torch.from_numpy(np.stack(arrays)).to(self.device), vision)
+        clips = [m for own in audios or [] for m in own]
+        if arrays:
+            return {"pixel_values": pixel_values(torch.from_numpy(np.stack(arrays)).to(self.device), self.model.vision)}
+        if clips:
+            mels, frames = batch_mels(clips)
+            return {"mels": mels.to(self.device), "frames": frames.to(self.device)}
+        return {}
 
     def _rows(self, prompts: list[list[int]], params: list[SamplingParams],
               handles: list[Hashable] | None) -> list[Row]:

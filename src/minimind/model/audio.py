@@ -8,8 +8,9 @@ The spectrogram is Whisper's (`transformers.WhisperFeatureExtractor` computes th
 STFT of n_fft 400 (reflect padding), |X|², a Slaney-style mel filterbank of 80 triangles over 0–8 kHz, the last
 frame dropped. The encoder is Whisper's front in small (two convolutions, the second of stride 2: 50 frames/s)
 with MiniMind-O's frame rate: 4 frames stacked into one token (12.5 tokens/s, 80 ms each), then a few
-bidirectional transformer layers. Padding never changes a clip's features: every convolution's output is zeroed
-past the clip's frames (its input too), and attention skips padded tokens, so a clip gives the same tokens alone or in a batch.
+bidirectional transformer layers. Padding never changes a clip's features: every convolution's input and output
+is zeroed past the clip's frames, and attention skips padded tokens, so a clip gives the same tokens alone or in a
+batch.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ class AudioEncoder(nn.Module):
 
     def forward(self, mels: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         B, _, T = mels.shape
+        if T % FRAMES_PER_TOKEN:
+            raise ValueError(f"mels have {T} frames; batch_mels pads them to a multiple of {FRAMES_PER_TOKEN}")
         padded = audio_tokens_tensor(frames) * FRAMES_PER_TOKEN       # each clip's frames, rounded up to 8
         keep = torch.arange(T, device=mels.device)[None] < padded[:, None]
         x = F.gelu(self.conv1(mels * keep[:, None])) * keep[:, None]

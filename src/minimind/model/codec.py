@@ -75,7 +75,7 @@ class MelCodec(nn.Module):
 
     def vocode(self, codes: torch.Tensor, iterations: int = 32) -> np.ndarray:
         """codes [codebooks, U] → float32 [U·unit_frames·160] at 16 kHz."""
-        return griffin_lim(mel_to_magnitude(self.decode(codes)), iterations)
+        return griffin_lim(mel_to_magnitude(self.decode(codes).cpu()), iterations)
 
     @torch.no_grad()
     def fit(self, log_mels: list[torch.Tensor], iterations: int = 12, seed: int = 0) -> dict:

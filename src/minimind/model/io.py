@@ -26,9 +26,9 @@ from safetensors import SafetensorError, safe_open
 from minimind.config import AudioConfig, ModelConfig, VisionConfig, read_json_object
 from minimind.errors import MiniMindError
 from minimind.model.kernels import Kernels, use_kernels
+from minimind.model.omni import OmniModel, is_omni_dir
 from minimind.model.reward import SEQUENCE_CLASSIFICATION, RewardModel
 from minimind.model.save import INDEX, WEIGHTS, generation_config, nonfinite_count, save_model, to_checkpoint
-from minimind.model.omni import OmniModel, is_omni_dir
 from minimind.model.transformer import Transformer
 from minimind.model.vlm import VisionLanguageModel, from_disk_names, is_vision_dir
 from minimind.runtime import resolve_device

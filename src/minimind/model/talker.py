@@ -31,9 +31,9 @@ from minimind.model.transformer import Backbone
 def talker_config(text: ModelConfig, audio: AudioConfig) -> ModelConfig:
     """The Talker's decoder: the Thinker's layer shape, `talker_layers` deep, dense, causal, full attention; its
     token table is the codebooks' shared embedding (codebooks × units)."""
-    return dataclasses.replace(text, num_hidden_layers=audio.talker_layers, vocab_size=audio.codebooks * audio.unit_vocab,
-                               num_experts=0, layer_types=None, use_sliding_window=False, objective="causal",
-                               tie_word_embeddings=False)
+    return dataclasses.replace(text, num_hidden_layers=audio.talker_layers,
+                               vocab_size=audio.codebooks * audio.unit_vocab, num_experts=0, layer_types=None,
+                               use_sliding_window=False, objective="causal", tie_word_embeddings=False)
 
 
 class Talker(nn.Module):

@@ -15,6 +15,7 @@ functions below it, which tests call directly. `create_app` only binds the route
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
@@ -26,9 +27,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from minimind.data.audio import from_base64, read_audio, wav_bytes
 from minimind.data.images import from_data_url, load_array
 from minimind.errors import MiniMindError
 from minimind.infer import Engine
+from minimind.infer.omni import speak
+from minimind.model.audio import log_mel
 from minimind.serve.protocol import (
     ChatRequest,
     CompletionRequest,
@@ -67,10 +71,12 @@ class Server:
 
     def __init__(self, engine: Engine, model_name: str, api_key: str | None = None, max_rows: int = 16,
                  max_body_bytes: int | None = None):
-        """max_body_bytes: the largest request body; default 1 MiB, or 24 MiB for a vision model (inline images)."""
-        vision = getattr(engine.model, "vision", None) is not None
+        """max_body_bytes: the largest request body; default 1 MiB, or 24 MiB for a vision or omni model (inline
+        images and clips)."""
+        media = any(getattr(engine.model, name, None) is not None for name in ("vision", "audio"))
         self.engine, self.model_name, self.api_key = engine, model_name, api_key
-        self.max_body_bytes = max_body_bytes or (24 << 20 if vision else 1 << 20)
+        self.max_body_bytes = max_body_bytes or (24 << 20 if media else 1 << 20)
+        self.speaking = asyncio.Lock()          # spoken replies: one at a time, beside the scheduler's batches
         self.scheduler = Scheduler(engine, max_rows=max_rows)
         self.tokenizer, self.context = engine.tokenizer, engine.model.config.max_position_embeddings
         self.token_text = TokenText(self.tokenizer)
@@ -115,7 +121,7 @@ class Server:
         return parsed
 
     def ticket(self, prompt: list[int], request, max_new_tokens: int | None, logprobs: int | None,
-               images: list | None = None) -> Ticket:
+               images: list | None = None, audios: list | None = None) -> Ticket:
         """A scheduler ticket for one prompt, its sampling checked; a prompt that fills the context is refused."""
         if len(prompt) >= self.context:
             raise APIError(400, f"the prompt has {len(prompt)} tokens; this model's context is {self.context} "
@@ -125,9 +131,10 @@ class Server:
             self.engine.check_params(params)
             self.engine.check_prompts([prompt])
             self.engine.check_images([prompt], [images or []])
+            self.engine.check_audios([prompt], [audios or []])
         except MiniMindError as e:
             raise APIError(400, str(e)) from None
-        return Ticket(prompt, params, asyncio.get_running_loop(), images)
+        return Ticket(prompt, params, asyncio.get_running_loop(), images, audios)
 
     def images(self, messages: list) -> list:
         """The images of the messages' image_url parts (data: URLs only), decoded and sized for the tower; a 400
@@ -148,6 +155,49 @@ class Server:
             except MiniMindError as e:
                 raise APIError(400, str(e), param=where) from None
         return out
+
+    def audios(self, messages: list) -> list:
+        """The clips of the messages' input_audio parts (base64 wav, flac, mp3, ogg) as log-mels; a 400 naming the
+        part for bad base64, an unreadable or overlong clip, or a model that does not hear."""
+        parts = [part for i, m in enumerate(messages) for part in m.input_audios(f"messages[{i}]")]
+        if not parts:
+            return []
+        audio = getattr(self.engine.model, "audio", None)
+        if audio is None:
+            raise APIError(400, f"{parts[0][0]}: this model hears no audio (it is not an omni model)",
+                           param=parts[0][0])
+        if len(parts) > MAX_IMAGES:
+            raise APIError(400, f"{len(parts)} clips; a request may hold {MAX_IMAGES}", param="messages")
+        out = []
+        for where, data in parts:
+            try:
+                out.append(log_mel(read_audio(from_base64(data, where), where), audio.n_mels))
+            except MiniMindError as e:
+                raise APIError(400, str(e), param=where) from None
+        return out
+
+    async def spoken(self, prompt: list[int], body, audios: list) -> tuple[str, dict]:
+        """An omni model's reply in text and sound (`minimind.infer.omni.speak`, one at a time in a worker thread):
+        (its text, OpenAI's message.audio object with a base64 wav)."""
+        if getattr(self.engine.model, "talker", None) is None:
+            raise APIError(400, "modalities: this model does not speak (it is not an omni model with a Talker)",
+                           param="modalities")
+        if body.n != 1 or body.tools:
+            raise APIError(400, "modalities: a spoken reply is one sample without tools", param="modalities")
+        fmt = (body.audio or {}).get("format", "wav")
+        if fmt != "wav":
+            raise APIError(400, f"audio.format: only wav is written, not {fmt!r}", param="audio.format")
+        params = body.sampling(body.max_completion_tokens or body.max_tokens or 256, None)
+        try:
+            self.engine.check_params(params)
+        except MiniMindError as e:
+            raise APIError(400, str(e)) from None
+        async with self.speaking:
+            reply = await asyncio.to_thread(speak, self.engine.model, self.tokenizer, prompt, audios, params,
+                                            seed=params.seed or 0)
+        text = self.tokenizer.decode(reply.text_ids, skip_special_tokens=True).strip()
+        return text, {"id": new_id("audio"), "data": base64.b64encode(wav_bytes(reply.wave)).decode(),
+                      "expires_at": int(time.time()) + 3600, "transcript": text}
 
     async def deltas(self, ticket: Ticket, request: Request, poll_disconnect: bool):
         """The ticket's Deltas as they come; cancels its rows if the client goes away."""
@@ -186,22 +236,33 @@ class Server:
         objective = self.engine.model.config.objective
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created,
                                              "owned_by": "minimind", "max_model_len": self.context,
-                                             "objective": objective}]}
+                                             "objective": objective, "modalities": self.modalities()}]}
+
+    def modalities(self) -> dict:
+        """What the model reads and writes: text, image (vision models), audio (omni models; out with a Talker)."""
+        model = self.engine.model
+        heard = ["audio"] if getattr(model, "audio", None) is not None else []
+        seen = ["image"] if getattr(model, "vision", None) is not None else []
+        return {"input": ["text", *seen, *heard],
+                "output": ["text", *(["audio"] if getattr(model, "talker", None) is not None else [])]}
 
     async def chat_completions(self, request: Request):
         body: ChatRequest = await self.read(request, ChatRequest)
         tools = [t.model_dump() for t in body.tools] if body.tools and body.tool_choice != "none" else None
         prefix = body.forced_prefix()
         thinking = body.thinking() and not prefix       # a forced tool call is the answer: no reasoning before it
+        audios = self.audios(body.messages)
         try:
-            prompt = self.engine.chat_prompt([m.as_template() for m in body.messages], tools, thinking)
+            prompt = self.engine.chat_prompt([m.as_template() for m in body.messages], tools, thinking, audios)
         except (KeyError, TypeError, ValueError) as e:
             raise APIError(400, f"messages cannot be rendered: {e}", param="messages") from None
         prompt += self.tokenizer.encode(prefix) if prefix else []
+        head = {"id": new_id("chatcmpl"), "created": int(time.time()), "model": self.model_name}
+        if body.speaks():
+            return await self.spoken_reply(prompt, body, audios, head)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         ticket = self.ticket(prompt, body, body.max_completion_tokens or body.max_tokens, logprobs,
-                             self.images(body.messages))
-        head = {"id": new_id("chatcmpl"), "created": int(time.time()), "model": self.model_name}
+                             self.images(body.messages), audios)
         start = reply_start(prefix)
         if body.stream:
             events = self.chat_events(ticket, request, body, start, head | {"object": "chat.completion.chunk"},
@@ -214,6 +275,32 @@ class Server:
                    for j, row in enumerate(rows)]
         return head | {"object": "chat.completion", "choices": choices,
                        "usage": usage(len(prompt), sum(d.tokens for row in rows for d in row))}
+
+    async def spoken_reply(self, prompt: list[int], body, audios: list, head: dict):
+        """A chat completion with `modalities: ["text", "audio"]`: the message's audio holds the wav and its
+        transcript (content null, as OpenAI's); streamed, one chunk with the transcript and one with the audio."""
+        if len(prompt) >= self.context:
+            raise APIError(400, f"the prompt has {len(prompt)} tokens; this model's context is {self.context} "
+                           "tokens", param="messages", code="context_length_exceeded")
+        text, audio = await self.spoken(prompt, body, audios)
+        tokens = len(self.tokenizer.encode(text))
+        if body.stream:
+            async def events():
+                chunk = head | {"object": "chat.completion.chunk"}
+                yield sse(chunk | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": None,
+                                                                      "audio": {"id": audio["id"],
+                                                                                "transcript": text}},
+                                                "finish_reason": None}]})
+                yield sse(chunk | {"choices": [{"index": 0, "delta": {"audio": {"id": audio["id"],
+                                                                                "data": audio["data"],
+                                                                                "expires_at": audio["expires_at"]}},
+                                                "finish_reason": "stop"}]})
+                yield "data: [DONE]\n\n"
+            return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+        message = {"role": "assistant", "content": None, "audio": audio}
+        return head | {"object": "chat.completion",
+                       "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+                       "usage": usage(len(prompt), tokens)}
 
     async def chat_events(self, ticket: Ticket, request: Request, body: ChatRequest, start: str, head: dict,
                           prompt_tokens: int):

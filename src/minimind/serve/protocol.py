@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from minimind.data.formats import IMAGE_MARKER
+from minimind.data.formats import AUDIO_MARKER, IMAGE_MARKER
 from minimind.infer import SamplingParams
 from minimind.tokenizer import ParsedOutput, Tokenizer
 
@@ -69,11 +69,13 @@ class Message(_Body):
 
     def as_template(self) -> dict:
         """The dict the chat template reads: text parts joined, an image part as an `<image>` line (its image is in
-        `image_urls`, in the same order), `developer` as `system`."""
+        `image_urls`, in the same order), an input_audio part as an `<audio>` line (`input_audios`), `developer` as
+        `system`."""
         content = self.content
         if isinstance(content, list):
+            markers = {"image_url": IMAGE_MARKER + "\n", "input_audio": AUDIO_MARKER + "\n"}
             content = "".join(part.get("text", "") if part.get("type") == "text" else
-                              IMAGE_MARKER + "\n" if part.get("type") == "image_url" else "" for part in content)
+                              markers.get(part.get("type"), "") for part in content)
         message = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
         if self.reasoning_content:
             message["reasoning_content"] = self.reasoning_content
@@ -94,6 +96,18 @@ class Message(_Body):
         return out
 
 
+    def input_audios(self, where: str) -> list[tuple[str, str]]:
+        """(where, base64 data) of each input_audio part ({"type": "input_audio", "input_audio": {"data": …,
+        "format": "wav" | "mp3" | …}}), in order; the format is read from the bytes themselves."""
+        out = []
+        for k, part in enumerate(self.content if isinstance(self.content, list) else []):
+            if part.get("type") == "input_audio":
+                body = part.get("input_audio")
+                out.append((f"{where}.content[{k}].input_audio.data", body.get("data") if isinstance(body, dict)
+                            else None))
+        return out
+
+
 class Tool(_Body):
     type: Literal["function"] = "function"
     function: dict[str, Any]
@@ -108,6 +122,11 @@ class ChatRequest(_Sampling):
     tool_choice: Literal["none", "auto", "required"] | dict | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     open_thinking: bool | None = None
+    modalities: list[Literal["text", "audio"]] | None = None    # ["text", "audio"]: an omni model speaks too
+    audio: dict[str, Any] | None = None                          # OpenAI's {"voice", "format"}: format wav only
+
+    def speaks(self) -> bool:
+        return "audio" in (self.modalities or [])
 
     def thinking(self) -> bool:
         kwargs = self.chat_template_kwargs or {}

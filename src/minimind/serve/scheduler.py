@@ -22,8 +22,9 @@ class Ticket:
     exception) out through an asyncio queue owned by the handler's event loop."""
 
     def __init__(self, prompt: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop,
-                 images: list | None = None):
+                 images: list | None = None, audios: list | None = None):
         self.prompt, self.params, self.loop, self.images = prompt, params, loop, images or []
+        self.audios = audios or []
         self.queue: asyncio.Queue = asyncio.Queue()
         self.running = params.n
 
@@ -80,7 +81,8 @@ class Scheduler:
             try:
                 if admitted:
                     joining = self.engine.start([t.prompt for t in admitted], [t.params for t in admitted],
-                                                handles=admitted, images=[t.images for t in admitted])
+                                                handles=admitted, images=[t.images for t in admitted],
+                                                audios=[t.audios for t in admitted])
                     batch = joining if not batch else (batch.extend(joining) or batch)
                 self.running_rows = len(batch) if batch else 0
                 if batch:

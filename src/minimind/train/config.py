@@ -17,6 +17,7 @@ from minimind.overrides import apply_overrides, from_dict, to_dict
 from minimind.rl.config import GRPOConfig, PPOConfig, RLConfig
 from minimind.train.diffusion import DiffusionTrainConfig
 from minimind.train.distill import DistillConfig
+from minimind.train.omni import OmniTrainConfig
 from minimind.train.preference import DPOConfig
 from minimind.train.registry import STAGES
 from minimind.train.vision import VisionTrainConfig
@@ -61,6 +62,7 @@ class TrainConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)      # stage grpo: group baselines, refills
     ppo: PPOConfig = field(default_factory=PPOConfig)         # stage ppo: the critic, GAE
     vision: VisionTrainConfig = field(default_factory=VisionTrainConfig)   # vision stages: what trains, the tower
+    omni: OmniTrainConfig = field(default_factory=OmniTrainConfig)         # stage omni: what trains
     diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)   # objective diffusion: ε, [MASK]
     batch_size: int = 8                  # packed rows per micro-batch (per process)
     tokens_per_step: int = 0             # tokens per optimiser step (all processes); 0 = one micro-batch each

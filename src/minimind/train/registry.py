@@ -12,6 +12,7 @@ from minimind.errors import MiniMindError
 from minimind.train.diffusion import MaskedDiffusion
 from minimind.train.distill import Distill
 from minimind.train.grpo import GRPO
+from minimind.train.omni import OmniSFT
 from minimind.train.ppo import PPO
 from minimind.train.preference import DPO, RewardModelling
 from minimind.train.stages import LanguageModelling, Stage
@@ -68,6 +69,8 @@ STAGES: dict[str, StageSpec] = {
     "vision-sft": StageSpec("vision-sft", "vision SFT on conversations about images (default: projector + LM layers "
                             "0 and -1)", "vision", lambda config: VisionLanguageModelling(config, "projector+layers"),
                             sections=("vision",)),
+    "omni": StageSpec("omni", "speech in and out (MiniMind-O): recognition, spoken instructions, text-to-speech and "
+                      "speech-to-speech, as the speech records say", "speech", OmniSFT, sections=("omni",)),
     "distill": StageSpec("distill", "distil a teacher into a student: logits (white-box), or --generate answers",
                          "sft", Distill, sections=("distill",), black_box=True),
 }
