@@ -412,13 +412,20 @@ def _is_reference(source: Path) -> bool:
 
 
 def cmd_quickstart(args) -> None:
+    if args.vision and args.omni:
+        raise MiniMindError("--vision or --omni: one job at a time")
     if args.vision:
         from minimind.vision_quickstart import vision_quickstart
 
         report = vision_quickstart(args.out or "runs/quickstart-vision", args.overrides)
+    elif args.omni:
+        from minimind.omni_quickstart import omni_quickstart
+
+        report = omni_quickstart(args.out or "runs/quickstart-omni", args.overrides)
     else:
         if args.overrides:
-            raise MiniMindError("config overrides are for --vision (the text job runs its two configs as they are)")
+            raise MiniMindError("config overrides are for --vision and --omni (the text job runs its two configs as "
+                                "they are)")
         from minimind.quickstart import quickstart
 
         report = quickstart(args.out or "runs/quickstart")
@@ -744,18 +751,22 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
 
     p = sub.add_parser("quickstart", help="the main job: data → pretrain → SFT → evaluate → report, on a CPU")
-    p.add_argument("--out", help="default: runs/quickstart (runs/quickstart-vision with --vision)")
+    p.add_argument("--out", help="default: runs/quickstart (runs/quickstart-vision with --vision, "
+                                 "runs/quickstart-omni with --omni)")
     p.add_argument("--vision", action="store_true",
                    help="the vision job: generated pictures → vision SFT of mini-v → held-out VQA → report")
+    p.add_argument("--omni", action="store_true",
+                   help="the omni job: espeak-ng speech → mini-o hearing and speaking → held-out WER, arithmetic, "
+                        "intelligibility → report and spoken samples")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="--vision: training overrides, e.g. max_steps=300")
+                   help="--vision, --omni: training overrides, e.g. max_steps=300")
     p.set_defaults(func=cmd_quickstart)
 
     data = sub.add_parser("data", help="data: prepare (tokenize once), fetch and build the default data")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="<data command>")
     p = data_sub.add_parser("prepare", help="tokenize jsonl files into a memory-mapped prepared directory")
-    p.add_argument("--stage", required=True, choices=[f for f in FORMATS if f != "labels"],
-                   help="the record format of the files (labelled images need no preparing)")
+    p.add_argument("--stage", required=True, choices=[f for f in FORMATS if f not in ("labels", "speech")],
+                   help="the record format of the files (labelled images and speech need no preparing)")
     p.add_argument("--data", nargs="+", required=True, metavar="FILE")
     p.add_argument("--tokenizer", required=True, help="a directory with tokenizer.json (e.g. a model directory)")
     p.add_argument("--out", required=True)

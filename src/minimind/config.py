@@ -607,6 +607,7 @@ class AudioConfig:
     codebook_size: int = 256
     unit_frames: int = 8                   # log-mel frames per unit frame: 8 × 10 ms = 80 ms (Mimi's 12.5 Hz)
     stop_weight: float = 10.0              # the stop unit's weight in the Talker's loss (MiniMind-O: ×10)
+    ctc_head: bool = True                  # a CTC head on the encoder: it learns to hear from transcripts directly
 
     def __post_init__(self):
         for name in ("n_mels", "encoder_size", "encoder_layers", "encoder_heads", "codebooks", "codebook_size",

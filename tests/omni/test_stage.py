@@ -77,3 +77,34 @@ def test_omni_stage_trains_fits_the_codec_and_speaks(speech_files, tmp_path):
     spoken = speak(model.eval(), tokenizer, prompt, max_frames=30)
     assert spoken.codes.shape[0] == model.audio.codebooks
     assert len(spoken.wave) == max(0, spoken.codes.shape[1] * 8 * 160 - 160)
+
+
+def test_transcripts_give_the_encoder_a_ctc_loss(speech_files, tmp_path):
+    import json
+
+    records = [json.loads(line) for line in speech_files.read_text().splitlines()]
+    for r in records:
+        if r["audios"]:
+            r["transcripts"] = [r["conversations"][-1]["content"]]
+    path = tmp_path / "said.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    for r in records:
+        for key in ("audios", "answer_audio"):
+            for name in ([r[key]] if isinstance(r.get(key), str) else r.get(key) or []):
+                (tmp_path / name).write_bytes((speech_files.parent / name).read_bytes())
+    tokenizer = load_tokenizer()
+    torch.manual_seed(0)
+    model = OmniModel(*omni_preset("tiny-o"))
+    examples = read_examples([str(path)], tokenizer, model.audio.n_mels)
+    batch = collate([e for e in examples if e.mels], tokenizer.pad_id, model.audio)
+    said = [tokenizer.encode(r["conversations"][-1]["content"]) for r in records if r["audios"]]
+    assert batch["ctc_lengths"].tolist() == [len(t) for t in said]
+    assert batch["ctc_targets"].tolist() == [i for t in said for i in t]
+    loss = model.ctc_loss(batch["mels"], batch["frames"], batch["ctc_targets"], batch["ctc_lengths"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        optimizer.zero_grad()
+        step = model.ctc_loss(batch["mels"], batch["frames"], batch["ctc_targets"], batch["ctc_lengths"])
+        step.backward()
+        optimizer.step()
+    assert float(step) < 0.3 * float(loss)                   # the encoder alone learns to spell what it hears

@@ -11,8 +11,9 @@
               {"conversations": json, "image_bytes": bytes | [bytes]}   next image; no marker at all = a text-only
                                                                             row whose image is a placeholder (ignored)
     speech    {"conversations": [message, …], "audios": [path, …],     sft with sound (MiniMind-O's): each `<audio>`
-               "answer_audio"?: path}; parquet rows may hold bytes in   in a user message takes the next clip; the
-              "question_audios" / "answer_audio"                        last assistant turn spoken (answer_audio)
+               "answer_audio"?: path, "transcripts"?: [str, …]};        in a user message takes the next clip; the
+              parquet rows may hold bytes in "question_audios" /        last assistant turn spoken (answer_audio);
+              "answer_audio"                                            what each clip says (the encoder's CTC)
     message   {"role": "system"|"user"|"assistant"|"tool", "content": str,
                "reasoning_content"?: str, "tool_calls"?: [{"name", "arguments"} | {"function": {…}}]}
 
@@ -205,13 +206,17 @@ def _speech(raw: dict) -> dict:
         markers += message["content"].count(AUDIO_MARKER)
     if markers != len(audios):
         raise _Bad("conversations", f"has {markers} {AUDIO_MARKER} marker(s) for {len(audios)} clip(s)")
+    transcripts = raw.get("transcripts")
+    if transcripts is not None and (not isinstance(transcripts, list) or len(transcripts) != len(audios)
+                                    or not all(isinstance(t, str) for t in transcripts)):
+        raise _Bad("transcripts", f"must be a list of {len(audios)} string(s), what each clip says")
     answer = raw.get("answer_audio")
     if answer is not None and not (isinstance(answer, (str, bytes)) and answer):
         raise _Bad("answer_audio", "must be an audio file's path (or bytes)")
     if answer is not None and record["messages"][-1]["role"] != "assistant":
         raise _Bad("answer_audio", "speaks the last assistant message; the conversation does not end with one")
     kind = raw.get("type")
-    return record | {"audios": list(audios), "answer_audio": answer} | (
+    return record | {"audios": list(audios), "answer_audio": answer, "transcripts": transcripts} | (
         {"type": kind} if isinstance(kind, str) and kind else {})
 
 

@@ -6,7 +6,7 @@ decoder). None can be downloaded here, so the units are ones we can fit on a CPU
     wave ─ mel_power ─► codec_log_mel: log10(max(power, 1e-5)) [80, F]
          ─ group unit_frames frames (80 ms) into one vector x [unit_frames·80] ─ residual k-means ─► codes [C]:
            r₀ = x;  code_c = argmin_k ‖r_c − E_c[k]‖;  r_{c+1} = r_c − E_c[code_c]
-    codes [C, U] ─ Σ_c E_c[code_c] ─► log-mel [80, U·unit_frames] ─ mel⁺ (least squares, ≥ 0) ─► |STFT|
+    codes [C, U] ─ Σ_c E_c[code_c] ─► log-mel [80, U·unit_frames] ─ non-negative least squares ─► |STFT|
          ─ Griffin-Lim (fast, momentum 0.99) ─► wave
 
 Each codebook refines what the ones before it left, as in an RVQ codec (Mimi, SoundStream), so codebook 0 carries
@@ -107,17 +107,19 @@ class MelCodec(nn.Module):
         return {"vectors": len(x), "mse_after_codebook": errors, "variance": float(x.var(0).mean())}
 
 
-_INVERSE: dict[int, torch.Tensor] = {}
-
-
-def mel_to_magnitude(log_mel: torch.Tensor) -> torch.Tensor:
-    """log10 mel power [n_mels, F] → STFT magnitude [n_fft/2 + 1, F]: the least-squares inverse of the filterbank
-    (its pseudo-inverse), negative powers set to 0, square root."""
-    n_mels = log_mel.shape[0]
-    if n_mels not in _INVERSE:
-        _INVERSE[n_mels] = torch.linalg.pinv(mel_filterbank(n_mels).double()).float()
-    power = _INVERSE[n_mels] @ (10.0 ** log_mel.float())
-    return power.clamp(min=0).sqrt()
+def mel_to_magnitude(log_mel: torch.Tensor, iterations: int = 100) -> torch.Tensor:
+    """log10 mel power [n_mels, F] → STFT magnitude [n_fft/2 + 1, F]: the non-negative power S that best explains the
+    mel power M through the filterbank B (min ‖B·S − M‖², S ≥ 0), by Lee and Seung's multiplicative updates
+    S ← S ⊙ BᵀM / BᵀBS from S = BᵀM, then √S. (The pseudo-inverse with negatives set to 0 is the one-line answer,
+    and it costs intelligibility: our recogniser's character error on espeak speech through it rose from 0.33 to
+    0.53; through this, 0.30, at about the original's 0.36.)"""
+    bank = mel_filterbank(log_mel.shape[0])
+    mel = 10.0 ** log_mel.float()
+    target = bank.T @ mel
+    power = target.clamp(min=1e-10)
+    for _ in range(iterations):
+        power = power * target / (bank.T @ (bank @ power)).clamp(min=1e-12)
+    return power.sqrt()
 
 
 def griffin_lim(magnitude: torch.Tensor, iterations: int = 32, momentum: float = 0.99, seed: int = 0) -> np.ndarray:

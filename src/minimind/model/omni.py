@@ -12,7 +12,8 @@ command (chat, serve, eval) runs on it unchanged.
 
 On disk: config.json with `architectures: [MiniMindOForConditionalGeneration]` (no stock class computes a Talker),
 the Thinker's Qwen3 config as `text_config`, `audio_config`; model.safetensors with the Thinker under Qwen3's names
-(`model.*`, `lm_head.weight`) and `audio_encoder.*`, `audio_projector.*`, `talker.*`, `codec.codebooks`; a
+(`model.*`, `lm_head.weight`) and `audio_encoder.*`, `audio_projector.*`, `talker.*`, `codec.codebooks`,
+`ctc_head.*`; a
 `preprocessor_config.json` describing the features as transformers' WhisperFeatureExtractor computes them.
 """
 
@@ -43,6 +44,7 @@ class OmniModel(Transformer):
         self.audio_projector = AudioProjector(audio, config.hidden_size)
         self.talker = Talker(config, audio) if audio.talker_layers else None
         self.codec = MelCodec(audio)
+        self.ctc_head = torch.nn.Linear(audio.encoder_size, config.vocab_size) if audio.ctc_head else None
         if self.talker is not None:
             self._init_talker()
 
@@ -60,6 +62,17 @@ class OmniModel(Transformer):
         x = self.audio_projector(self.audio_encoder(mels, frames))
         keep = torch.arange(x.shape[1], device=x.device)[None] < audio_tokens_tensor(frames.to(x.device))[:, None]
         return x[keep]
+
+    def ctc_loss(self, mels: torch.Tensor, frames: torch.Tensor, targets: torch.Tensor,
+                 target_lengths: torch.Tensor) -> torch.Tensor:
+        """Σ over clips of CTC's −log p(transcript | clip) from the encoder's tokens [N, T, encoder_size] through
+        `ctc_head` (blank = id 0, which no transcript holds): targets [Σ lengths] concatenated, target_lengths [N]
+        (0 = no transcript: left out)."""
+        keep = target_lengths > 0
+        log_probs = self.ctc_head(self.audio_encoder(mels, frames)).float().log_softmax(-1)
+        return torch.nn.functional.ctc_loss(log_probs[keep].transpose(0, 1), targets,
+                                            audio_tokens_tensor(frames)[keep], target_lengths[keep], blank=0,
+                                            reduction="sum", zero_infinity=True)
 
     def embed(self, input_ids: torch.Tensor, mels: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """Token embeddings [B, T, hidden] with the clips' features in the <|audio_pad|> positions (the count must
@@ -97,8 +110,8 @@ class OmniModel(Transformer):
     def flops_per_token(self, seq_len: int) -> int:
         """The Thinker's and the Talker's training FLOPs per text position (the encoder's, per clip, are left out,
         as the vision tower's are)."""
-        audio = sum(p.numel() for m in (self.audio_encoder, self.audio_projector) for p in m.parameters()
-                    if p.ndim > 1)
+        parts = [self.audio_encoder, self.audio_projector, *([self.ctc_head] if self.ctc_head is not None else [])]
+        audio = sum(p.numel() for m in parts for p in m.parameters() if p.ndim > 1)
         return super().flops_per_token(seq_len) - 6 * audio
 
     # ---- the directory -------------------------------------------------------------------------------------

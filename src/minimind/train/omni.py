@@ -15,7 +15,10 @@ row is
 
     Σ_answer tokens −log p(token)  +  Σ_steps (1/C) Σ_c w·(−log p(unit_c))          (w = 10 for stop, else 1)
 
-summed, over as many units as there are text targets and unit steps (the trainer divides). `omni.train` says what
+summed, over as many units as there are text targets and unit steps (the trainer divides). Clips whose record says
+what they hold ("transcripts") also train the encoder directly: `omni.ctc_weight` × CTC's −log p(transcript | clip)
+through the model's CTC head, counted per transcript token (SenseVoice, whose encoder MiniMind-O borrows, was
+trained so; from nothing, it is what teaches the encoder to hear in minutes). `omni.train` says what
 learns: all (default), projector (the audio projector alone: MiniMind-O's audio-projector phase),
 encoder+projector, or all-but-encoder.
 """
@@ -48,10 +51,13 @@ TRAINABLE = ("all", "projector", "encoder+projector", "all-but-encoder")
 class OmniTrainConfig:
     train: Literal[TRAINABLE] = "all"     # which parts learn, the rest frozen
     preset: str = "mini-o"                # the audio side's shape when `model` is a text model
+    ctc_weight: float = 1.0               # the encoder's CTC loss on the clips' transcripts (0: off)
 
     def validate(self) -> None:
         if self.train not in TRAINABLE:
             raise MiniMindError(f"config key 'omni.train' must be one of {', '.join(TRAINABLE)}; got {self.train!r}")
+        if not self.ctc_weight >= 0:
+            raise MiniMindError(f"config key 'omni.ctc_weight' must be ≥ 0; got {self.ctc_weight}")
         if self.preset not in OMNI_PRESETS:
             raise MiniMindError(f"config key 'omni.preset' must be one of {', '.join(OMNI_PRESETS)}")
 
@@ -64,6 +70,7 @@ class Example:
     start: int                           # the first position of the last answer (where its units begin)
     answer: torch.Tensor | None = None   # the answer's codec log-mel, until it is encoded
     units: torch.Tensor | None = None    # its units [codebooks, U]
+    transcripts: list[list[int]] | None = None   # what each clip says, as token ids (the CTC targets)
 
 
 def read_examples(files: list[str], tokenizer, n_mels: int) -> list[Example]:
@@ -84,8 +91,9 @@ def read_examples(files: list[str], tokenizer, n_mels: int) -> list[Example]:
                 wave = read_audio(source if isinstance(source, bytes) else base / source,
                                   where=f"{where}: answer_audio")
                 answer = codec_log_mel(wave, n_mels)
+            said = [tokenizer.encode(t) for t in record["transcripts"]] if record["transcripts"] else None
             examples.append(Example(ids, [t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)],
-                                    [m.half() for m in mels], start, answer))
+                                    [m.half() for m in mels], start, answer, transcripts=said))
     if not examples:
         raise MiniMindError(f"{', '.join(files)}: no speech records")
     return examples
@@ -110,6 +118,10 @@ def collate(examples: list[Example], pad_id: int, audio) -> dict[str, torch.Tens
     clips = [m for e in examples for m in e.mels]
     if clips:
         batch["mels"], batch["frames"] = batch_mels(clips)
+        said = [t for e in examples for t in (e.transcripts or [[]] * len(e.mels))]
+        if any(said):
+            batch["ctc_targets"] = torch.tensor([i for t in said for i in t], dtype=torch.long)
+            batch["ctc_lengths"] = torch.tensor([len(t) for t in said], dtype=torch.long)
     if any(s is not None for s in streams):
         units = torch.full((B, C, L + 1), audio.pad_unit, dtype=torch.long)
         targets = torch.full((B, C, L + 1), IGNORE_INDEX, dtype=torch.long)
@@ -214,10 +226,16 @@ class OmniSFT(Stage):
         count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
         if "unit_targets" in batch:
             count = count + (batch["unit_targets"] != IGNORE_INDEX).any(1).sum()
+        if self.ctc(batch):
+            count = count + batch["ctc_lengths"].sum()
         return count
 
+    def ctc(self, batch) -> bool:
+        return self.settings.ctc_weight > 0 and "ctc_lengths" in batch and self.model.ctc_head is not None
+
     def parts(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(Σ text CE, Σ unit loss, MoE aux) of a batch."""
+        """(Σ text CE, Σ unit loss, MoE aux) of a batch; the encoder's weighted CTC loss is in the aux term's place
+        beside it (see `loss`)."""
         audio = {"mels": batch["mels"], "frames": batch["frames"]} if "mels" in batch else {}
         if "units" not in batch or model.talker is None:
             out = model(batch["input_ids"], labels=batch["labels"], reduction="sum", **audio)
@@ -229,7 +247,11 @@ class OmniSFT(Stage):
 
     def loss(self, model, batch):
         text, units, aux = self.parts(model, batch)
-        return Loss(text + units, aux)
+        total = text + units
+        if self.ctc(batch):
+            total = total + self.settings.ctc_weight * model.ctc_loss(batch["mels"], batch["frames"],
+                                                                      batch["ctc_targets"], batch["ctc_lengths"])
+        return Loss(total, aux)
 
     @torch.no_grad()
     def evaluate(self, model, batches, token_bytes) -> dict:

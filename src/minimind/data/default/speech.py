@@ -12,7 +12,7 @@ and sentences (word sequences are drawn fresh; a held-out record's sequence is n
 always spoken in one voice (OUTPUT_VOICES): MiniMind-O's default speaker.
 
 Files (`build_speech`): clips/{train,heldout}/*.flac (16 kHz), speech.jsonl and speech_heldout.jsonl (the
-`speech` record format, each with its "type" and "lang"), manifest.json.
+`speech` record format, each with its "type", "lang" and the "transcripts" of its clips), manifest.json.
 """
 
 from __future__ import annotations
@@ -186,10 +186,10 @@ def build_speech(out: str | Path, counts: dict[str, int] | None = None, heldout:
             record = {"conversations": [{"role": "user", "content": item["user"]},
                                         {"role": "assistant", "content": item["reply"]}],
                       "audios": [next(names) for _ in item["clips"]], "type": item["type"], "lang": item["lang"]}
+            if item["clips"]:
+                record["transcripts"] = [clip["text"] for clip in item["clips"]]
             if "answer_clip" in item:
                 record["answer_audio"] = next(names)
-            if "question" in item:
-                record["question"] = item["question"]
             if split == "heldout":
                 record["voice"] = item["clips"][0]["voice"] if item["clips"] else OUTPUT_VOICES[item["lang"]]
             records.append(record)
