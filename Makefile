@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEEPSPEED_VERSION ?= 0.19.8
 
-.PHONY: install browser test test-all test-interop interop lint demo demo-vision bench clean
+.PHONY: install browser speech test test-all test-interop interop lint demo demo-vision demo-omni bench clean
 
 install: $(VENV)/.installed
 
@@ -28,10 +28,19 @@ $(VENV)/.chromium: | install
 	  || echo "note: chromium could not be installed; the browser test will skip"
 	touch $@
 
-test: install browser
+# The speech data is spoken by Debian's espeak-ng; installed the same way (elsewhere its tests skip and say why).
+speech: $(VENV)/.espeak
+$(VENV)/.espeak: | install
+	@command -v espeak-ng >/dev/null \
+	  || { command -v apt-get >/dev/null && SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ) \
+	       && $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng >/dev/null; } \
+	  || echo "note: espeak-ng could not be installed; the speech data tests will skip"
+	touch $@
+
+test: install browser speech
 	$(BIN)/python -m pytest -q
 
-test-all: install browser
+test-all: install browser speech
 	$(BIN)/python -m pytest -q -m 'slow or not slow'
 
 # llama.cpp parity tests: llama-cpp-python has no CPU wheel on PyPI, so build it from its sdist once (4-11 min)
@@ -60,6 +69,10 @@ demo: install
 # The vision job: generated pictures → vision SFT of mini-v → held-out VQA → runs/quickstart-vision/report.md
 demo-vision: install
 	$(BIN)/minimind quickstart --vision --out runs/quickstart-vision
+
+# The omni job: espeak-ng speech → mini-o hearing and speaking → held-out measures → runs/quickstart-omni/report.md
+demo-omni: install speech
+	$(BIN)/minimind quickstart --omni --out runs/quickstart-omni
 
 bench: install
 	$(BIN)/python benchmarks/model_step.py

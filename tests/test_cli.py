@@ -237,3 +237,31 @@ def test_init_from_a_dense_model_makes_a_hybrid_keeping_its_weights(tmp_path, ca
     torch.testing.assert_close(hybrid.model.layers[1].self_attn.q_proj.weight,
                                dense.model.layers[1].self_attn.q_proj.weight)
     assert main(["init", "--from", str(tmp_path / "dense"), "--out", str(tmp_path / "x"), "hidden_size=128"]) == 2
+
+
+def test_omni_presets_init_info_and_sound_on_the_command_line(tmp_path, capsys):
+    import soundfile
+
+    from minimind.data.audio import write_wav
+    from tests.omni.conftest import tone
+
+    assert main(["presets"]) == 0
+    assert "mini-o" in (out := capsys.readouterr().out) and "8 × 256 units per 80 ms" in out
+    assert main(["init", "--preset", "tiny-o", "--out", str(tmp_path / "o")]) == 0
+    capsys.readouterr()
+    assert main(["info", "--model", str(tmp_path / "o")]) == 0
+    assert "MiniMind-O (audio encoder 1 × 32" in capsys.readouterr().out
+    write_wav(tmp_path / "q.wav", tone(0.5))
+    assert main(["chat", "--model", str(tmp_path / "o"), "--audio", str(tmp_path / "q.wav"), "--max-new-tokens", "4",
+                 "--temperature", "0"]) == 0
+    assert "error" not in capsys.readouterr().err
+    assert main(["chat", "--model", str(tmp_path / "o"), "--prompt", "Say: hi", "--speak", str(tmp_path / "a.wav"),
+                 "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    assert "spoke" in capsys.readouterr().err
+    assert soundfile.info(str(tmp_path / "a.wav")).samplerate == 16000
+    main(["init", "--preset", "tiny", "--out", str(tmp_path / "t")])
+    capsys.readouterr()
+    assert main(["chat", "--model", str(tmp_path / "t"), "--audio", str(tmp_path / "q.wav")]) == 2
+    assert "--audio: this model hears no audio" in capsys.readouterr().err
+    assert main(["chat", "--model", str(tmp_path / "o"), "--audio", str(tmp_path / "nope.wav")]) == 2
+    assert "nope.wav" in capsys.readouterr().err

@@ -15,8 +15,9 @@ from minimind.errors import MiniMindError
 def cmd_presets(args) -> None:
     import torch
 
-    from minimind.config import PRESETS, VISION_PRESETS
+    from minimind.config import OMNI_PRESETS, PRESETS, VISION_PRESETS
     from minimind.model import Transformer
+    from minimind.model.omni import OmniModel
     from minimind.model.vlm import VisionLanguageModel
 
     print(f"{'preset':<16} {'params':>10} {'active':>10}  shape")
@@ -34,13 +35,20 @@ def cmd_presets(args) -> None:
         shape = (f"{text} + tower {vision.num_hidden_layers} × {vision.hidden_size}, {vision.image_size}² / "
                  f"{vision.patch_size} → {vision.image_tokens} tokens per image")
         print(f"{name:<16} {_millions(model.num_params()):>10} {_millions(model.num_params(True)):>10}  {shape}")
+    for name, (text, audio) in OMNI_PRESETS.items():
+        with torch.device("meta"):
+            model = OmniModel(PRESETS[text], audio)
+        shape = (f"{text} + audio encoder {audio.encoder_layers} × {audio.encoder_size}, Talker {audio.talker_layers} "
+                 f"layers, {audio.codebooks} × {audio.codebook_size} units per 80 ms")
+        print(f"{name:<16} {_millions(model.num_params()):>10} {_millions(model.num_params(True)):>10}  {shape}")
 
 
 def cmd_init(args) -> None:
     import torch
 
-    from minimind.config import VISION_PRESETS, preset, vision_preset
+    from minimind.config import OMNI_PRESETS, VISION_PRESETS, omni_preset, preset, vision_preset
     from minimind.model import Transformer
+    from minimind.model.omni import OmniModel
     from minimind.model.vlm import VisionLanguageModel
     from minimind.overrides import apply_overrides
     from minimind.runtime import resolve_dtype
@@ -70,6 +78,9 @@ def cmd_init(args) -> None:
     if args.preset in VISION_PRESETS:
         text, vision = vision_preset(args.preset)
         model = VisionLanguageModel(apply_overrides(text, args.overrides), vision)
+    elif args.preset in OMNI_PRESETS:
+        text, audio = omni_preset(args.preset)
+        model = OmniModel(apply_overrides(text, args.overrides), audio)
     else:
         model = Transformer(apply_overrides(preset(args.preset), args.overrides))
     path = model.save(args.out, dtype=resolve_dtype(args.dtype), tokenizer=load_tokenizer())

@@ -1,7 +1,8 @@
 """Measuring an omni model on held-out speech (`minimind eval --task speech`, and the omni job's report).
 
     recognition    word error rate (English) and character error rate (Chinese) of "<audio> Transcribe."
-    arithmetic     exact-match accuracy of the answers to spoken questions (held-out voices and questions)
+    arithmetic     exact-match accuracy of the answers to spoken questions in held-out voices: questions asked in
+                   training, and questions never asked
     speech out     intelligibility: the character error rate our own recogniser gets on the model's speech
                    for held-out sentences (tts) and spoken answers (s2s)
 
@@ -117,12 +118,17 @@ def evaluate_speech(model, tokenizer, heldout: str | Path, train: str | Path | N
         answers = replies(engine, "<audio>", [log_mel(clip(r)) for r in arithmetic])
         guess = trivial(train, "arithmetic")
         result["arithmetic"] = {}
+        groups = {"seen questions": True, "unseen questions": False}
         for lang in sorted({r["lang"] for r in arithmetic}):
-            rows = [(r, a) for r, a in zip(arithmetic, answers, strict=True) if r["lang"] == lang]
-            right = sum(a == r["conversations"][-1]["content"] for r, a in rows)
-            chance = sum(guess.get(lang) == r["conversations"][-1]["content"] for r, _ in rows)
-            result["arithmetic"][lang] = {"n": len(rows), "accuracy": right / len(rows),
-                                          "most_frequent_answer": chance / len(rows)}
+            for name, seen in groups.items():
+                rows = [(r, a) for r, a in zip(arithmetic, answers, strict=True)
+                        if r["lang"] == lang and r.get("seen_question", False) == seen]
+                if not rows:
+                    continue
+                right = sum(a == r["conversations"][-1]["content"] for r, a in rows)
+                chance = sum(guess.get(lang) == r["conversations"][-1]["content"] for r, _ in rows)
+                result["arithmetic"][f"{lang}, {name}"] = {"n": len(rows), "accuracy": right / len(rows),
+                                                           "most_frequent_answer": chance / len(rows)}
         shown += [("arithmetic", r, a) for r, a in list(zip(arithmetic, answers, strict=True))[:samples]]
     talk = by_type.get("tts", []) + by_type.get("s2s", [])
     if talk and model.talker is not None:

@@ -7,8 +7,9 @@ by Debian's `espeak-ng` in many voices, speeds and pitches, with noise added.
     s2s        a spoken arithmetic question → the answer in words and in sound
 
 Held out by construction: voices (the VARIANTS_HELD_OUT voice variants, and the English accent ACCENT_HELD_OUT,
-never speak in training), arithmetic questions (a fifth of the (a, op, b) triples are never asked in training)
-and sentences (word sequences are drawn fresh; a held-out record's sequence is not a training one). The answers are
+never speak in training), arithmetic questions (a fifth of the (a, op, b) triples are never asked in training; half
+the held-out questions are those, half are asked ones in the new voices: "seen_question" says which) and sentences
+(word sequences are drawn fresh; a held-out record's sequence is not a training one). The answers are
 always spoken in one voice (OUTPUT_VOICES): MiniMind-O's default speaker.
 
 Files (`build_speech`): clips/{train,heldout}/*.flac (16 kHz), speech.jsonl and speech_heldout.jsonl (the
@@ -112,11 +113,12 @@ def voice(lang: str, held_out: bool, rng: random.Random) -> str:
     return base + (f"+{variant}" if variant else "")
 
 
-def plan(counts: dict[str, int], held_out: bool, seed: int) -> list[dict]:
+def plan(counts: dict[str, int], held_out: bool, seed: int, said: set[str] | None = None) -> list[dict]:
     """The records to speak: per type and language, `counts[type]` items (two thirds English), each with the
-    clips it needs as (text, voice, speed, pitch, snr) specs."""
+    clips it needs as (text, voice, speed, pitch, snr) specs. `said`: the word sequences of training, which a
+    training plan adds to and a held-out plan avoids."""
     rng = random.Random(seed)
-    items, trained = [], set()
+    items, trained = [], said if said is not None else set()
     for kind, total in counts.items():
         for i in range(total):
             lang = "en" if i % 3 else "zh"
@@ -128,9 +130,11 @@ def plan(counts: dict[str, int], held_out: bool, seed: int) -> list[dict]:
             def out(text: str, lang: str = lang) -> dict:         # the output voice, clean
                 return {"text": text, "voice": OUTPUT_VOICES[lang], "speed": 160, "pitch": 50, "snr": None}
             if kind in ("arithmetic", "s2s"):
-                a, op, b = arithmetic(held_out, rng)
+                unseen = held_out and i % 2 == 0       # held out: half never-asked questions, half asked ones
+                a, op, b = arithmetic(unseen, rng)
                 text, reply = question(a, op, b, lang), answer_words(a, op, b, lang)
-                item = {"user": "<audio>", "clips": [say(text)], "reply": reply, "question": text}
+                item = {"user": "<audio>", "clips": [say(text)], "reply": reply, "question": text,
+                        "seen_question": not unseen}
                 if kind == "s2s":
                     item["answer_clip"] = out(reply)
             else:
@@ -170,10 +174,11 @@ def build_speech(out: str | Path, counts: dict[str, int] | None = None, heldout:
     out = Path(out)
     manifest = {"sample_rate": SAMPLE_RATE, "voices_held_out": VARIANTS_HELD_OUT, "accent_held_out": ACCENT_HELD_OUT,
                 "output_voices": OUTPUT_VOICES, "splits": {}}
+    said = set()
     for split, wanted, held in (("train", counts, False), ("heldout", heldout, True)):
         folder = out / "clips" / split
         folder.mkdir(parents=True, exist_ok=True)
-        items = plan(wanted, held, seed + 1000 * held)
+        items = plan(wanted, held, seed + 1000 * held, said)
         specs = [(f"clips/{split}/{i:06d}_{k}.flac", spec) for i, item in enumerate(items)
                  for k, spec in enumerate(item["clips"] + ([item["answer_clip"]] if "answer_clip" in item else []))]
         noise = np.random.default_rng(seed + 7 + held)
@@ -190,6 +195,8 @@ def build_speech(out: str | Path, counts: dict[str, int] | None = None, heldout:
                 record["transcripts"] = [clip["text"] for clip in item["clips"]]
             if "answer_clip" in item:
                 record["answer_audio"] = next(names)
+            if "seen_question" in item and split == "heldout":
+                record["seen_question"] = item["seen_question"]
             if split == "heldout":
                 record["voice"] = item["clips"][0]["voice"] if item["clips"] else OUTPUT_VOICES[item["lang"]]
             records.append(record)
