@@ -1,4 +1,5 @@
-"""Atomic writes: a directory or file appears complete at its final path, or not at all."""
+"""Atomic writes: a directory or file appears complete at its final path, or not at all; and reading an input
+file (an image, a clip) whole, with a size limit and errors that name it."""
 
 from __future__ import annotations
 
@@ -41,9 +42,13 @@ def atomic_directory(path: str | Path, marker: str) -> Iterator[Path]:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
@@ -54,3 +59,20 @@ def _apply_umask(directory: Path) -> None:
     os.chmod(directory, 0o777 & ~umask)
     for file in directory.iterdir():
         os.chmod(file, (0o777 if file.is_dir() else 0o666) & ~umask)
+
+
+def read_input(source: str | Path | bytes, where: str, kind: str, limit: int) -> bytes:
+    """A path's bytes (or the bytes given), at most `limit` of them; a MiniMindError "where: kind file … not found /
+    unreadable / over the limit" otherwise."""
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except FileNotFoundError:
+            raise MiniMindError(f"{where}: {kind} file {source} not found") from None
+        except OSError as e:
+            raise MiniMindError(f"{where}: {kind} file {source} unreadable ({e.strerror or e})") from None
+    if len(data) > limit:
+        raise MiniMindError(f"{where}: the {kind} is {len(data):,} bytes; the limit is {limit:,}")
+    return data

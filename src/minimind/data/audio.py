@@ -15,13 +15,13 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import os
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from minimind.errors import MiniMindError
+from minimind.fileio import atomic_write_bytes, read_input
 
 SAMPLE_RATE = 16_000              # what the audio encoder and the codec read (Whisper's and SenseVoice's rate)
 MAX_BYTES = 20 * 2**20            # a larger upload is refused before decoding
@@ -33,17 +33,7 @@ def read_audio(source: str | Path | bytes, where: str = "audio") -> np.ndarray:
     "where: problem" for anything unreadable, empty or too long."""
     import soundfile
 
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    else:
-        try:
-            data = Path(source).read_bytes()
-        except FileNotFoundError:
-            raise MiniMindError(f"{where}: audio file {source} not found") from None
-        except OSError as e:
-            raise MiniMindError(f"{where}: audio file {source} unreadable ({e.strerror or e})") from None
-    if len(data) > MAX_BYTES:
-        raise MiniMindError(f"{where}: the audio is {len(data):,} bytes; the limit is {MAX_BYTES:,}")
+    data = read_input(source, where, "audio", MAX_BYTES)
     try:
         wave, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
@@ -82,9 +72,7 @@ def write_wav(path: str | Path, wave: np.ndarray, rate: int = SAMPLE_RATE) -> Pa
     """`wav_bytes` written to `path` through a temporary name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(wav_bytes(wave, rate))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, wav_bytes(wave, rate))
     return path
 
 

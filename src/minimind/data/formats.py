@@ -171,19 +171,26 @@ def _vision(raw: dict) -> dict:
         raw = raw | {"conversations": _loads(raw["conversations"], "conversations")}
     record = _sft(raw)
     images = _image_list(raw)
-    markers = 0
-    for i, message in enumerate(record["messages"]):
-        if IMAGE_PAD in message["content"]:
-            raise _Bad(f"conversations[{i}].content", f"holds {IMAGE_PAD} itself; mark an image with {IMAGE_MARKER}")
-        if IMAGE_MARKER in message["content"] and message["role"] != "user":
-            raise _Bad(f"conversations[{i}].content", f"{IMAGE_MARKER} may only appear in user messages")
-        markers += message["content"].count(IMAGE_MARKER)
+    markers = _count_markers(record["messages"], IMAGE_MARKER, IMAGE_PAD, "an image")
     if markers == 0:
         images = []                          # a text-only row (MiniMind-V gives it a placeholder picture)
     elif markers != len(images):
         raise _Bad("conversations", f"has {markers} {IMAGE_MARKER} marker(s) for {len(images)} image(s)")
     kind = raw.get("type")                   # a question's type (`minimind eval --task vqa` groups by it)
     return record | {"images": images} | ({"type": kind} if isinstance(kind, str) and kind else {})
+
+
+def _count_markers(messages: list[dict], marker: str, pad: str, what: str) -> int:
+    """The `marker`s of the user messages; a message holding the placeholder token itself, or a marker outside a
+    user message, is refused."""
+    count = 0
+    for i, message in enumerate(messages):
+        if pad in message["content"]:
+            raise _Bad(f"conversations[{i}].content", f"holds {pad} itself; mark {what} with {marker}")
+        if marker in message["content"] and message["role"] != "user":
+            raise _Bad(f"conversations[{i}].content", f"{marker} may only appear in user messages")
+        count += message["content"].count(marker)
+    return count
 
 
 def _speech(raw: dict) -> dict:
@@ -197,13 +204,7 @@ def _speech(raw: dict) -> dict:
     audios = raw.get(key) or []
     if not isinstance(audios, list) or not all(isinstance(a, (str, bytes)) and a for a in audios):
         raise _Bad(key, "must be a list of audio file paths (or bytes)")
-    markers = 0
-    for i, message in enumerate(record["messages"]):
-        if AUDIO_PAD in message["content"]:
-            raise _Bad(f"conversations[{i}].content", f"holds {AUDIO_PAD} itself; mark a clip with {AUDIO_MARKER}")
-        if AUDIO_MARKER in message["content"] and message["role"] != "user":
-            raise _Bad(f"conversations[{i}].content", f"{AUDIO_MARKER} may only appear in user messages")
-        markers += message["content"].count(AUDIO_MARKER)
+    markers = _count_markers(record["messages"], AUDIO_MARKER, AUDIO_PAD, "a clip")
     if markers != len(audios):
         raise _Bad("conversations", f"has {markers} {AUDIO_MARKER} marker(s) for {len(audios)} clip(s)")
     transcripts = raw.get("transcripts")

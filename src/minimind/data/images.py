@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from minimind.errors import MiniMindError
+from minimind.fileio import read_input
 
 MAX_BYTES = 20 * 2**20             # a larger upload is refused before decoding
 MAX_PIXELS = 40_000_000            # width × height; guards against decompression bombs
@@ -25,17 +26,7 @@ def read_image(source: str | Path | bytes, where: str = "image"):
     """A path or encoded bytes → PIL RGB image; a MiniMindError "where: problem" for anything unreadable."""
     from PIL import Image
 
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    else:
-        try:
-            data = Path(source).read_bytes()
-        except FileNotFoundError:
-            raise MiniMindError(f"{where}: image file {source} not found") from None
-        except OSError as e:
-            raise MiniMindError(f"{where}: image file {source} unreadable ({e.strerror or e})") from None
-    if len(data) > MAX_BYTES:
-        raise MiniMindError(f"{where}: the image is {len(data):,} bytes; the limit is {MAX_BYTES:,}")
+    data = read_input(source, where, "image", MAX_BYTES)
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.width * image.height > MAX_PIXELS:

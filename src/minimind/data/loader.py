@@ -220,6 +220,37 @@ def row_batches(data: TokenData, rows: list[Row], batch_size: int, seq_len: int,
                       device)
 
 
+class ShuffledBatches:
+    """Batches of item indices in a seeded permutation per epoch, split across ranks, resumable (state: epoch and
+    step); a subclass's `collate` turns the indices into tensors (the vision tower's images, the omni stage's
+    examples)."""
+
+    def __init__(self, size: int, batch: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.size, self.batch, self.seed, self.rank, self.world_size = size, batch, seed, rank, world_size
+        self.steps_per_epoch = max(1, size // (batch * world_size))
+        self.epoch = self.step = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        start = (self.step * self.world_size + self.rank) * self.batch
+        self.step += 1
+        if self.step == self.steps_per_epoch:
+            self.epoch, self.step = self.epoch + 1, 0
+        return self.collate(order[start:start + self.batch])
+
+    def collate(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "world_size": self.world_size, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step = state["epoch"], state["step"]
+
+
 class PackedLoader:
     """An iterator of batches of packed rows: {"input_ids", "labels", "position_ids"} LongTensors [B, seq_len].
 

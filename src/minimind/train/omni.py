@@ -35,6 +35,7 @@ import torch
 from minimind.config import OMNI_PRESETS, PRESETS, omni_preset
 from minimind.data.audio import read_audio
 from minimind.data.formats import expand_audio_markers, read_records
+from minimind.data.loader import ShuffledBatches
 from minimind.errors import MiniMindError
 from minimind.model import load_model
 from minimind.model.audio import batch_mels, log_mel
@@ -135,33 +136,17 @@ def collate(examples: list[Example], pad_id: int, audio) -> dict[str, torch.Tens
     return batch
 
 
-class ExampleLoader:
-    """Seeded shuffled batches of examples, split across ranks, resumable (the vision tower's loader's contract)."""
+class ExampleLoader(ShuffledBatches):
+    """Seeded shuffled batches of examples, collated, split across ranks, resumable."""
 
     def __init__(self, examples: list[Example], batch: int, seed: int, rank: int, world_size: int, device,
                  pad_id: int, audio):
-        self.examples, self.batch, self.seed, self.device = examples, batch, seed, device
-        self.rank, self.world_size, self.pad_id, self.audio = rank, world_size, pad_id, audio
-        self.steps_per_epoch = max(1, len(examples) // (batch * world_size))
-        self.epoch = self.step = 0
+        super().__init__(len(examples), batch, seed, rank, world_size)
+        self.examples, self.device, self.pad_id, self.audio = examples, device, pad_id, audio
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.examples))
-        start = (self.step * self.world_size + self.rank) * self.batch
-        self.step += 1
-        if self.step == self.steps_per_epoch:
-            self.epoch, self.step = self.epoch + 1, 0
-        batch = collate([self.examples[i] for i in order[start:start + self.batch]], self.pad_id, self.audio)
+    def collate(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        batch = collate([self.examples[i] for i in indices], self.pad_id, self.audio)
         return {k: v.to(self.device) for k, v in batch.items()}
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "world_size": self.world_size, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.step = state["epoch"], state["step"]
 
 
 class OmniSFT(Stage):

@@ -27,6 +27,7 @@ from torch import nn
 from minimind.config import VISION_PRESETS, VisionConfig, vision_preset
 from minimind.data.formats import read_records
 from minimind.data.images import load_array
+from minimind.data.loader import ShuffledBatches
 from minimind.errors import MiniMindError
 from minimind.fileio import atomic_directory
 from minimind.model.io import read_tensors, read_tower
@@ -107,32 +108,16 @@ def read_labelled(files: list[str], size: int, classes: dict[str, list] | None =
     return torch.from_numpy(images), torch.from_numpy(targets), classes
 
 
-class ImageLoader:
+class ImageLoader(ShuffledBatches):
     """Seeded shuffled batches of {"images", "labels"}, split across ranks, resumable."""
 
     def __init__(self, images, labels, batch: int, seed: int, rank: int, world_size: int, device):
-        self.images, self.labels, self.batch, self.seed, self.device = images, labels, batch, seed, device
-        self.rank, self.world_size = rank, world_size
-        self.steps_per_epoch = max(1, len(images) // (batch * world_size))
-        self.epoch = self.step = 0
+        super().__init__(len(images), batch, seed, rank, world_size)
+        self.images, self.labels, self.device = images, labels, device
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images))
-        start = (self.step * self.world_size + self.rank) * self.batch
-        rows = torch.from_numpy(order[start:start + self.batch])
-        self.step += 1
-        if self.step == self.steps_per_epoch:
-            self.epoch, self.step = self.epoch + 1, 0
+    def collate(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        rows = torch.from_numpy(indices)
         return {"images": self.images[rows].to(self.device), "labels": self.labels[rows].to(self.device)}
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "world_size": self.world_size, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.step = state["epoch"], state["step"]
 
 
 class TowerPretraining(Stage):
