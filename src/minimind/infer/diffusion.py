@@ -148,13 +148,15 @@ class DiffusionEngine(Engine):
     # ---- the engine's public API: generate, stream, chat_prompt and chat are Engine's, over this start ----------
 
     def start(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
-              handles: list[Hashable] | None = None, images: list[list] | None = None) -> DiffusionBatch:
+              handles: list[Hashable] | None = None, images: list[list] | None = None,
+              audios: list[list] | None = None) -> DiffusionBatch:
         """A batch of n rows per prompt (rows report handles[i], or i; index i·n + j, or j with handles)."""
         params = params if isinstance(params, list) else [params] * len(prompts)
         for p in params:
             self.check_params(p)
         self.check_prompts(prompts)
         self.check_images(prompts, images)
+        self.check_audios(prompts, audios)
         row_prompts = [prompt for prompt, p in zip(prompts, params, strict=True) for _ in range(p.n)]
         return DiffusionBatch(self, [_Canvas(row, prompt) for row, prompt in
                                      zip(self._rows(prompts, params, handles), row_prompts, strict=True)])
@@ -178,6 +180,10 @@ class DiffusionEngine(Engine):
     def check_images(self, prompts: list[list[int]], images: list[list] | None) -> None:
         if images and any(images):
             raise MiniMindError("this model reads no images (a diffusion language model)")
+
+    def check_audios(self, prompts: list[list[int]], audios: list[list] | None) -> None:
+        if audios and any(audios):
+            raise MiniMindError("this model hears no audio (a diffusion language model)")
 
     # ---- the sampler's pieces -----------------------------------------------------------------------------
 
