@@ -76,3 +76,20 @@ def read_input(source: str | Path | bytes, where: str, kind: str, limit: int) ->
     if len(data) > limit:
         raise MiniMindError(f"{where}: the {kind} is {len(data):,} bytes; the limit is {limit:,}")
     return data
+
+
+def decode_base64(data: str, where: str, kind: str, limit: int) -> bytes:
+    """Base64 text, bare or as a `data:…;base64,` URL → at most `limit` bytes; a MiniMindError naming `where`."""
+    import base64
+    import binascii
+
+    if data.startswith("data:"):
+        header, _, data = data.partition(",")
+        if not header.endswith(";base64"):
+            raise MiniMindError(f"{where}: a data: URL must be base64 (data:{kind}/…;base64,…)")
+    if len(data) > limit * 4 // 3 + 4:
+        raise MiniMindError(f"{where}: the {kind} is over the limit of {limit:,} bytes")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise MiniMindError(f"{where}: not valid base64 ({e})") from None

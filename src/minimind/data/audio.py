@@ -12,8 +12,6 @@ with its reason, never half-read.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 from fractions import Fraction
 from pathlib import Path
@@ -21,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from minimind.errors import MiniMindError
-from minimind.fileio import atomic_write_bytes, read_input
+from minimind.fileio import atomic_write_bytes, decode_base64, read_input
 
 SAMPLE_RATE = 16_000              # what the audio encoder and the codec read (Whisper's and SenseVoice's rate)
 MAX_BYTES = 20 * 2**20            # a larger upload is refused before decoding
@@ -80,13 +78,4 @@ def from_base64(data: str, where: str = "input_audio.data") -> bytes:
     """The bytes of base64 audio (OpenAI's input_audio.data; a `data:audio/…;base64,` prefix is accepted)."""
     if not isinstance(data, str) or not data:
         raise MiniMindError(f"{where}: must be base64-encoded audio")
-    if data.startswith("data:"):
-        header, _, data = data.partition(",")
-        if not header.endswith(";base64"):
-            raise MiniMindError(f"{where}: a data: URL must be base64 (data:audio/wav;base64,…)")
-    if len(data) > MAX_BYTES * 4 // 3 + 4:
-        raise MiniMindError(f"{where}: the audio is over the limit of {MAX_BYTES:,} bytes")
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise MiniMindError(f"{where}: not valid base64 ({e})") from None
+    return decode_base64(data, where, "audio", MAX_BYTES)

@@ -8,15 +8,13 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 from pathlib import Path
 
 import numpy as np
 
 from minimind.errors import MiniMindError
-from minimind.fileio import read_input
+from minimind.fileio import decode_base64, read_input
 
 MAX_BYTES = 20 * 2**20             # a larger upload is refused before decoding
 MAX_PIXELS = 40_000_000            # width × height; guards against decompression bombs
@@ -67,12 +65,4 @@ def from_data_url(url: str, where: str = "image_url") -> bytes:
         scheme = url.split(":", 1)[0] if isinstance(url, str) and ":" in url else "none"
         raise MiniMindError(f"{where}: only data: URLs are accepted (scheme {scheme!r}); this server fetches "
                             "nothing: send the image inline as data:image/png;base64,…")
-    header, _, payload = url.partition(",")
-    if not header.endswith(";base64"):
-        raise MiniMindError(f"{where}: a data: URL must be base64 (data:image/png;base64,…)")
-    if len(payload) > MAX_BYTES * 4 // 3 + 4:
-        raise MiniMindError(f"{where}: the image is over the limit of {MAX_BYTES:,} bytes")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise MiniMindError(f"{where}: the data: URL is not valid base64 ({e})") from None
+    return decode_base64(url, where, "image", MAX_BYTES)
