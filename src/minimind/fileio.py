@@ -15,30 +15,40 @@ from minimind.errors import MiniMindError
 
 @contextmanager
 def atomic_directory(path: str | Path, marker: str) -> Iterator[Path]:
-    """Yield a temporary sibling directory to fill; on success it replaces `path` (an existing directory is
-    moved aside first and deleted after), on error it is removed and `path` is left as it was.
+    """Yield a temporary sibling directory to fill; on success it replaces `path` (`replace_directory`), on error
+    it is removed and `path` is left as it was."""
+    path = check_replaceable(path, marker)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        replace_directory(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
-    Only an empty directory, or one holding the file `marker` (one this code wrote), is ever replaced: anything
-    else at `path` is an error, so a mistyped --out cannot delete the user's files."""
+
+def check_replaceable(path: str | Path, marker: str) -> Path:
+    """`path`, with its parent created, once it is known to be absent, empty, or a directory holding the file
+    `marker` (one this code wrote): anything else is an error, so a mistyped --out cannot delete the user's files."""
     path = Path(path)
     if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / marker).is_file())):
         raise MiniMindError(f"{path}: exists and is not a directory this command wrote (no {marker}); "
                             "choose another output path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        _apply_umask(tmp)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.rename(path, old / path.name)
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return path
+
+
+def replace_directory(tmp: Path, path: Path) -> None:
+    """Rename the finished sibling directory `tmp` to `path`; an existing `path` is moved aside first and deleted
+    after, so a reader sees the old directory or the new one, never a mixture."""
+    _apply_umask(tmp)
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.rename(path, old / path.name)
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -10,7 +10,10 @@ import dataclasses
 import json
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
+
+import yaml
 
 from minimind.errors import MiniMindError
 
@@ -61,6 +64,26 @@ def apply_overrides(config: T, items: list[str]) -> T:
             raise MiniMindError(f"unknown config key '{key}' in override {item!r}")
         section[leaf] = value
     return from_dict(type(config), data)
+
+
+def load_yaml(config: T, path: str | Path | None, overrides: list[str]) -> T:
+    """Dataclass `config` updated by the YAML file at `path` (if any), then by the "key=value" `overrides`, then
+    checked by its `validate()`."""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise MiniMindError(f"{path}: file not found")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise MiniMindError(f"{path}: not valid YAML ({e})") from None
+        try:
+            config = from_dict(type(config), to_dict(config) | data)
+        except (MiniMindError, TypeError) as e:
+            raise MiniMindError(f"{path}: {e}") from None
+    config = apply_overrides(config, overrides)
+    config.validate()
+    return config
 
 
 def _convert(annotation, value: Any, path: str):

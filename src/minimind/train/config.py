@@ -13,7 +13,7 @@ from minimind.config import DTYPE_NAMES, OBJECTIVES
 from minimind.errors import MiniMindError
 from minimind.lora import LoRAConfig
 from minimind.model.kernels import Kernels
-from minimind.overrides import apply_overrides, from_dict, to_dict
+from minimind.overrides import load_yaml, to_dict
 from minimind.rl.config import GRPOConfig, PPOConfig, RLConfig
 from minimind.train.diffusion import DiffusionTrainConfig
 from minimind.train.distill import DistillConfig
@@ -133,22 +133,7 @@ class TrainConfig:
 
 def load_config(path: str | Path | None, overrides: list[str], **defaults) -> TrainConfig:
     """TrainConfig from defaults, then the YAML file, then the overrides; validated."""
-    config = TrainConfig(**defaults)
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise MiniMindError(f"{path}: file not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise MiniMindError(f"{path}: not valid YAML ({e})") from None
-        try:
-            config = from_dict(TrainConfig, to_dict(config) | data)
-        except MiniMindError as e:
-            raise MiniMindError(f"{path}: {e}") from None
-    config = apply_overrides(config, overrides)
-    config.validate()
-    return config
+    return load_yaml(TrainConfig(**defaults), path, overrides)
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
