@@ -3,7 +3,7 @@ each, and a report. A record is judged on all of its text (a conversation as a w
 
     1. Unicode NFKC normalisation of every text field (kept in the output)
     2. quality rules and language identification (data/quality.py), thresholds in `CleanConfig`
-    3. exact duplicates: the same text (whitespace collapsed) as an earlier record
+    3. exact duplicates: the same text as an earlier record, whitespace aside
     4. near duplicates: a MinHash signature sharing an LSH band with an earlier kept record's, and agreeing with
        it on ≥ near_threshold of its positions (data/minhash.py)
     5. PII scrubbing in what is kept: e-mail addresses, phone numbers, ID and card numbers → placeholders
@@ -55,9 +55,9 @@ class CleanConfig:
     max_ngram_share: float = 0.2         # characters covered by the most frequent word 3-gram (or CJK 6-gram)
     languages: list[str] = field(default_factory=lambda: ["en", "zh"])   # langid codes to keep; [] keeps all
     min_language_score: float = 0.5      # langid's probability of the kept languages, summed
-    min_stop_words: int = 2              # in a text of ≥ 20 words
+    min_stop_word_share: float = 0.02    # stop words per word, in a text of ≥ 50 words (modern prose: 0.1–0.2)
     shingle: int = 5                     # characters per MinHash shingle in alphabetic text
-    shingle_cjk: int = 3                 # … in text that is mostly CJK
+    shingle_cjk: int = 2                 # … in text that is mostly CJK (2: bigrams, see docs/data.md)
     permutations: int = 128
     bands: int = 16                      # LSH bands of permutations / bands rows
     near_threshold: float = 0.8          # estimated Jaccard similarity at which a record is a near duplicate
@@ -141,7 +141,7 @@ class Judge:
         pii = Counter()
         if self.config.scrub_pii:
             record = _map_text(record, lambda t: _scrub_count(t, pii))
-        key = int.from_bytes(hashlib.blake2b(" ".join(text.split()).encode(), digest_size=8).digest(), "little")
+        key = int.from_bytes(hashlib.blake2b("".join(text.split()).encode(), digest_size=8).digest(), "little")
         return Judged(None, as_read, text, language, json.dumps(record, ensure_ascii=False),
                       len(record_text(record)), pii, key, self.hasher.signature(text))
 

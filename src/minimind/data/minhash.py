@@ -1,7 +1,8 @@
 """MinHash signatures and an LSH index: which earlier text a new one nearly repeats.
 
     shingles(t)    the k-character substrings of t, lowercased and with whitespace collapsed; k = 5 for alphabetic
-                   text, 3 for text that is mostly CJK (a Chinese character carries about a word's meaning)
+                   text; for text that is mostly CJK, k = 2 (a Chinese character carries about a word's meaning)
+                   and no whitespace at all (Chinese does not space its words)
     x(s)           a 64-bit polynomial hash of a shingle's code points, mixed down to 32 bits
     h_i(x)         ((a_i·x + b_i) mod 2^64) >> 32          a_i, b_i random; a 2-independent family (multiply-add-shift)
     signature(t)   [min over shingles s of h_i(x(s))  for i < P]
@@ -32,7 +33,7 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 class MinHasher:
     """signature(text) → uint32[permutations]; the same seed gives the same signatures in every process."""
 
-    def __init__(self, permutations: int = 128, shingle: int = 5, shingle_cjk: int = 3, seed: int = 0):
+    def __init__(self, permutations: int = 128, shingle: int = 5, shingle_cjk: int = 2, seed: int = 0):
         rng = np.random.default_rng(seed)
         self.a = rng.integers(0, 1 << 63, permutations, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
         self.b = rng.integers(0, 1 << 63, permutations, dtype=np.uint64)
@@ -45,6 +46,8 @@ class MinHasher:
         text = " ".join(text.lower().split())
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         cjk = ((codes >= 0x3400) & (codes <= 0x9FFF)).mean() >= 0.5 if len(codes) else False
+        if cjk:
+            codes = codes[codes != ord(" ")]
         k = min(self.shingle_cjk if cjk else self.shingle, max(1, len(codes)))
         count = max(1, len(codes) - k + 1)
         x = np.zeros(count, dtype=np.uint64)

@@ -8,8 +8,10 @@ training on. Each rule names itself; `quality_problem` returns the first one a t
     repeated_ngram         characters covered by the most frequent word 3-gram (CJK 6-gram) > max_ngram_share
     language               langid's likeliest language is not kept, and the kept ones' probability < min_language_score
                            (judged on the letters alone: digits and symbols say nothing of the language)
-    stop_words             a text of ≥ 50 words with < min_stop_words stop words (Gopher's rule: "the", "and", …;
-                           for Chinese the commonest function characters 的 了 是 之 而 …, classical ones included)
+    stop_words             in a text of ≥ 50 words, stop words / words < min_stop_word_share (Gopher's presence rule
+                           as a share, so that a long text cannot pass on two chance hits: "the", "and", … for
+                           English; for Chinese the commonest function characters 的 了 是 之 而 …, classical ones
+                           included)
 
 PII scrubbing (`scrub`) is not a rule: it rewrites e-mail addresses, phone numbers, PRC ID and card numbers in
 what is kept into placeholders.
@@ -106,7 +108,7 @@ def quality_problem(text: str, config: CleanConfig) -> tuple[str | None, str | N
             return "language", label
     if language in STOP_WORDS and len(words) >= STOP_WORD_MIN_WORDS:
         stop = STOP_WORDS[language]
-        if sum(word.lower() in stop for word in words) < config.min_stop_words:
+        if sum(word.lower() in stop for word in words) < config.min_stop_word_share * len(words):
             return "stop_words", language
     return None, language
 
