@@ -173,12 +173,11 @@ def other_languages() -> list[str]:
     return out
 
 
-def quality_corpus(pool: dict[str, list[str]], per_kind: int, seed: int) -> tuple[list[dict], dict]:
+def quality_corpus(pool: dict[str, list[str]], per_kind: int, seed: int, other: list[str]) -> list[dict]:
     """Records with ids: "{language}/{n}/original" and "{language}/{n}/{kind}" (the planted variant of document n),
     "{language}/{n}/clean" (a document with no variant), "{language}/{kind}/{i}" (low-quality)."""
     rng = random.Random(seed)
-    other = other_languages()
-    records, truth = [], {}
+    records = []
     for language, texts in pool.items():
         texts = rng.sample(texts, len(texts))
         n = 0
@@ -197,9 +196,8 @@ def quality_corpus(pool: dict[str, list[str]], per_kind: int, seed: int) -> tupl
             for i in range(per_kind):
                 records.append({"text": low_quality(kind, language, rng, texts[n + i], other),
                                 "id": f"{language}/{kind}/{i}"})
-        truth[language] = n
     rng.shuffle(records)
-    return records, truth
+    return records
 
 
 def score(out: Path, records: list[dict]) -> dict:
@@ -292,7 +290,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         tmp = Path(tmp)
-        records, _ = quality_corpus(pool, args.per_kind, args.seed)
+        records = quality_corpus(pool, args.per_kind, args.seed, other_languages())
         planted = tmp / "planted.jsonl"
         planted.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
         clean([planted], tmp / "planted-out", config, log=lambda _: None)

@@ -47,3 +47,28 @@ def test_suite_quick_writes_every_table(tmp_path):
     assert len(results["train"]) == 2 * 2 * 2 and len(results["reference"]) == 4
     assert [r["documents"] for r in results["packed"]] == [8]
     assert {r["batch"] for r in results["decode"]} == {1, 16}
+
+
+def test_clean_benchmark_scores_planted_duplicates_and_low_quality_text(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from pydoc_data.topics import topics  # English prose on every Python
+
+    from clean import LOW_QUALITY, VARIANTS, quality_corpus, score
+
+    from minimind.data.clean import CleanConfig, clean
+
+    rng = __import__("random").Random(0)
+    common = [chr(0x4E00 + i) for i in range(3000)]
+    pool = {"en": [text[:1500] for text in topics.values() if len(text) > 600][:30],
+            "zh": ["".join(rng.choice("的了是在不和有") if rng.random() < 0.15 else rng.choice(common)
+                           for _ in range(300)) for _ in range(30)]}
+    records = quality_corpus(pool, 2, 0, other=["Der schnelle braune Fuchs springt über den faulen Hund. " * 4])
+    assert len(records) == 2 * (2 * 2 * len(VARIANTS) + 3 * 2 + 2 * len(LOW_QUALITY)) - 2
+    path = tmp_path / "planted.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    clean([path], tmp_path / "out", CleanConfig(workers=1), log=lambda _: None)
+    result = score(tmp_path / "out", records)
+    assert result["precision"] == 1.0 and result["recall"]["en exact"] == result["recall"]["zh exact"] == 1.0
+    assert result["recall"]["en edit_20%"] < 1 and result["rules"]["en other_language"]["recall"] == 1.0
+    assert result["rules"]["zh symbols"] == {"recall": 1.0, "rules": {"symbol_ratio": 2}}
+    assert result["false_removals"]["en"]["documents"] == 2 * len(VARIANTS) + 6
