@@ -38,7 +38,8 @@ def quickstart(out: str | Path) -> Path:
     timings["data"] = time.perf_counter() - start
 
     tokenizer = load_tokenizer()
-    compression = chars_per_token(tokenizer, iter_texts([out / "data" / "eval" / "pretrain.jsonl"]))
+    compression = {name: chars_per_token(tokenizer, iter_texts([out / "data" / "eval" / f"{name}.jsonl"]))
+                   for name in ("pretrain", "modern") if (out / "data" / "eval" / f"{name}.jsonl").is_file()}
 
     runs = {}
     for stage in ("pretrain", "sft"):
@@ -93,8 +94,11 @@ def _report(manifest, compression, runs, timings, continuations, chats, card) ->
         *(f"- `{name}`: {c['records']:,} records, {c['chars']:,} characters" for name, c in manifest["files"].items()),
         "- packages: " + (", ".join(f"{n}=={p['version']}" for n, p in manifest["packages"].items()) or "none")
         + (f" (fetch failed: {manifest['fetch_error']})" if manifest["fetch_error"] else ""),
+        *([f"- the packages' text cleaned: {manifest['clean']['kept']:,} of {manifest['clean']['records']:,} units "
+           "kept (`data/clean/report.md`)"] if manifest.get("clean") else []),
         "- default tokenizer, characters per token on held-out text: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in compression.items()), "",
+        + "; ".join(f"eval/{name}.jsonl " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items())
+                    for name, ratios in compression.items()), "",
         "## Training", "",
         "| stage | steps | tokens | tokens/s | MFU | train loss | held-out loss | held-out bits/byte |",
         "|---|---|---|---|---|---|---|---|",

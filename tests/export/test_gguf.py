@@ -173,9 +173,9 @@ def test_llama_cpp_computes_what_we_compute(tmp_path, tokenizer, llama_cpp, name
 def test_llama_cpp_runs_our_q4_0_file_as_we_run_its_weights(tmp_path, tokenizer, llama_cpp):
     """A 4-bit GGUF in llama.cpp against our run of the same 4-bit weights (imported back, dequantized). llama.cpp
     multiplies q4_0 weights by activations it rounds to 8 bits, so the logits differ by more than rounding (about
-    a tenth of their spread on this random model), and greedy decoding agrees for a while, not forever: 22 of 32
-    tokens here, where an f32 file agrees on all 32 (above)."""
-    model, directory = saved(tmp_path, tokenizer, "tiny", initializer_range=0.1)
+    a tenth of their spread on this random model), and greedy decoding agrees for a while, not always forever: all
+    32 tokens here, 22 of 32 with the previous default tokenizer's prompt ids (the first 16 are asserted)."""
+    model, directory = saved(tmp_path, tokenizer, "tiny", initializer_range=0.12)
     path = export_gguf(directory, tmp_path / "m.gguf", "q4_0")
     ours = load_model(import_gguf(path, tmp_path / "back"), device="cpu")
     ids = tokenizer.encode("Once upon a time, in a quiet village by the sea, there lived")

@@ -1,7 +1,8 @@
 """`minimind data clean`: pretraining and SFT jsonl → kept records, rejected records with the rule that removed
 each, and a report. A record is judged on all of its text (a conversation as a whole).
 
-    1. Unicode NFKC normalisation of every text field (kept in the output)
+    1. Unicode normalisation: every text field NFC in the output (canonical: full-width Chinese punctuation stays);
+       the rules and the duplicate keys read the NFKC form (compatibility: full-width letters, ligatures folded)
     2. quality rules and language identification (data/quality.py), thresholds in `CleanConfig`
     3. exact duplicates: the same text as an earlier record, whitespace aside
     4. near duplicates: a MinHash signature sharing an LSH band with an earlier kept record's, and agreeing with
@@ -130,8 +131,8 @@ class Judge:
             return Judged("unreadable", json.dumps({"line": line.decode("utf-8", "replace").rstrip("\n"),
                                                     "problem": str(e)}, ensure_ascii=False))
         try:
-            record = _map_text(record, lambda t: unicodedata.normalize("NFKC", t))
-            text = record_text(record)
+            record = _map_text(record, lambda t: unicodedata.normalize("NFC", t))
+            text = unicodedata.normalize("NFKC", record_text(record))
         except MiniMindError:
             return Judged("unreadable", json.dumps(record, ensure_ascii=False))
         as_read = json.dumps(record, ensure_ascii=False)

