@@ -132,19 +132,20 @@ class Judge:
                                                     "problem": str(e)}, ensure_ascii=False))
         try:
             record = _map_text(record, lambda t: unicodedata.normalize("NFC", t))
-            text = unicodedata.normalize("NFKC", record_text(record))
+            text = record_text(record)
         except MiniMindError:
             return Judged("unreadable", json.dumps(record, ensure_ascii=False))
+        folded = unicodedata.normalize("NFKC", text)
         as_read = json.dumps(record, ensure_ascii=False)
-        rule, language = quality.quality_problem(text, self.config)
+        rule, language = quality.quality_problem(folded, self.config)
         if rule:
             return Judged(rule, as_read, text, language)
         pii = Counter()
         if self.config.scrub_pii:
             record = _map_text(record, lambda t: _scrub_count(t, pii))
-        key = int.from_bytes(hashlib.blake2b("".join(text.split()).encode(), digest_size=8).digest(), "little")
+        key = int.from_bytes(hashlib.blake2b("".join(folded.split()).encode(), digest_size=8).digest(), "little")
         return Judged(None, as_read, text, language, json.dumps(record, ensure_ascii=False),
-                      len(record_text(record)), pii, key, self.hasher.signature(text))
+                      len(record_text(record)), pii, key, self.hasher.signature(folded))
 
 
 def _scrub_count(text: str, total: Counter) -> str:
