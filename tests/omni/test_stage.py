@@ -11,7 +11,7 @@ from minimind.model.loss import IGNORE_INDEX
 from minimind.model.omni import OmniModel
 from minimind.tokenizer import load_tokenizer
 from minimind.train.config import load_config
-from minimind.train.omni import OmniSFT, collate, read_examples
+from minimind.train.omni import OmniSFT, OmniTrainConfig, collate, read_examples
 from minimind.train.trainer import train
 
 
@@ -108,3 +108,34 @@ def test_transcripts_give_the_encoder_a_ctc_loss(speech_files, tmp_path):
         step.backward()
         optimizer.step()
     assert float(step) < 0.3 * float(loss)                   # the encoder alone learns to spell what it hears
+
+
+def test_the_stage_encodes_each_batch_once_for_both_losses(speech_files, tmp_path):
+    """With CTC on, the splice and the CTC head read one encoder pass; the loss equals the two computed apart."""
+    import json
+
+    records = [json.loads(line) for line in speech_files.read_text().splitlines()]
+    for r in records:
+        if r["audios"]:
+            r["transcripts"] = [r["conversations"][-1]["content"]]
+    path = tmp_path / "said.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    for r in records:
+        for key in ("audios", "answer_audio"):
+            for name in ([r[key]] if isinstance(r.get(key), str) else r.get(key) or []):
+                (tmp_path / name).write_bytes((speech_files.parent / name).read_bytes())
+    tokenizer = load_tokenizer()
+    torch.manual_seed(0)
+    model = OmniModel(*omni_preset("tiny-o"))
+    examples = read_examples([str(path)], tokenizer, model.audio.n_mels)
+    batch = collate([e for e in examples if e.mels], tokenizer.pad_id, model.audio)
+    stage = OmniSFT.__new__(OmniSFT)
+    stage.settings, stage.model = OmniTrainConfig(ctc_weight=0.3), model
+    passes = []
+    model.audio_encoder.register_forward_hook(lambda *_: passes.append(1))
+    total = stage.loss(model, batch).total
+    assert len(passes) == 1
+    text, units, _ = stage.parts(model, batch)
+    apart = text + units + 0.3 * model.ctc_loss(batch["mels"], batch["frames"], batch["ctc_targets"],
+                                                batch["ctc_lengths"])
+    assert len(passes) == 3 and torch.allclose(total, apart, rtol=1e-5)

@@ -57,47 +57,53 @@ class OmniModel(Transformer):
             elif name.endswith("norm.weight"):
                 torch.nn.init.ones_(p)
 
-    def audio_features(self, mels: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """log-mels [N, n_mels, F] with their frames [N] → the clips' tokens, concatenated: [Σ ⌈frames/8⌉, hidden]."""
-        x = self.audio_projector(self.audio_encoder(mels, frames))
+    def audio_features(self, mels: torch.Tensor, frames: torch.Tensor,
+                       encoded: torch.Tensor | None = None) -> torch.Tensor:
+        """log-mels [N, n_mels, F] with their frames [N] → the clips' tokens, concatenated: [Σ ⌈frames/8⌉, hidden].
+        `encoded`: the encoder's output for these clips when the caller has it already (the omni stage computes it
+        once for this and the CTC loss)."""
+        x = self.audio_projector(self.audio_encoder(mels, frames) if encoded is None else encoded)
         keep = torch.arange(x.shape[1], device=x.device)[None] < audio_tokens_tensor(frames.to(x.device))[:, None]
         return x[keep]
 
     def ctc_loss(self, mels: torch.Tensor, frames: torch.Tensor, targets: torch.Tensor,
-                 target_lengths: torch.Tensor) -> torch.Tensor:
+                 target_lengths: torch.Tensor, encoded: torch.Tensor | None = None) -> torch.Tensor:
         """Σ over clips of CTC's −log p(transcript | clip) from the encoder's tokens [N, T, encoder_size] through
         `ctc_head` (blank = id 0, which no transcript holds): targets [Σ lengths] concatenated, target_lengths [N]
         (0 = no transcript: left out)."""
         keep = target_lengths > 0
-        log_probs = self.ctc_head(self.audio_encoder(mels, frames)).float().log_softmax(-1)
+        encoded = self.audio_encoder(mels, frames) if encoded is None else encoded
+        log_probs = self.ctc_head(encoded).float().log_softmax(-1)
         return torch.nn.functional.ctc_loss(log_probs[keep].transpose(0, 1), targets,
                                             audio_tokens_tensor(frames)[keep], target_lengths[keep], blank=0,
                                             reduction="sum", zero_infinity=True)
 
-    def embed(self, input_ids: torch.Tensor, mels: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, mels: torch.Tensor, frames: torch.Tensor,
+              encoded: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings [B, T, hidden] with the clips' features in the <|audio_pad|> positions (the count must
         match: `check_audio_tokens`)."""
         h = self.model.embed_tokens(input_ids)
-        features = self.audio_features(mels, frames).to(h.dtype)
+        features = self.audio_features(mels, frames, encoded).to(h.dtype)
         return h.masked_scatter((input_ids == self.audio.audio_token_id)[..., None], features)
 
     def forward(self, input_ids: torch.Tensor, mels: torch.Tensor | None = None, frames: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, cache=None,
                 logits_to_keep: int | None = None, position_ids: torch.Tensor | None = None,
-                reduction: str = "mean") -> ModelOutput:
+                reduction: str = "mean", encoded: torch.Tensor | None = None) -> ModelOutput:
         """`Transformer.forward` with the clips `mels` [N, n_mels, F] (`minimind.model.audio.batch_mels`) spliced in."""
-        embeds = None if mels is None else self.embed(input_ids, mels, frames)
+        embeds = None if mels is None else self.embed(input_ids, mels, frames, encoded)
         return super().forward(input_ids, attention_mask, labels, cache, logits_to_keep, position_ids, reduction,
                                inputs_embeds=embeds)
 
     def think_and_talk(self, input_ids: torch.Tensor, units: torch.Tensor, mels: torch.Tensor | None = None,
-                       frames: torch.Tensor | None = None, cache=None, talker_cache=None):
+                       frames: torch.Tensor | None = None, cache=None, talker_cache=None,
+                       encoded: torch.Tensor | None = None):
         """The Thinker over input_ids [B, T] (clips spliced in) and the Talker over its bridge and the units placed
         at each step [B, codebooks, T] → (Thinker hidden [B, T, hidden] after the final norm, MoE aux or None,
         unit logits [B, codebooks, T, units])."""
         if self.talker is None:
             raise MiniMindError("this omni model has no Talker (talker_layers 0): it hears but does not speak")
-        embeds = None if mels is None else self.embed(input_ids, mels, frames)
+        embeds = None if mels is None else self.embed(input_ids, mels, frames, encoded)
         taken = {}
         hook = self.model.layers[self.bridge_layer].register_forward_hook(
             lambda module, args, out: taken.__setitem__("bridge", out[0]))

@@ -218,10 +218,10 @@ class OmniSFT(Stage):
     def ctc(self, batch) -> bool:
         return self.settings.ctc_weight > 0 and "ctc_lengths" in batch and self.model.ctc_head is not None
 
-    def parts(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(Σ text CE, Σ unit loss, MoE aux) of a batch; the encoder's weighted CTC loss is in the aux term's place
-        beside it (see `loss`)."""
-        audio = {"mels": batch["mels"], "frames": batch["frames"]} if "mels" in batch else {}
+    def parts(self, model, batch, encoded=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Σ text CE, Σ unit loss, MoE aux) of a batch, its clips encoded already when `encoded` is given; the
+        encoder's weighted CTC loss is added beside them (see `loss`)."""
+        audio = {"mels": batch["mels"], "frames": batch["frames"], "encoded": encoded} if "mels" in batch else {}
         if "units" not in batch or model.talker is None:
             out = model(batch["input_ids"], labels=batch["labels"], reduction="sum", **audio)
             return out.loss, torch.zeros_like(out.loss), out.aux_loss
@@ -231,11 +231,13 @@ class OmniSFT(Stage):
         return model.lm_loss(h, targets), unit_loss, aux if aux is not None else h.new_zeros((), dtype=torch.float32)
 
     def loss(self, model, batch):
-        text, units, aux = self.parts(model, batch)
+        ctc = self.ctc(batch)
+        encoded = model.audio_encoder(batch["mels"], batch["frames"]) if ctc else None   # one pass, both losses
+        text, units, aux = self.parts(model, batch, encoded)
         total = text + units
-        if self.ctc(batch):
-            total = total + self.settings.ctc_weight * model.ctc_loss(batch["mels"], batch["frames"],
-                                                                      batch["ctc_targets"], batch["ctc_lengths"])
+        if ctc:
+            total = total + self.settings.ctc_weight * model.ctc_loss(
+                batch["mels"], batch["frames"], batch["ctc_targets"], batch["ctc_lengths"], encoded)
         return Loss(total, aux)
 
     @torch.no_grad()
