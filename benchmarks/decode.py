@@ -8,7 +8,10 @@
 For each batch size: prefill tokens/s (prompt tokens / time of a 1-token generation), decode tokens/s
 (new tokens / the rest of the time), and memory-bandwidth utilisation: decoding reads every weight once per
 step (at batch 1 of an MoE, only the top-k experts'), so achieved bandwidth = weight bytes · steps / decode
-time, against the read rate of a large tensor measured in the same run. Both engines decode greedily for
+time, against the read rate of a large tensor measured in the same run. The roofline of a step is the slower of
+reading the weights at that rate and doing its 2·N·batch FLOPs (N the active parameters) at the matmul peak
+measured in the same run (perf.measure_matmul_peak); "of roofline" is decode tokens/s over batch / that time (the
+attention over the cache, sampling and the Python around them are what is left). Both engines decode greedily for
 exactly --new tokens (no early stop).
 At batch 1 a third row, "ours, compiled", uses `Engine(compile=True)` (its compilation is not timed).
 """
@@ -24,6 +27,7 @@ import torch
 
 from minimind import Transformer, load_model, load_tokenizer, preset
 from minimind.infer import Engine, SamplingParams
+from minimind.perf import measure_matmul_peak
 
 
 def read_bandwidth(device, megabytes: int = 512) -> float:
@@ -81,11 +85,13 @@ def main() -> None:
             for name in args.presets:
                 torch.manual_seed(0)
                 directories.append(Transformer(preset(name)).save(Path(tmp) / name, tokenizer=load_tokenizer()))
-        bandwidth = read_bandwidth("cpu")
+        bandwidth, peak = read_bandwidth("cpu"), measure_matmul_peak(dtype, "cpu")
         print(f"torch {torch.__version__} · {torch.get_num_threads()} threads · {args.dtype} "
-              f"· prompt {args.prompt_len} · {args.new} new tokens · read bandwidth {bandwidth / 1e9:.1f} GB/s\n")
-        print("| model | batch | engine | prefill tok/s | decode tok/s | bandwidth use | ours / transformers |")
-        print("|---|---|---|---|---|---|---|")
+              f"· prompt {args.prompt_len} · {args.new} new tokens · read bandwidth {bandwidth / 1e9:.1f} GB/s "
+              f"· matmul peak {peak / 1e9:.0f} GFLOP/s\n")
+        print("| model | batch | engine | prefill tok/s | decode tok/s | bandwidth use | roofline tok/s | of roofline "
+              "| ours / transformers |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for directory in map(Path, directories):
             model = load_model(directory, device="cpu", dtype=dtype)
             tokenizer = load_tokenizer(directory)
@@ -98,13 +104,16 @@ def main() -> None:
                     runs["ours, compiled"] = ours(model, tokenizer, prompts, args.new, compile=True)
                 steps = args.new - 1
                 # what one step reads: the active weights (top-k experts) for one row, all of them for a batch
-                weight_bytes = model.num_params(active=batch == 1) * model.lm_head.weight.element_size()
+                params = model.num_params(active=batch == 1)
+                weight_bytes = params * model.lm_head.weight.element_size()
+                roofline = batch / max(weight_bytes / bandwidth, 2 * params * batch / peak)
                 rates = {name: batch * steps / decode for name, (_, decode) in runs.items()}
                 for name, (prefill, decode) in runs.items():
                     use = weight_bytes * steps / decode / bandwidth
                     ratio = f"{rates[name] / rates['transformers']:.2f}×"
                     print(f"| {directory.name} | {batch} | {name} | {batch * args.prompt_len / prefill:,.0f} "
-                          f"| {rates[name]:,.1f} | {use:.0%} | {ratio} |", flush=True)
+                          f"| {rates[name]:,.1f} | {use:.0%} | {roofline:,.0f} | {rates[name] / roofline:.0%} "
+                          f"| {ratio} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Load test of `minimind serve`: N concurrent streaming chat clients (the official `openai` async client)
-against a live server on 127.0.0.1, for a bounded time, then one client alone for the same time.
+against a live server on 127.0.0.1, for a bounded time, for each N in turn.
 
-    python benchmarks/serve_load.py                       # a fresh `mini` model, 8 clients, 20 s per phase
-    python benchmarks/serve_load.py --model runs/quickstart/sft/model --clients 16 --seconds 30
+    python benchmarks/serve_load.py                       # a fresh `mini` model, 1 and 8 clients, 20 s per phase
+    python benchmarks/serve_load.py --preset minimind-3 --clients 1 4 8 16 --seconds 30
+    python benchmarks/serve_load.py --model runs/quickstart/sft/model --clients 1 16
 
 Prints requests/s, generated tokens/s, p50/p99 time to first token and request latency, errors (must be 0),
-and the batching gain: aggregate tokens/s of N clients over one client's.
+and the batching gain: aggregate tokens/s of N clients over one client's (the first phase's, when it has one).
 """
 
 from __future__ import annotations
@@ -67,18 +68,19 @@ async def phase(url: str, clients: int, seconds: float, max_tokens: int) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="model directory (default: a fresh `mini`)")
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--model", help="model directory (default: a fresh model of --preset)")
+    parser.add_argument("--preset", default="mini")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        directory = args.model or Transformer(preset("mini")).save(Path(tmp) / "mini", tokenizer=load_tokenizer())
+        directory = args.model or Transformer(preset(args.preset)).save(Path(tmp) / args.preset,
+                                                                         tokenizer=load_tokenizer())
         engine = Engine(load_model(directory, device="cpu"), load_tokenizer(directory))
-        with live_server(engine, name="bench", max_rows=max(16, args.clients)) as url:
-            rows = [asyncio.run(phase(url, args.clients, args.seconds, args.max_tokens)),
-                    asyncio.run(phase(url, 1, args.seconds, args.max_tokens))]
+        with live_server(engine, name="bench", max_rows=max(16, *args.clients)) as url:
+            rows = [asyncio.run(phase(url, n, args.seconds, args.max_tokens)) for n in args.clients]
     print(f"torch {torch.__version__} · {torch.get_num_threads()} threads · model {Path(directory).name} · "
           f"{args.seconds:g} s per phase · max_tokens {args.max_tokens} · streaming chat, temperature 0.8\n")
     print("| clients | requests | req/s | tokens/s | TTFT p50 | TTFT p99 | latency p50 | latency p99 | errors |")
@@ -86,7 +88,10 @@ def main() -> None:
     for r in rows:
         print(f"| {r['clients']} | {r['requests']} | {r['req/s']:.2f} | {r['tok/s']:,.0f} | {r['ttft p50']:.3f} s "
               f"| {r['ttft p99']:.3f} s | {r['latency p50']:.2f} s | {r['latency p99']:.2f} s | {r['errors']} |")
-    print(f"\nbatching gain: {rows[0]['tok/s'] / rows[1]['tok/s']:.2f}× the tokens/s of one client alone")
+    one = next((r for r in rows if r["clients"] == 1), None)
+    if one:
+        print("\nbatching gain (tokens/s over one client's): "
+              + ", ".join(f"{r['clients']} clients {r['tok/s'] / one['tok/s']:.2f}×" for r in rows if r is not one))
     for r in rows:
         if r["errors"]:
             print(f"errors with {r['clients']} clients, first: {r['first error']}")

@@ -28,6 +28,7 @@ from minimind.errors import MiniMindError
 from minimind.infer.sampling import SamplingParams, apply_penalties, sample
 from minimind.model.audio import batch_mels
 from minimind.model.cache import KVCache
+from minimind.model.kernels.few_rows import decoding
 from minimind.model.layers import autocast_dtype
 from minimind.model.omni import check_audio_tokens
 from minimind.model.transformer import Transformer
@@ -198,7 +199,9 @@ class Batch:
         self.cache.length = self.cache.max_len if step else needed       # compiled: static shapes
         aligned = not step and not self.padded and min(self.write_at) == needed - 1
         step = step or self.engine.model.decode_step
-        self.logits = step(tokens[:, None], self.positions, None if aligned else self.key_mask, self.cache).float()
+        with decoding(self.engine._packs):
+            self.logits = step(tokens[:, None], self.positions, None if aligned else self.key_mask,
+                               self.cache).float()
         self.cache.write_at += 1
         self.positions += 1
         self.write_at = [w + 1 for w in self.write_at]
@@ -247,14 +250,17 @@ class Engine:
         """compile=True decodes a single row through `torch.compile` of the model's `decode_step` (static
         shapes): it compiles once per power-of-two cache length (tens of seconds the first time), then
         decodes about twice as fast on CPU (docs/inference.md). Batches of several rows, where the compiled
-        step measured slower, and every prefill run eagerly. A diffusion model is sampled by
-        `infer.diffusion.DiffusionEngine` instead (`engine_for` chooses)."""
+        step measured slower, and every prefill run eagerly; on an AVX-512 CPU their fp32 products of up to 64
+        rows run through the few-rows kernel (model/kernels/few_rows.py) with weights packed once for this engine:
+        an engine decodes the weights it was given, so make a new one after changing them. A diffusion model is
+        sampled by `infer.diffusion.DiffusionEngine` instead (`engine_for` chooses)."""
         if model.config.is_diffusion:
             raise MiniMindError("a diffusion model does not decode left to right; sample it with DiffusionEngine "
                                 "(minimind.infer.engine_for chooses the engine)")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = model.lm_head.weight.device
         self._compiled_step = torch.compile(model.decode_step, dynamic=False) if compile else None
+        self._packs = {}            # the few-rows kernel's packed weights (model/kernels/few_rows.py), for this engine
 
     # ---- public API -------------------------------------------------------------------------------------------
 
@@ -330,15 +336,16 @@ class Engine:
         padded = any(len(p) != longest for p in prompts)
         cache = KVCache(config, 1 if shared else B, key_mask.shape[1], device=device,   # bf16 under bf16 autocast:
                         dtype=autocast_dtype(self.model.model.embed_tokens.weight))   # half the bytes per step
-        if shared:                                                # once, then copied to every row
-            self.model(torch.tensor([prompts[0][:shared]], device=device), cache=cache, logits_to_keep=1)
-            cache.repeat_rows(torch.tensor([B], device=device))
-        # a windowed model prefills a window at a time through its rings: memory stays bounded by the window
-        step = config.sliding_window if config.is_windowed and not extra else width
-        for s in range(0, width, step):
-            end = shared + min(s + step, width)
-            logits = self.model(ids[:, s:s + step], attention_mask=key_mask[:, :end].long() if padded else None,
-                                cache=cache, logits_to_keep=1, **extra).logits[:, -1].float()
+        with decoding(self._packs):
+            if shared:                                            # once, then copied to every row
+                self.model(torch.tensor([prompts[0][:shared]], device=device), cache=cache, logits_to_keep=1)
+                cache.repeat_rows(torch.tensor([B], device=device))
+            # a windowed model prefills a window at a time through its rings: memory stays bounded by the window
+            step = config.sliding_window if config.is_windowed and not extra else width
+            for s in range(0, width, step):
+                end = shared + min(s + step, width)
+                logits = self.model(ids[:, s:s + step], attention_mask=key_mask[:, :end].long() if padded else None,
+                                    cache=cache, logits_to_keep=1, **extra).logits[:, -1].float()
         seen = torch.zeros((B, config.vocab_size), dtype=torch.bool, device=device)
         seen.scatter_(1, ids, True)
         seen[:, prompts[0][:shared]] = True

@@ -1,0 +1,81 @@
+"""Decoding a few rows at once on the CPU: x·Wᵀ through a packed-weight AVX-512 kernel (few_rows.cpp).
+
+Replaces `Linear.product` (F.linear, MKL's GEMM) for 1–64 fp32 input rows outside autograd and torch.compile: the
+decode step of a batch of up to 64 sequences. Justified by: minimind-3's decode matmuls (8 layers + head, 256 MB of
+fp32 weights, 2 threads, the 2-core EPYC) took 14.9 / 23.3 / 25.4 / 29.0 ms per step through MKL at 1 / 4 / 8 / 12
+rows (17 → 9 GB/s: its skinny GEMM reads the weights more slowly the more rows it has) and 6.4 / 8.8 / 10.0 / 11.2
+ms through this kernel (40 → 23 GB/s): 2.3–2.6× (docs/performance.md, batched decoding).
+
+It runs only inside `decoding(packs)`, which the inference Engine wraps around its model calls: each weight is
+packed into panels of 32 outputs the first time it is used there and kept in `packs`, the Engine's own dict (a
+second copy of the weights for the Engine's life). An Engine decodes the weights it was given; a caller that changes
+them (an RL step) makes a new Engine, so a stale packing is never read (a version counter would not do: CPU fused
+AdamW updates weights without moving it). The kernel is compiled the first time it is needed (about 20 s, then
+cached by torch.utils.cpp_extension) and only on a CPU that torch reports as AVX512; elsewhere, or if the build
+fails (no compiler), `Linear` runs as it is.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from minimind.model.kernels.one_row import OneRowLinear
+
+MAX_ROWS = 64          # tiles of ≤ 12 rows share a pass over each weight panel (few_rows.cpp)
+_context = threading.local()
+
+
+@contextmanager
+def decoding(packs: dict) -> Iterator[None]:
+    """Within (on this thread): products of a few rows run through the kernel with the packed weights in `packs`
+    ({module: panels}, filled as modules are met), whose weights must not change while `packs` is in use."""
+    previous = getattr(_context, "packs", None)
+    _context.packs = packs
+    try:
+        yield
+    finally:
+        _context.packs = previous
+
+
+@functools.cache
+def extension():
+    """The compiled few_rows.cpp module, or None where it cannot run (not AVX-512, no compiler)."""
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return None
+    from torch.utils import cpp_extension
+
+    try:
+        return cpp_extension.load("minimind_few_rows", [str(Path(__file__).with_name("few_rows.cpp"))],
+                                  extra_cflags=["-O3", "-mavx512f", "-mfma"], verbose=False)
+    except (OSError, RuntimeError, ImportError) as e:      # no compiler or ninja: the plain product serves
+        print(f"minimind: the few-rows decode kernel could not be built ({str(e).splitlines()[0]}); "
+              "decoding uses F.linear", file=sys.stderr)
+        return None
+
+
+def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """An fp32 CPU product of 1–MAX_ROWS rows, outside autograd, with a multiple of 32 outputs."""
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and not torch.is_grad_enabled()
+            and x.numel() <= MAX_ROWS * x.shape[-1] and weight.shape[0] % 32 == 0 and extension() is not None)
+
+
+class FewRowsLinear(OneRowLinear):
+    """`Linear` whose x·Wᵀ runs through the packed kernel inside `decoding` for a few fp32 rows (`applies`); one
+    compiled row still takes OneRowLinear's multiply-reduce, and everything else the plain product."""
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        packs = None if torch.compiler.is_compiling() else getattr(_context, "packs", None)
+        if packs is None or not applies(x, self.weight):
+            return super().product(x)
+        if self not in packs:
+            packs[self] = extension().pack(self.weight.detach())
+        y = extension().packed_matmul(x.reshape(-1, x.shape[-1]).contiguous(), packs[self])
+        y = y.view(*x.shape[:-1], -1)
+        return y + self.bias if self.bias is not None else y

@@ -1,0 +1,75 @@
+"""The few-rows decode kernel against the plain product: every row count (tiles of up to 12 included), the
+fallbacks (outside `decoding`, autograd, shapes it does not take), packings owned by their `decoding` scope (a new
+Engine sees changed weights), and a batch decoded through it token for token as the reference kernels decode it."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minimind import Transformer, load_tokenizer, preset
+from minimind.infer import Engine, SamplingParams
+from minimind.model.kernels import few_rows, use_kernels
+from minimind.model.layers import Linear
+
+pytestmark = pytest.mark.skipif(few_rows.extension() is None, reason="needs an AVX-512 CPU and a C++ compiler")
+
+
+def fast_linear(in_features: int, out_features: int, bias: bool = False) -> Linear:
+    torch.manual_seed(0)
+    return use_kernels(Linear(in_features, out_features, bias=bias), "auto")
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 12, 13, 16, 25, 64])
+def test_equals_the_plain_product_for_every_row_count(rows):
+    layer, packs = fast_linear(96, 160, bias=True), {}
+    x = torch.randn(rows, 1, 96)
+    with torch.no_grad(), few_rows.decoding(packs):
+        y = layer(x)
+    assert isinstance(layer, few_rows.FewRowsLinear) and packs[layer].shape == (5, 96, 32)
+    torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_falls_back_where_it_does_not_apply():
+    packs, x = {}, torch.randn(3, 64)
+    with few_rows.decoding(packs):
+        layer = fast_linear(64, 48)                                # 48 outputs: not panels of 32
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), x @ layer.weight.T)
+        layer = fast_linear(64, 64)
+        y = layer(x.requires_grad_())                              # autograd: the plain product, with gradients
+        y.sum().backward()
+        assert x.grad is not None
+        with torch.no_grad():
+            layer(torch.randn(65, 64))                             # more rows than MAX_ROWS
+    with torch.no_grad():
+        layer(x)                                                   # outside `decoding`
+    assert packs == {}
+
+
+def test_packings_belong_to_their_scope():
+    """Weights changed without their version counter moving (CPU fused AdamW) are read afresh by a new scope."""
+    layer, x = fast_linear(64, 64), torch.randn(4, 64)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, fused=True)
+    with torch.no_grad(), few_rows.decoding({}):
+        before = layer(x)
+    layer(x).sum().backward()
+    optimizer.step()
+    with torch.no_grad(), few_rows.decoding({}):
+        after = layer(x)
+    torch.testing.assert_close(after, x @ layer.weight.T)
+    assert not torch.allclose(before, after)
+
+
+def test_a_batch_decodes_as_the_reference_kernels_decode_it():
+    torch.manual_seed(0)
+    config = preset("tiny")
+    reference = Transformer(config).eval()
+    fast = use_kernels(Transformer(config).eval(), "auto")
+    fast.load_state_dict(reference.state_dict())
+    tokenizer = load_tokenizer()
+    prompts = [tokenizer.encode(text) for text in ("Once upon a time", "成语“一心一意”", "To be, or not", "1 + 1 =")]
+    params = SamplingParams(max_new_tokens=16, temperature=0, ignore_eos=True)
+    expected = [c[0].token_ids for c in Engine(reference, tokenizer).generate(prompts, params)]
+    engine = Engine(fast, tokenizer)
+    assert [c[0].token_ids for c in engine.generate(prompts, params)] == expected
+    assert engine._packs and all(isinstance(m, few_rows.FewRowsLinear) for m in engine._packs)
