@@ -2,12 +2,13 @@
 
 Replaces `Linear.product` (F.linear, MKL's GEMM) for 1–64 fp32 input rows outside autograd and torch.compile: the
 decode step of a batch of up to 64 sequences. Justified by: minimind-3's decode matmuls (8 layers + head, 256 MB of
-fp32 weights, 2 threads, the 2-core EPYC) took 14.9 / 23.3 / 25.4 / 29.0 ms per step through MKL at 1 / 4 / 8 / 12
-rows (17 → 9 GB/s: its skinny GEMM reads the weights more slowly the more rows it has) and 6.4 / 8.8 / 10.0 / 11.2
-ms through this kernel (40 → 23 GB/s): 2.3–2.6× (docs/performance.md, batched decoding).
+fp32 weights, 2 threads, the 2-core EPYC) took 14.5–15 / 22–24 / 21–25 / 23–29 ms per step through MKL at 1 / 4 / 8
+/ 12 rows (17 → 9 GB/s: its skinny GEMM reads the weights more slowly the more rows it has) and 6.4–6.7 / 8.8–8.9
+/ 10.0–10.2 / 11.2–11.3 ms through the first, 32-wide version of this kernel: 2.0–2.6× (docs/performance.md,
+batched decoding).
 
 It runs only inside `decoding(packs)`, which the inference Engine wraps around its model calls: each weight is
-packed into panels of 32 outputs the first time it is used there and kept in `packs`, the Engine's own dict (a
+packed into panels of 48 outputs the first time it is used there and kept in `packs`, the Engine's own dict (a
 second copy of the weights for the Engine's life). An Engine decodes the weights it was given; a caller that changes
 them (an RL step) makes a new Engine, so a stale packing is never read (a version counter would not do: CPU fused
 AdamW updates weights without moving it). The kernel is compiled the first time it is needed (about 20 s, then
@@ -28,7 +29,7 @@ import torch
 
 from minimind.model.kernels.one_row import OneRowLinear
 
-MAX_ROWS = 64          # tiles of ≤ 12 rows share a pass over each weight panel (few_rows.cpp)
+MAX_ROWS = 64          # tiles of ≤ 8 rows share a pass over each weight panel (few_rows.cpp)
 _context = threading.local()
 
 
@@ -61,9 +62,9 @@ def extension():
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """An fp32 CPU product of 1–MAX_ROWS rows, outside autograd, with a multiple of 32 outputs."""
+    """An fp32 CPU product of 1–MAX_ROWS rows, outside autograd, with a multiple of 16 outputs."""
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and not torch.is_grad_enabled()
-            and x.numel() <= MAX_ROWS * x.shape[-1] and weight.shape[0] % 32 == 0 and extension() is not None)
+            and x.numel() <= MAX_ROWS * x.shape[-1] and weight.shape[0] % 16 == 0 and extension() is not None)
 
 
 class FewRowsLinear(OneRowLinear):
