@@ -79,7 +79,9 @@ def test_omni_stage_trains_fits_the_codec_and_speaks(speech_files, tmp_path):
     assert len(spoken.wave) == max(0, spoken.codes.shape[1] * 8 * 160 - 160)
 
 
-def test_transcripts_give_the_encoder_a_ctc_loss(speech_files, tmp_path):
+def transcribed_batch(speech_files, tmp_path):
+    """(records, tokenizer, a fresh tiny-o model, a batch of the clips' records) with each clip's transcript the
+    record's answer."""
     import json
 
     records = [json.loads(line) for line in speech_files.read_text().splitlines()]
@@ -97,6 +99,11 @@ def test_transcripts_give_the_encoder_a_ctc_loss(speech_files, tmp_path):
     model = OmniModel(*omni_preset("tiny-o"))
     examples = read_examples([str(path)], tokenizer, model.audio.n_mels)
     batch = collate([e for e in examples if e.mels], tokenizer.pad_id, model.audio)
+    return records, tokenizer, model, batch
+
+
+def test_transcripts_give_the_encoder_a_ctc_loss(speech_files, tmp_path):
+    records, tokenizer, model, batch = transcribed_batch(speech_files, tmp_path)
     said = [tokenizer.encode(r["conversations"][-1]["content"]) for r in records if r["audios"]]
     assert batch["ctc_lengths"].tolist() == [len(t) for t in said]
     assert batch["ctc_targets"].tolist() == [i for t in said for i in t]
@@ -112,23 +119,7 @@ def test_transcripts_give_the_encoder_a_ctc_loss(speech_files, tmp_path):
 
 def test_the_stage_encodes_each_batch_once_for_both_losses(speech_files, tmp_path):
     """With CTC on, the splice and the CTC head read one encoder pass; the loss equals the two computed apart."""
-    import json
-
-    records = [json.loads(line) for line in speech_files.read_text().splitlines()]
-    for r in records:
-        if r["audios"]:
-            r["transcripts"] = [r["conversations"][-1]["content"]]
-    path = tmp_path / "said.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    for r in records:
-        for key in ("audios", "answer_audio"):
-            for name in ([r[key]] if isinstance(r.get(key), str) else r.get(key) or []):
-                (tmp_path / name).write_bytes((speech_files.parent / name).read_bytes())
-    tokenizer = load_tokenizer()
-    torch.manual_seed(0)
-    model = OmniModel(*omni_preset("tiny-o"))
-    examples = read_examples([str(path)], tokenizer, model.audio.n_mels)
-    batch = collate([e for e in examples if e.mels], tokenizer.pad_id, model.audio)
+    _, _, model, batch = transcribed_batch(speech_files, tmp_path)
     stage = OmniSFT.__new__(OmniSFT)
     stage.settings, stage.model = OmniTrainConfig(ctc_weight=0.3), model
     passes = []
