@@ -154,7 +154,7 @@ def test_bad_key_bad_json_and_large_body(server):
 def test_concurrent_requests_are_batched_and_equal_to_alone(client, server, engine):
     """Eight greedy requests at once: each gets what it gets alone, and they share decode steps."""
     prompts = [f"question number {i}" for i in range(8)]
-    alone = [engine.chat([{"role": "user", "content": p}], SamplingParams(max_new_tokens=24, temperature=0))[0][0]
+    alone = [engine.chat([{"role": "user", "content": p}], SamplingParams(max_new_tokens=64, temperature=0))[0][0]
              .text for p in prompts]
     seen_rows, results, stop = [], [None] * 8, threading.Event()
 
@@ -165,7 +165,7 @@ def test_concurrent_requests_are_batched_and_equal_to_alone(client, server, engi
 
     def ask(i):
         r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": prompts[i]}],
-                                           temperature=0, max_tokens=24)
+                                           temperature=0, max_tokens=64)
         results[i] = r.choices[0].message.content
 
     watcher = threading.Thread(target=watch)

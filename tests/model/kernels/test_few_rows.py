@@ -30,6 +30,17 @@ def test_equals_the_plain_product_for_every_row_count(rows, outputs):
     torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 4, 6])
+def test_bf16_weights_are_summed_in_fp32(rows):
+    layer, packs = fast_linear(96, 160).to(torch.bfloat16), {}
+    x = torch.randn(rows, 96, dtype=torch.bfloat16)
+    with torch.no_grad(), few_rows.decoding(packs):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16 and packs[layer].dtype == torch.bfloat16
+    exact = (x.float() @ layer.weight.float().T).to(torch.bfloat16)      # the same sums, rounded once
+    torch.testing.assert_close(y, exact, rtol=0.02, atol=0.02)
+
+
 def test_falls_back_where_it_does_not_apply():
     packs, x = {}, torch.randn(3, 64)
     with few_rows.decoding(packs):
@@ -42,6 +53,8 @@ def test_falls_back_where_it_does_not_apply():
         assert x.grad is not None
         with torch.no_grad():
             layer(torch.randn(65, 64))                             # more rows than MAX_ROWS
+            with torch.autocast("cpu", torch.bfloat16):
+                layer(x)                                           # autocast decides the product's dtype
     with torch.no_grad():
         layer(x)                                                   # outside `decoding`
     assert packs == {}

@@ -13,7 +13,7 @@ names the function it replaces and the measurement that justified it:
     linear_cross_entropy.py  LM head + cross-entropy in row chunks, gradients formed in forward
     moe_padding.py           expert groups padded for oneDNN
     one_row.py               one compiled CPU row: products as multiply-reduces (Linear, MoE experts)
-    few_rows.py              1–64 fp32 CPU rows (eager decoding): a packed-weight AVX-512 kernel (few_rows.cpp)
+    few_rows.py              1–64 fp32 (1–6 bf16) CPU rows, eager decoding: a packed-weight AVX-512 kernel
 """
 
 from __future__ import annotations

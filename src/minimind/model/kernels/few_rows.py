@@ -1,11 +1,11 @@
 """Decoding a few rows at once on the CPU: x·Wᵀ through a packed-weight AVX-512 kernel (few_rows.cpp).
 
-Replaces `Linear.product` (F.linear, MKL's GEMM) for 1–64 fp32 input rows outside autograd and torch.compile: the
-decode step of a batch of up to 64 sequences. Justified by: minimind-3's decode matmuls (8 layers + head, 256 MB of
-fp32 weights, 2 threads, the 2-core EPYC) took 14.5–15 / 22–24 / 21–25 / 23–29 ms per step through MKL at 1 / 4 / 8
-/ 12 rows (17 → 9 GB/s: its skinny GEMM reads the weights more slowly the more rows it has) and 6.4–6.7 / 8.8–8.9
-/ 10.0–10.2 / 11.2–11.3 ms through the first, 32-wide version of this kernel: 2.0–2.6× (docs/performance.md,
-batched decoding).
+Replaces `Linear.product` (F.linear, MKL's GEMM) for 1–64 fp32 input rows (1–6 bf16 rows: the weights widened
+in registers, sums in fp32) outside autograd, autocast and torch.compile: the decode step of a batch of sequences.
+Justified by: minimind-3's decode products (8 layers + head, 256 MB of fp32 weights, 2 threads, the 2-core EPYC)
+took 14–15 / 22–24 / 21–25 / 23–29 ms per step through MKL at 1 / 4 / 8 / 12 rows (17 → 9 GB/s: its skinny GEMM
+reads the weights more slowly the more rows it has) and 6.1 / 7.3 / 7.8 / 10.7 ms through this kernel: 2.1–3.0×
+(docs/performance.md, batched decoding).
 
 It runs only inside `decoding(packs)`, which the inference Engine wraps around its model calls: each weight is
 packed into panels of 48 outputs the first time it is used there and kept in `packs`, the Engine's own dict (a
@@ -29,7 +29,9 @@ import torch
 
 from minimind.model.kernels.one_row import OneRowLinear
 
-MAX_ROWS = 64          # tiles of ≤ 8 rows share a pass over each weight panel (few_rows.cpp)
+MAX_ROWS = {torch.float32: 64,      # tiles of ≤ 8 rows share a pass over each weight panel (few_rows.cpp)
+            torch.bfloat16: 6}      # above 6 rows oneDNN's bf16 GEMM was as fast (minimind-3's shapes, 8 rows:
+                                    # 5.9 ms against 6.7; 4 rows: 5.4 against 4.4)
 _context = threading.local()
 
 
@@ -62,9 +64,12 @@ def extension():
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """An fp32 CPU product of 1–MAX_ROWS rows, outside autograd, with a multiple of 16 outputs."""
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and not torch.is_grad_enabled()
-            and x.numel() <= MAX_ROWS * x.shape[-1] and weight.shape[0] % 16 == 0 and extension() is not None)
+    """A CPU product of 1–MAX_ROWS[dtype] rows in fp32 or bf16 (x and W alike, no autocast), outside autograd, with
+    a multiple of 16 outputs."""
+    return (x.device.type == "cpu" and x.dtype == weight.dtype and x.dtype in MAX_ROWS
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and x.numel() <= MAX_ROWS[x.dtype] * x.shape[-1] and weight.shape[0] % 16 == 0
+            and extension() is not None)
 
 
 class FewRowsLinear(OneRowLinear):
@@ -77,6 +82,6 @@ class FewRowsLinear(OneRowLinear):
             return super().product(x)
         if self not in packs:
             packs[self] = extension().pack(self.weight.detach())
-        y = extension().packed_matmul(x.reshape(-1, x.shape[-1]).contiguous(), packs[self])
-        y = y.view(*x.shape[:-1], -1)
+        y = extension().packed_matmul(x.reshape(-1, x.shape[-1]).float(), packs[self])      # sums in fp32
+        y = y.view(*x.shape[:-1], -1).to(x.dtype)
         return y + self.bias if self.bias is not None else y
