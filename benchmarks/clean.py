@@ -152,24 +152,17 @@ LOW_QUALITY = ("keyword_spam", "repeated_slogan", "repeated_lines", "random_char
 
 
 def other_languages() -> list[str]:
-    """Documents of ≥ 200 characters in languages other than en/zh, from chatterbot-corpus's conversations."""
-    import yaml
-
-    from minimind.data.default.fetch import PACKAGES, FetchError, _open_archive, default_cache_dir, fetch_one
+    """Documents of 400 characters in languages other than en/zh, from chatterbot-corpus's conversations."""
+    from minimind.data.default.fetch import PACKAGES, FetchError, default_cache_dir, fetch_one, read_chatterbot
 
     try:
         wheel = fetch_one(next(p for p in PACKAGES if p.name == "chatterbot-corpus"), default_cache_dir())
     except FetchError:
         return []
     texts = defaultdict(str)
-    import zipfile
-    with _open_archive(wheel, zipfile.ZipFile, zipfile.BadZipFile) as archive:
-        for name in sorted(archive.namelist()):
-            match = re.fullmatch(r"chatterbot_corpus/data/(\w+)/[^/]+\.yml", name)
-            if not match or match[1] in ("english", "chinese", "tchinese"):
-                continue
-            for turns in (yaml.safe_load(archive.read(name)) or {}).get("conversations") or []:
-                texts[match[1]] += " ".join(t for t in turns if isinstance(t, str)) + "\n"
+    for folder, turns in read_chatterbot(wheel, languages=None):
+        if folder not in ("english", "chinese", "tchinese"):
+            texts[folder] += " ".join(turns) + "\n"
     out = []
     for text in texts.values():
         out += [text[i:i + 400] for i in range(0, len(text) - 200, 400)]

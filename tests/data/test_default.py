@@ -335,6 +335,9 @@ def test_read_chatterbot_reads_english_and_chinese(tmp_path):
         add_file(archive, "chatterbot_corpus/data/traditionalchinese/greetings.yml",
                  "conversations:\n- - 妳好\n  - 嗨\n")
     assert read_chatterbot(path) == [("zh", ["你好", "嗨"]), ("en", ["Hello", "Hi"]), ("en", ["How are you?", "Fine."])]
+    assert read_chatterbot(path, languages=None) == [                 # every folder, by its name
+        ("chinese", ["你好", "嗨"]), ("english", ["Hello", "Hi"]), ("english", ["How are you?", "Fine."]),
+        ("traditionalchinese", ["妳好", "嗨"])]
 
 
 def poetry_file(archive, name, works):

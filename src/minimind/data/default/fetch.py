@@ -267,12 +267,14 @@ def read_idioms(path: str | Path) -> list[dict[str, str]]:
     return idioms
 
 
-def read_chatterbot(path: str | Path) -> list[tuple[str, list[str]]]:
-    """(language, turns) of every English ("en") and Chinese ("zh") conversation of the chatterbot-corpus wheel,
-    files in name order. Each turn answers the one before it; entries that are not lists of strings are
-    skipped."""
+def read_chatterbot(path: str | Path, languages: dict[str, str] | None = CHATTERBOT_LANGUAGES,
+                    ) -> list[tuple[str, list[str]]]:
+    """(language, turns) of every conversation of the chatterbot-corpus wheel in `languages` (corpus folder →
+    language code; default English "en" and Chinese "zh"; None: every folder, labelled by its name), files in name
+    order. Each turn answers the one before it; entries that are not lists of strings are skipped."""
     conversations = []
-    pattern = re.compile(rf"chatterbot_corpus/data/({'|'.join(CHATTERBOT_LANGUAGES)})/[^/]+\.yml")
+    folders = "|".join(languages) if languages is not None else r"\w+"
+    pattern = re.compile(rf"chatterbot_corpus/data/({folders})/[^/]+\.yml")
     with _open_archive(path, zipfile.ZipFile, zipfile.BadZipFile) as archive:
         for name in sorted(archive.namelist()):
             match = pattern.fullmatch(name)
@@ -282,11 +284,12 @@ def read_chatterbot(path: str | Path) -> list[tuple[str, list[str]]]:
                 document = yaml.safe_load(archive.read(name).decode("utf-8"))
             except yaml.YAMLError as e:
                 raise MiniMindError(f"{path}: {name}: not valid YAML ({e})") from None
+            label = match[1] if languages is None else languages[match[1]]
             for turns in document.get("conversations") or []:
                 if isinstance(turns, list) and all(isinstance(turn, str) for turn in turns):
-                    conversations.append((CHATTERBOT_LANGUAGES[match[1]], [turn.strip() for turn in turns]))
+                    conversations.append((label, [turn.strip() for turn in turns]))
     if not conversations:
-        raise MiniMindError(f"{path}: no English or Chinese conversations in the archive")
+        raise MiniMindError(f"{path}: no conversations of {', '.join(languages or ['any language'])} in the archive")
     return conversations
 
 
