@@ -74,7 +74,7 @@ class CleanConfig:
         if min(self.shingle, self.shingle_cjk) < 1 or self.workers < 0:
             raise MiniMindError("clean config: 'shingle', 'shingle_cjk' ≥ 1 and 'workers' ≥ 0 are required")
         if self.languages:
-            known = set(quality._identifier().nb_classes)
+            known = quality.known_languages()
             unknown = [code for code in self.languages if code not in known]
             if unknown:
                 raise MiniMindError(f"clean config: 'languages' has {unknown}, which langid does not know; it knows "
@@ -203,9 +203,7 @@ def _judged(chunks: Iterator[Chunk], config: CleanConfig, workers: int) -> Itera
         for chunk in chunks:
             yield chunk, judge.lines(chunk.lines)
         return
-    if config.languages:
-        quality._identifier()          # loaded once, before the fork, and shared
-    quality._symbol_table()
+    quality.load_tables(config.languages)      # once, before the fork, and shared
     with multiprocessing.get_context("fork").Pool(workers, _start_worker, (config,)) as pool:
         pending = deque()
         for chunk in chunks:
@@ -220,6 +218,8 @@ def _judged(chunks: Iterator[Chunk], config: CleanConfig, workers: int) -> Itera
 
 EXACT = np.dtype([("key", "<u8"), ("cluster", "<i8")])
 SOURCE = np.dtype([("file", "<i8"), ("line", "<i8")])
+OUTPUTS = ("kept.jsonl", "rejects.jsonl")                       # in the work directory
+INDEX = ("signatures.bin", "sources.bin", "exact.bin")          # in its .state/
 
 
 class Cleaner:
@@ -230,6 +230,7 @@ class Cleaner:
 
     def __init__(self, work: Path, paths: list[Path], config: CleanConfig):
         self.work, self.state_dir, self.paths, self.config = work, work / ".state", paths, config
+        self.files = {name: work / name for name in OUTPUTS} | {name: self.state_dir / name for name in INDEX}
         self.index = LSHIndex(config.permutations, config.bands, config.near_threshold)
         self.exact: dict[int, int] = {}
         self.sources = np.empty(1024, dtype=SOURCE)
@@ -252,12 +253,8 @@ class Cleaner:
         if state is None or state["identity"] != self.identity():
             shutil.rmtree(self.work, ignore_errors=True)
             self.state_dir.mkdir(parents=True)
-            self.files = {name: (self.work if name.endswith(".jsonl") else self.state_dir) / name
-                          for name in ("kept.jsonl", "rejects.jsonl", "signatures.bin", "sources.bin", "exact.bin")}
             self.handles = {name: path.open("wb") for name, path in self.files.items()}
             return None if state is None else "the inputs or the config changed since the last run: starting over"
-        self.files = {name: (self.work if name.endswith(".jsonl") else self.state_dir) / name
-                      for name in state["files"]}
         self.handles = {}
         for name, size in state["files"].items():         # what was written after the last checkpoint goes
             handle = self.files[name].open("r+b")

@@ -67,12 +67,28 @@ def _identifier():
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
+def known_languages() -> set[str]:
+    """The language codes langid tells apart."""
+    return set(_identifier().nb_classes)
+
+
+def load_tables(languages: list[str]) -> None:
+    """Build the symbol table and (with `languages`) load langid's model now: before worker processes fork, so
+    they share them instead of each building its own."""
+    _symbol_table()
+    if languages:
+        _identifier()
+
+
+def _labels(language: str) -> tuple[str, ...]:
+    return LANGUAGE_LABELS.get(language, (language,))
+
+
 def language_scores(text: str, languages: list[str]) -> tuple[str, dict[str, float]]:
     """(langid's likeliest label for the letters of `text`, the probability of each of `languages`, its labels
     summed)."""
     ranked = dict(_identifier().rank(NOT_LETTERS.sub(" ", text[:2 * LANGUAGE_SAMPLE])[:LANGUAGE_SAMPLE]))
-    return max(ranked, key=ranked.get), {language: sum(ranked.get(label, 0.0)
-                                                       for label in LANGUAGE_LABELS.get(language, (language,)))
+    return max(ranked, key=ranked.get), {language: sum(ranked.get(label, 0.0) for label in _labels(language))
                                          for language in languages}
 
 
@@ -104,7 +120,7 @@ def quality_problem(text: str, config: CleanConfig) -> tuple[str | None, str | N
     if config.languages:
         label, scores = language_scores(text, config.languages)
         language = max(scores, key=scores.get)
-        if label not in {alias for code in config.languages for alias in LANGUAGE_LABELS.get(code, (code,))} \
+        if not any(label in _labels(code) for code in config.languages) \
                 and sum(scores.values()) < config.min_language_score:
             return "language", label
     if language in STOP_WORDS and len(words) >= STOP_WORD_MIN_WORDS:

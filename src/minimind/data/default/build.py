@@ -17,7 +17,8 @@
     OUT/eval/choice.jsonl    {"task", "context", "choices", "answer"}: the offline multiple-choice benchmark
                              (data/default/benchmark.py; written when the packages were fetched)
     OUT/clean/               report.md, report.json and rejects.jsonl of `minimind data clean` over the packages'
-                             text (train units first, so a held-out unit repeating a training one is removed too)
+                             text (train units first, so a held-out unit repeating a training one is removed too;
+                             the rejects' file:line count the units in OUT/.clean-units.jsonl, deleted after use)
     OUT/manifest.json        {"seed", "packages": {name: {"version", "file", "sha256", "licence"}}, "fetch_error",
                               "clean": {"records", "kept", "removed"}, "files": {path: {"records", "chars"}}}
 
@@ -31,7 +32,6 @@ import json
 import random
 import re
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -162,11 +162,14 @@ def _clean(units: dict[str, list[dict]], out: Path) -> tuple[dict[str, list[dict
     documents = {"train": [], "eval": [], "modern": []}
     if not units["train"] and not units["eval"]:
         return documents, None
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "units.jsonl"
+    source = out.with_name(f".{out.name}-units.jsonl")     # a fixed name: the rejects' file:line read the same
+    out.parent.mkdir(parents=True, exist_ok=True)             # in every build into this directory
+    try:
         source.write_text("".join(json.dumps(unit | {"split": split}, ensure_ascii=False) + "\n"
                                   for split in ("train", "eval") for unit in units[split]), encoding="utf-8")
         report = clean([source], out)
+    finally:
+        source.unlink(missing_ok=True)
     kept = defaultdict(list)
     with open(out / "kept.jsonl", encoding="utf-8") as f:
         for line in f:
@@ -174,7 +177,7 @@ def _clean(units: dict[str, list[dict]], out: Path) -> tuple[dict[str, list[dict
             kept[unit["split"], unit["source"]].append(unit["text"])
     (out / "kept.jsonl").unlink()
     for (split, source), texts in kept.items():
-        if source in ("shakespeare", "brown"):
+        if source == "brown":                                 # whole samples: cut into passages (Shakespeare's are)
             texts = [doc for text in texts for doc in _passages(text)]
         docs = [{"text": doc} for doc in _pack(texts)]
         documents[split] += docs
