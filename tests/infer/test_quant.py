@@ -56,9 +56,11 @@ def test_quantized_model_stays_close(name, kind, tolerance, agree):
     rel = (out - ref).norm() / ref.norm()
     assert 0 < rel < tolerance              # on a wide-init random model; trained models: see bits per byte
     assert (out.argmax(-1) == ref.argmax(-1)).float().mean() > agree    # chance: 1 / 6400
-    tokens = Engine(quantized, load_tokenizer()).generate([[1, 400, 2000]], SamplingParams(
-        max_new_tokens=8, temperature=0.0, ignore_eos=True))[0][0].token_ids
-    assert len(tokens) == 8
+    engine, greedy = Engine(quantized, load_tokenizer()), SamplingParams(max_new_tokens=8, temperature=0.0,
+                                                                         ignore_eos=True)
+    prompts = [[1, 400, 2000], [1, 77]]                       # a batch: the kernels get non-contiguous rows
+    batch = [c[0].token_ids for c in engine.generate(prompts, greedy)]
+    assert batch == [engine.generate([p], greedy)[0][0].token_ids for p in prompts] and len(batch[0]) == 8
 
 
 def test_unmerged_lora_is_refused_and_cli_flag_works(tmp_path, capsys):

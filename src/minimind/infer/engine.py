@@ -28,7 +28,7 @@ from minimind.errors import MiniMindError
 from minimind.infer.sampling import SamplingParams, apply_penalties, sample
 from minimind.model.audio import batch_mels
 from minimind.model.cache import KVCache
-from minimind.model.kernels.few_rows import decoding
+from minimind.model.kernels.few_rows import decoding, pack_weights
 from minimind.model.layers import autocast_dtype
 from minimind.model.omni import check_audio_tokens
 from minimind.model.transformer import Transformer
@@ -134,7 +134,9 @@ class Batch:
     @torch.inference_mode()
     def extend(self, other: Batch) -> None:
         """Add other's rows (new requests joining between steps)."""
+        slots = self.cache.batch_size                   # ≥ len(self): the compiled step pads rows to a bucket
         self.cache.extend(other.cache)
+        self._select_cache_rows(list(range(len(self))) + list(range(slots, slots + len(other))))
         self.key_mask = torch.cat([_pad_mask(self.key_mask, self.cache.max_len),
                                    _pad_mask(other.key_mask, self.cache.max_len)])
         self.rows += other.rows
@@ -185,29 +187,54 @@ class Batch:
         index = torch.tensor(rows, dtype=torch.long, device=self.logits.device)
         self.rows = [self.rows[r] for r in rows]
         self.write_at = [self.write_at[r] for r in rows]
-        self.cache.select_rows(index)
+        self._select_cache_rows(rows)
         self.cache.write_at = self.cache.write_at[index]
         for name in ("key_mask", "positions", "logits", "seen", "counts"):
             setattr(self, name, getattr(self, name)[index])
+
+    def _select_cache_rows(self, live: list[int]) -> None:
+        """Keep the cache rows `live` (in order) and pad them with copies of the first up to the rows the next step
+        runs: the compiled step's row bucket (padding rows decode alongside and are dropped), else just these."""
+        index = live + live[:1] * (self.engine._slots(len(live)) - len(live))
+        if index != list(range(self.cache.batch_size)):
+            self.cache.select_rows(torch.tensor(index, dtype=torch.long, device=self.logits.device))
 
     def _forward(self, tokens: torch.Tensor) -> None:
         needed = max(self.write_at) + 1
         if needed > self.cache.max_len:
             self.cache.grow(_capacity(needed))
             self.key_mask = _pad_mask(self.key_mask, self.cache.max_len)
-        step = self.engine._compiled_step if len(self.rows) == 1 else None
-        self.cache.length = self.cache.max_len if step else needed       # compiled: static shapes
-        aligned = not step and not self.padded and min(self.write_at) == needed - 1
-        step = step or self.engine.model.decode_step
         with decoding(self.engine._packs):
-            self.logits = step(tokens[:, None], self.positions, None if aligned else self.key_mask,
-                               self.cache).float()
+            if self.engine._compiled_step and len(self.rows) <= ROW_BUCKETS[-1]:
+                self.logits = self._compiled_forward(tokens)
+            else:
+                self.cache.length = needed
+                aligned = not self.padded and min(self.write_at) == needed - 1
+                self.logits = self.engine.model.decode_step(tokens[:, None], self.positions,
+                                                            None if aligned else self.key_mask, self.cache).float()
         self.cache.write_at += 1
         self.positions += 1
         self.write_at = [w + 1 for w in self.write_at]
 
+    def _compiled_forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The compiled step on the rows padded to their bucket, each padding row a copy of row 0 writing its own
+        cache row; static shapes (every cache position attended to under the mask), so one compilation per
+        (bucket, capacity)."""
+        n = len(self.rows)
+        slots = self.engine._slots(n)
+        if self.cache.batch_size != slots:
+            self._select_cache_rows(list(range(n)))
+        index = torch.tensor(list(range(n)) + [0] * (slots - n), device=tokens.device)
+        live_write_at = self.cache.write_at
+        self.cache.write_at, self.cache.length = live_write_at[index], self.cache.max_len
+        logits = self.engine.compiled_decode(tokens[index, None], self.positions[index], self.key_mask[index],
+                                             self.cache)
+        self.cache.write_at = live_write_at
+        return logits[:n].float()
+
 
 SHARED_PREFIX_MIN = 32      # tokens; a shorter common prefix is not worth a forward of its own
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)      # rows the compiled decode step is traced for (more rows: eager)
 
 
 def _shared_prefix(prompts: list[list[int]]) -> int:
@@ -232,6 +259,11 @@ def _capacity(positions: int) -> int:
     return max(128, 1 << (positions - 1).bit_length())
 
 
+def compile_bound(context: int) -> int:
+    """The most compilations a compiled engine makes: one per row bucket and cache capacity (128 … ≥ context)."""
+    return len(ROW_BUCKETS) * (_capacity(context).bit_length() - 7)
+
+
 def _logprobs(logprobs: dict, tokens: torch.Tensor) -> tuple[dict, dict]:
     """Per row (of the groups that asked): log p(chosen) and the top-k (id, log p) pairs."""
     chosen, top = {}, {}
@@ -247,20 +279,39 @@ def _logprobs(logprobs: dict, tokens: torch.Tensor) -> tuple[dict, dict]:
 
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, compile: bool = False):
-        """compile=True decodes a single row through `torch.compile` of the model's `decode_step` (static
-        shapes): it compiles once per power-of-two cache length (tens of seconds the first time), then
-        decodes about twice as fast on CPU (docs/inference.md). Batches of several rows, where the compiled
-        step measured slower, and every prefill run eagerly; on an AVX-512 CPU their fp32 products of up to 64
-        rows run through the few-rows kernel (model/kernels/few_rows.py) with weights packed once for this engine:
-        an engine decodes the weights it was given, so make a new one after changing them. A diffusion model is
-        sampled by `infer.diffusion.DiffusionEngine` instead (`engine_for` chooses)."""
+        """compile=True decodes through `torch.compile` of the model's `decode_step` with static shapes: the rows
+        padded to a bucket of ROW_BUCKETS (up to 64; more run eagerly) and every cache position attended to under
+        the mask, so it compiles once per (bucket, power-of-two cache length) met (tens of seconds each, at most
+        `compile_bound`), then runs without Python between the ops (docs/inference.md). Prefills run eagerly. On an
+        AVX-512 CPU, products of up to 64 fp32 rows (6 bf16) run through the few-rows kernel
+        (model/kernels/few_rows.py; one compiled row takes a fused multiply-reduce instead), eager or compiled,
+        with weights packed for this engine: an engine decodes the weights it was given, so make a new one after
+        changing them. A diffusion model is sampled by `infer.diffusion.DiffusionEngine` instead (`engine_for`
+        chooses)."""
         if model.config.is_diffusion:
             raise MiniMindError("a diffusion model does not decode left to right; sample it with DiffusionEngine "
                                 "(minimind.infer.engine_for chooses the engine)")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = model.lm_head.weight.device
-        self._compiled_step = torch.compile(model.decode_step, dynamic=False) if compile else None
         self._packs = {}            # the few-rows kernel's packed weights (model/kernels/few_rows.py), for this engine
+        self._compiled_step = torch.compile(model.decode_step, dynamic=False, fullgraph=True) if compile else None
+        self.compiled_shapes: set[tuple[int, int]] = set()      # (rows, cache capacity) compiled for so far
+        if compile:
+            pack_weights(model, self._packs)
+
+    def _slots(self, rows: int) -> int:
+        """The rows a decode step runs for `rows` live ones: their compiled bucket, or themselves (eager)."""
+        if self._compiled_step is None or rows > ROW_BUCKETS[-1]:
+            return rows
+        return next(b for b in ROW_BUCKETS if b >= rows)
+
+    def compiled_decode(self, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
+                        cache: KVCache) -> torch.Tensor:
+        """The compiled `decode_step` (rows a bucket, `cache.length` its capacity): logits [rows, vocab]."""
+        self.compiled_shapes.add((len(input_ids), cache.max_len))
+        limit = compile_bound(self.model.config.max_position_embeddings)
+        with torch._dynamo.config.patch(recompile_limit=limit, accumulated_recompile_limit=max(256, limit)):
+            return self._compiled_step(input_ids, positions, key_mask, cache)
 
     # ---- public API -------------------------------------------------------------------------------------------
 

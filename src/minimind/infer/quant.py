@@ -68,8 +68,8 @@ class Int4Linear(nn.Module):
         return torch._weight_int4pack_mm_for_cpu(eye, self.weight, self.group, self.scales_and_zeros).T
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch._weight_int4pack_mm_for_cpu(x.reshape(-1, self.in_features).float(), self.weight, self.group,
-                                              self.scales_and_zeros)
+        y = torch._weight_int4pack_mm_for_cpu(x.reshape(-1, self.in_features).float().contiguous(), self.weight,
+                                              self.group, self.scales_and_zeros)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
 

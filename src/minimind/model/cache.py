@@ -56,6 +56,11 @@ class KVCache:
     def max_len(self) -> int:
         return self.capacity
 
+    @property
+    def batch_size(self) -> int:
+        """Rows held (a compiled decode step may run more rows than a batch has live)."""
+        return self.k[0].shape[0]
+
     def linear_state(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A DeltaNet layer's (convolution tail [B, conv, kernel−1], state [B, H, d_k, d_v])."""
         return self.tails[layer], self.states[layer]

@@ -1,7 +1,9 @@
 """Decoding a few rows at once on the CPU: x·Wᵀ through a packed-weight AVX-512 kernel (few_rows.cpp).
 
 Replaces `Linear.product` (F.linear, MKL's GEMM) for 1–64 fp32 input rows (1–6 bf16 rows: the weights widened
-in registers, sums in fp32) outside autograd, autocast and torch.compile: the decode step of a batch of sequences.
+in registers, sums in fp32) outside autograd and autocast: the decode step of a batch of sequences. Under
+torch.compile it is the custom operator `minimind::few_rows_matmul`, opaque to Inductor, which fuses the norms,
+rotary and adds around it (a single compiled row keeps OneRowLinear's multiply-reduce, which measured faster).
 Justified by: minimind-3's decode products (8 layers + head, 256 MB of fp32 weights, 2 threads, the 2-core EPYC)
 took 14–15 / 22–24 / 21–25 / 23–29 ms per step through MKL at 1 / 4 / 8 / 12 rows (17 → 9 GB/s: its skinny GEMM
 reads the weights more slowly the more rows it has) and 6.1 / 7.3 / 7.8 / 10.7 ms through this kernel: 2.1–3.0×
@@ -11,9 +13,10 @@ It runs only inside `decoding(packs)`, which the inference Engine wraps around i
 packed into panels of 48 outputs the first time it is used there and kept in `packs`, the Engine's own dict (a
 second copy of the weights for the Engine's life). An Engine decodes the weights it was given; a caller that changes
 them (an RL step) makes a new Engine, so a stale packing is never read (a version counter would not do: CPU fused
-AdamW updates weights without moving it). The kernel is compiled the first time it is needed (about 20 s, then
-cached by torch.utils.cpp_extension) and only on a CPU that torch reports as AVX512; elsewhere, or if the build
-fails (no compiler), `Linear` runs as it is.
+AdamW updates weights without moving it). A compiled step cannot pack (a graph does not write a dict):
+`pack_weights` packs every weight it may meet before the first compiled call. The kernel is compiled the first
+time it is needed (about 20 s, then cached by torch.utils.cpp_extension) and only on a CPU that torch reports as
+AVX512; elsewhere, or if the build fails (no compiler), `Linear` runs as it is.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from minimind.model.kernels.one_row import OneRowLinear
+from minimind.model.kernels.one_row import OneRowLinear, one_compiled_cpu_row
 
 MAX_ROWS = {torch.float32: 64,      # tiles of ≤ 8 rows share a pass over each weight panel (few_rows.cpp)
             torch.bfloat16: 6}      # above 6 rows oneDNN's bf16 GEMM was as fast (minimind-3's shapes, 8 rows:
@@ -63,25 +66,48 @@ def extension():
         return None
 
 
+@torch.library.custom_op("minimind::few_rows_matmul", mutates_args=())
+def few_rows_matmul(x: torch.Tensor, panels: torch.Tensor) -> torch.Tensor:
+    """x [rows, in] fp32 · the packed weight (`extension().pack(W)`, W [out, in]) → x·Wᵀ [rows, out] fp32."""
+    return extension().packed_matmul(x, panels)
+
+
+@few_rows_matmul.register_fake
+def _(x: torch.Tensor, panels: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], panels.numel() // x.shape[1]))
+
+
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """A CPU product of 1–MAX_ROWS[dtype] rows in fp32 or bf16 (x and W alike, no autocast), outside autograd, with
-    a multiple of 16 outputs."""
+    a multiple of 16 outputs. (Whether the kernel exists is asked when packing: a packed weight implies it.)"""
     return (x.device.type == "cpu" and x.dtype == weight.dtype and x.dtype in MAX_ROWS
             and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and x.numel() <= MAX_ROWS[x.dtype] * x.shape[-1] and weight.shape[0] % 16 == 0
-            and extension() is not None)
+            and x.numel() <= MAX_ROWS[x.dtype] * x.shape[-1] and weight.shape[0] % 16 == 0)
+
+
+def pack_weights(model: torch.nn.Module, packs: dict) -> None:
+    """Pack every FewRowsLinear weight the kernel takes (a multiple of 16 outputs, fp32 or bf16) into `packs`, as the
+    compiled decode step expects to find them."""
+    if extension() is None:
+        return
+    for module in model.modules():
+        w = module.weight if isinstance(module, FewRowsLinear) else None
+        if w is not None and w.dtype in MAX_ROWS and w.device.type == "cpu" and w.shape[0] % 16 == 0:
+            packs.setdefault(module, extension().pack(w.detach()))
 
 
 class FewRowsLinear(OneRowLinear):
-    """`Linear` whose x·Wᵀ runs through the packed kernel inside `decoding` for a few fp32 rows (`applies`); one
-    compiled row still takes OneRowLinear's multiply-reduce, and everything else the plain product."""
+    """`Linear` whose x·Wᵀ runs through the packed kernel inside `decoding` for a few rows (`applies`); one compiled
+    row still takes OneRowLinear's multiply-reduce, and everything else the plain product."""
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
-        packs = None if torch.compiler.is_compiling() else getattr(_context, "packs", None)
-        if packs is None or not applies(x, self.weight):
+        packs = getattr(_context, "packs", None)
+        if packs is None or one_compiled_cpu_row(x) or not applies(x, self.weight):
             return super().product(x)
         if self not in packs:
+            if torch.compiler.is_compiling() or extension() is None:     # a compiled step packs nothing itself
+                return super().product(x)
             packs[self] = extension().pack(self.weight.detach())
-        y = extension().packed_matmul(x.reshape(-1, x.shape[-1]).float(), packs[self])      # sums in fp32
+        y = few_rows_matmul(x.reshape(-1, x.shape[-1]).float(), packs[self])            # sums in fp32
         y = y.view(*x.shape[:-1], -1).to(x.dtype)
         return y + self.bias if self.bias is not None else y
