@@ -277,3 +277,25 @@ def test_cache_grows_past_its_first_capacity(engine):
     params = SamplingParams(max_new_tokens=150, temperature=0, ignore_eos=True)
     (completion,) = engine.generate([PROMPTS[1]], params)[0]
     assert completion.token_ids == naive_greedy(engine.model, PROMPTS[1], 150)
+
+
+@pytest.mark.parametrize("name, overrides", [("tiny", {}), ("tiny-moe", {}), ("tiny-hybrid", {}),
+                                             ("tiny", dict(use_sliding_window=True, sliding_window=5,
+                                                           max_window_layers=1))])
+def test_a_prefill_in_chunks_equals_one_forward(tokenizer, name, overrides):
+    """`prefill(chunk=7)`: a 40-token shared prefix and left-padded tails of 9–30 tokens in forwards of 7 positions,
+    yielding between them; the batch then decodes what `start`'s single forward gives."""
+    model = make_model(name, **overrides)
+    prefix = list(range(100, 140))
+    prompts = [prefix + [5, 6, 7] * 3, prefix + list(range(300, 330)), prefix + [9] * 12]
+    params = SamplingParams(max_new_tokens=10, temperature=0, ignore_eos=True, logprobs=0)
+    engine = Engine(model, tokenizer)
+    whole = engine.generate(prompts, params)
+    pieces = list(engine.prefill(prompts, params, chunk=7))
+    assert all(p is None for p in pieces[:-1]) and len(pieces) > 5
+    batch, rows = pieces[-1], list(pieces[-1].rows)
+    while batch:
+        batch.step()
+    for row, (alone,) in zip(rows, whole, strict=True):
+        assert row.out.token_ids == alone.token_ids
+        assert row.out.logprobs == pytest.approx(alone.logprobs, abs=1e-4)

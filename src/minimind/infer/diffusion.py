@@ -21,7 +21,7 @@ being denoised in `Delta.canvas`. Rows of different requests batch together, lef
 from __future__ import annotations
 
 import itertools
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -160,6 +160,12 @@ class DiffusionEngine(Engine):
         row_prompts = [prompt for prompt, p in zip(prompts, params, strict=True) for _ in range(p.n)]
         return DiffusionBatch(self, [_Canvas(row, prompt) for row, prompt in
                                      zip(self._rows(prompts, params, handles), row_prompts, strict=True)])
+
+    def prefill(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
+                handles: list[Hashable] | None = None, images: list[list] | None = None,
+                audios: list[list] | None = None, chunk: int | None = None) -> Iterator[DiffusionBatch]:
+        """No cache to fill: the batch at once (what the server's scheduler asks of every engine)."""
+        yield self.start(prompts, params, handles, images, audios)
 
     def check_params(self, params: SamplingParams) -> None:
         """Valid sampling values, without those a diffusion sampler cannot honour (refused by name)."""

@@ -355,7 +355,6 @@ class Engine:
         completions = self.generate([prompt], params, images=[images or []], audios=[audios or []])[0]
         return [(c, parse_output(c.text)) for c in completions]
 
-    @torch.inference_mode()
     def start(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
               handles: list[Hashable] | None = None, images: list[list] | None = None,
               audios: list[list] | None = None) -> Batch:
@@ -364,6 +363,16 @@ class Engine:
         prefix). Each prompt may have its own params (the server batches requests); rows report `handles[i]`
         (default: i) and index i·n + j (with handles given: j). `images[i]`: prompt i's images (vision models);
         `audios[i]`: its clips' log-mels [n_mels, F] (omni models)."""
+        *_, batch = self.prefill(prompts, params, handles, images, audios)
+        return batch
+
+    @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
+                handles: list[Hashable] | None = None, images: list[list] | None = None,
+                audios: list[list] | None = None, chunk: int | None = None) -> Iterator[Batch | None]:
+        """`start`, a forward at a time: yields None after each forward of at most `chunk` positions per row (the
+        shared prefix, then the rest; all at once when None, or with images or audio), then the Batch. A caller
+        decodes other rows between the forwards, so a long prompt never stalls them (the server's scheduler)."""
         params = params if isinstance(params, list) else [params] * len(prompts)
         for p in params:
             self.check_params(p)
@@ -387,14 +396,21 @@ class Engine:
         padded = any(len(p) != longest for p in prompts)
         cache = KVCache(config, 1 if shared else B, key_mask.shape[1], device=device,   # bf16 under bf16 autocast:
                         dtype=autocast_dtype(self.model.model.embed_tokens.weight))   # half the bytes per step
-        with decoding(self._packs):
-            if shared:                                            # once, then copied to every row
-                self.model(torch.tensor([prompts[0][:shared]], device=device), cache=cache, logits_to_keep=1)
-                cache.repeat_rows(torch.tensor([B], device=device))
-            # a windowed model prefills a window at a time through its rings: memory stays bounded by the window
-            step = config.sliding_window if config.is_windowed and not extra else width
-            for s in range(0, width, step):
-                end = shared + min(s + step, width)
+        chunk = chunk if chunk and not extra else max(width, shared)
+        if shared:                                                # once, then copied to every row
+            prefix = torch.tensor([prompts[0][:shared]], device=device)
+            for s in range(0, shared, chunk):
+                with decoding(self._packs):
+                    self.model(prefix[:, s:s + chunk], cache=cache, logits_to_keep=1)
+                yield None
+            cache.repeat_rows(torch.tensor([B], device=device))
+        # a windowed model prefills a window at a time through its rings: memory stays bounded by the window
+        step = min(chunk, config.sliding_window) if config.is_windowed and not extra else chunk
+        for s in range(0, width, step):
+            if s:
+                yield None
+            end = shared + min(s + step, width)
+            with decoding(self._packs):
                 logits = self.model(ids[:, s:s + step], attention_mask=key_mask[:, :end].long() if padded else None,
                                     cache=cache, logits_to_keep=1, **extra).logits[:, -1].float()
         seen = torch.zeros((B, config.vocab_size), dtype=torch.bool, device=device)
@@ -409,7 +425,7 @@ class Engine:
             cache.repeat_rows(repeats)
             key_mask, logits, seen, positions = (t.repeat_interleave(repeats, dim=0)
                                                  for t in (key_mask, logits, seen, positions))
-        return Batch(self, rows, cache, key_mask, padded, positions, [longest] * len(rows), logits, seen)
+        yield Batch(self, rows, cache, key_mask, padded, positions, [longest] * len(rows), logits, seen)
 
     def check_params(self, params: SamplingParams) -> None:
         params.validate()
