@@ -8,6 +8,7 @@ import torch
 
 from minimind.infer import Engine, SamplingParams
 from minimind.infer.engine import ROW_BUCKETS, compile_bound
+from minimind.model.kernels import few_rows
 from minimind.tokenizer import load_tokenizer
 from tests.conftest import make_model
 
@@ -69,6 +70,9 @@ def test_rows_joining_and_leaving_a_compiled_batch_decode_as_if_alone(tokenizer,
     assert len(rows["gone", 0].out.token_ids) == 3
     assert {key: rows[key].out.token_ids for key in expected} == expected
     assert {rows_ for rows_, _ in engine.compiled_shapes} == {1, 2, 4}
+    if few_rows.extension() is not None:                 # the compiled graph calls the kernel on the packed weights
+        assert {type(m) for m in engine._packs} >= ({few_rows.FewRowsMoE} if model.config.is_moe else set())
+        assert any(isinstance(m, few_rows.FewRowsLinear) for m in engine._packs)
 
 
 def test_compilations_stay_bounded_over_a_long_mixed_workload(tokenizer):

@@ -2,6 +2,8 @@
 fallbacks (outside `decoding`, autograd, shapes it does not take), packings owned by their `decoding` scope (a new
 Engine sees changed weights), and a batch decoded through it token for token as the reference kernels decode it."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ from minimind import Transformer, load_tokenizer, preset
 from minimind.infer import Engine, SamplingParams
 from minimind.model.kernels import few_rows, use_kernels
 from minimind.model.layers import Linear
+from minimind.model.moe import MoE
 
 pytestmark = pytest.mark.skipif(few_rows.extension() is None, reason="needs an AVX-512 CPU and a C++ compiler")
 
@@ -74,9 +77,27 @@ def test_packings_belong_to_their_scope():
     assert not torch.allclose(before, after)
 
 
-def test_a_batch_decodes_as_the_reference_kernels_decode_it():
+@pytest.mark.parametrize("rows", [1, 3, 9])
+def test_moe_experts_each_on_their_rows_equal_the_grouped_product(rows):
+    """Top-2 of 4 experts for 1–9 rows (some experts chosen by none): the packed path equals the grouped GEMMs."""
     torch.manual_seed(0)
-    config = preset("tiny")
+    moe = MoE(preset("tiny-moe"))
+    for w in (moe.experts.gate_proj, moe.experts.up_proj, moe.experts.down_proj):
+        torch.nn.init.normal_(w, std=0.1)
+    fast, packs, x = use_kernels(copy.deepcopy(moe), "auto"), {}, torch.randn(rows, 64)
+    experts = torch.tensor([[0, 2], [2, 0], [3, 0]] * 3)[:rows]            # expert 1 is never chosen
+    weights = torch.rand(rows, 2)
+    with torch.no_grad(), few_rows.decoding(packs):
+        y = fast.run_experts(x, experts, weights)
+        expected = moe.run_experts(x, experts, weights)
+    assert isinstance(fast, few_rows.FewRowsMoE) and len(packs[fast]) == 3 * 4          # gate, up, down each
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-moe"])
+def test_a_batch_decodes_as_the_reference_kernels_decode_it(name):
+    torch.manual_seed(0)
+    config = preset(name)
     reference = Transformer(config).eval()
     fast = use_kernels(Transformer(config).eval(), "auto")
     fast.load_state_dict(reference.state_dict())
@@ -86,4 +107,5 @@ def test_a_batch_decodes_as_the_reference_kernels_decode_it():
     expected = [c[0].token_ids for c in Engine(reference, tokenizer).generate(prompts, params)]
     engine = Engine(fast, tokenizer)
     assert [c[0].token_ids for c in engine.generate(prompts, params)] == expected
-    assert engine._packs and all(isinstance(m, few_rows.FewRowsLinear) for m in engine._packs)
+    kinds = {type(m) for m in engine._packs}
+    assert kinds == ({few_rows.FewRowsLinear, few_rows.FewRowsMoE} if config.is_moe else {few_rows.FewRowsLinear})

@@ -13,7 +13,7 @@ names the function it replaces and the measurement that justified it:
     linear_cross_entropy.py  LM head + cross-entropy in row chunks, gradients formed in forward
     moe_padding.py           expert groups padded for oneDNN
     one_row.py               one compiled CPU row: products as multiply-reduces (Linear, MoE experts)
-    few_rows.py              1–64 fp32 (1–6 bf16) CPU rows, eager decoding: a packed-weight AVX-512 kernel
+    few_rows.py              1–64 fp32 (1–6 bf16) CPU decode rows: a packed-weight AVX-512 kernel (Linear, MoE)
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ from torch import nn
 from minimind.config import KERNELS
 from minimind.errors import MiniMindError
 from minimind.model.kernels.attention import FastAttention
-from minimind.model.kernels.few_rows import FewRowsLinear
+from minimind.model.kernels.few_rows import FewRowsLinear, FewRowsMoE
 from minimind.model.kernels.flex_attention import FlexBackbone
 from minimind.model.kernels.linear_cross_entropy import FusedLossTransformer, FusedLossVisionLanguageModel
-from minimind.model.kernels.moe_padding import PaddedMoE
 from minimind.model.kernels.norm_rope import CastOnceBlock, FusedRMSNorm
 from minimind.model.layers import Attention, Linear, RMSNorm
 from minimind.model.moe import MoE
@@ -36,7 +35,7 @@ from minimind.model.transformer import Backbone, Block, Transformer
 from minimind.model.vlm import VisionLanguageModel
 
 Kernels = Literal[KERNELS]                        # the type of a kernels setting, from the one list
-FAST = {Linear: FewRowsLinear, RMSNorm: FusedRMSNorm, Attention: FastAttention, Block: CastOnceBlock, MoE: PaddedMoE,
+FAST = {Linear: FewRowsLinear, RMSNorm: FusedRMSNorm, Attention: FastAttention, Block: CastOnceBlock, MoE: FewRowsMoE,
         Backbone: FlexBackbone, Transformer: FusedLossTransformer, VisionLanguageModel: FusedLossVisionLanguageModel}
 REFERENCE = {fast: plain for plain, fast in FAST.items()}
 

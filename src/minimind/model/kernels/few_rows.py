@@ -29,7 +29,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from minimind.model.kernels.moe_padding import PaddedMoE
 from minimind.model.kernels.one_row import OneRowLinear, one_compiled_cpu_row
 
 MAX_ROWS = {torch.float32: 64,      # tiles of ≤ 8 rows share a pass over each weight panel (few_rows.cpp)
@@ -85,15 +87,18 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and x.numel() <= MAX_ROWS[x.dtype] * x.shape[-1] and weight.shape[0] % 16 == 0)
 
 
+@torch.no_grad()
 def pack_weights(model: torch.nn.Module, packs: dict) -> None:
     """Pack every FewRowsLinear weight the kernel takes (a multiple of 16 outputs, fp32 or bf16) into `packs`, as the
-    compiled decode step expects to find them."""
+    compiled decode step expects to find them, and the experts of every FewRowsMoE layer."""
     if extension() is None:
         return
     for module in model.modules():
         w = module.weight if isinstance(module, FewRowsLinear) else None
         if w is not None and w.dtype in MAX_ROWS and w.device.type == "cpu" and w.shape[0] % 16 == 0:
             packs.setdefault(module, extension().pack(w.detach()))
+        if isinstance(module, FewRowsMoE) and module.packable(module.experts.gate_proj[0, :1].detach()):
+            packs.setdefault(module, module.pack())                # (one row of the experts' own dtype)
 
 
 class FewRowsLinear(OneRowLinear):
@@ -111,3 +116,54 @@ class FewRowsLinear(OneRowLinear):
         y = few_rows_matmul(x.reshape(-1, x.shape[-1]).float(), packs[self])            # sums in fp32
         y = y.view(*x.shape[:-1], -1).to(x.dtype)
         return y + self.bias if self.bias is not None else y
+
+
+@torch.library.custom_op("minimind::few_rows_experts", mutates_args=())
+def few_rows_experts(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor,
+                     panels: list[torch.Tensor]) -> torch.Tensor:
+    """y_n = Σ_j w_nj · SwiGLU_{e_nj}(x_n) for x [N, hidden] fp32, chosen experts and weights [N, k], and each expert's
+    packed gate, up and down (`panels[3e:3e+3]`) → [N, hidden] fp32: every chosen expert once, on its own rows."""
+    chosen, order = experts.flatten().sort(stable=True)
+    token, weight = order // experts.shape[1], weights.flatten()[order, None].float()
+    y = torch.zeros(x.shape, dtype=torch.float32)
+    start = 0
+    for e, n in enumerate(torch.bincount(chosen, minlength=len(panels) // 3).tolist()):
+        if n:
+            rows, (gate, up, down) = token[start:start + n], panels[3 * e:3 * e + 3]
+            xe = x.index_select(0, rows)
+            h = F.silu(extension().packed_matmul(xe, gate)) * extension().packed_matmul(xe, up)
+            y.index_add_(0, rows, extension().packed_matmul(h, down) * weight[start:start + n])
+            start += n
+    return y
+
+
+@few_rows_experts.register_fake
+def _(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, panels: list[torch.Tensor]) -> torch.Tensor:
+    return torch.empty_like(x, dtype=torch.float32)
+
+
+class FewRowsMoE(PaddedMoE):
+    """`MoE` whose experts run through the packed kernel for a few decoded rows (`few_rows_experts`: an expert no row
+    chose is not read); one compiled row keeps PaddedMoE's multiply-reduces, and the rest its grouped GEMMs.
+    Justified by: at batch 8 the grouped fp32 GEMMs of minimind-3-moe decoded 121 tokens/s against transformers' 113,
+    this path 316 against 123 (docs/performance.md, batched decoding)."""
+
+    def run_experts(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        packs = getattr(_context, "packs", None)
+        if packs is None or one_compiled_cpu_row(x) or not self.packable(x):
+            return super().run_experts(x, experts, weights)
+        if self not in packs:
+            if torch.compiler.is_compiling() or extension() is None:     # a compiled step packs nothing itself
+                return super().run_experts(x, experts, weights)
+            packs[self] = self.pack()
+        return few_rows_experts(x.float(), experts, weights, packs[self]).to(x.dtype)
+
+    def packable(self, x: torch.Tensor) -> bool:
+        """The kernel takes gate and up (and down: its outputs, hidden, a multiple of 16) for x's rows."""
+        stacks = self.experts.gate_proj, self.experts.down_proj
+        return applies(x, stacks[0][0]) and stacks[1].shape[1] % 16 == 0 and stacks[1].dtype == x.dtype
+
+    def pack(self) -> list[torch.Tensor]:
+        """Each expert's gate, up and down weights packed, in that order."""
+        stacks = self.experts.gate_proj, self.experts.up_proj, self.experts.down_proj
+        return [extension().pack(w[e].detach()) for e in range(self.num_experts) for w in stacks]
