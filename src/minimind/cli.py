@@ -563,7 +563,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="load a model whose weights hold NaN or inf (refused otherwise), to inspect it")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the one-sequence decode step (first reply waits for the compilation)")
+                   help="torch.compile the decode step, once per row bucket (1, 2, 4 … 64) and cache length met "
+                        "(the first step of each waits for its compilation)")
     p.add_argument("--quant", choices=("int8", "int4"), help="weight-only quantization for the CPU: int8 per row, "
                                                               "int4 in groups of 32 (MoE experts stay fp32)")
 
