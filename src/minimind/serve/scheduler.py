@@ -5,9 +5,13 @@
                                                 row's Delta to its ticket's asyncio queue
 
 Requests join the running batch between steps and leave it when they finish or are cancelled (a client that
-disconnects), so a long reply never holds up a short one and the event loop never waits on the model. While rows
-are decoding, a new group's prompts are prefilled PREFILL_TOKENS at a time, one forward per step, so a long prompt
-delays each running stream's next token by one such forward instead of stalling it for the whole prompt.
+disconnects), so a long reply never holds up a short one and the event loop never waits on the model.
+
+While rows are decoding, no forward of a prefill exceeds about PREFILL_TOKENS positions, one per lane per step, so a
+new prompt delays each running stream's next token by one such forward instead of stalling it for the whole prompt.
+Two lanes: short prompts (≤ PREFILL_TOKENS), in arrival order, in groups whose padded size fits one forward; and
+long ones, one at a time in pieces. A short prompt never waits behind a long one's pieces, and left padding never
+stretches a short prompt to a long one's length. With nothing decoding, every waiting prompt is prefilled at once.
 """
 
 from __future__ import annotations
@@ -38,6 +42,22 @@ class Ticket:
         return id(self)
 
 
+class Prefill:
+    """A group of tickets being prefilled: the engine's prefill (one forward per `next`), and the tickets cancelled
+    meanwhile (dropped once the group has joined the batch)."""
+
+    def __init__(self, engine: Engine, tickets: list[Ticket], chunk: int | None):
+        self.tickets, self.dropped = tickets, set()
+        self.long = max(len(t.prompt) for t in tickets) > PREFILL_TOKENS
+        self.forwards = engine.prefill([t.prompt for t in tickets], [t.params for t in tickets], handles=tickets,
+                                       images=[t.images for t in tickets], audios=[t.audios for t in tickets],
+                                       chunk=chunk)
+
+    @property
+    def rows(self) -> int:
+        return sum(t.params.n for t in self.tickets)
+
+
 PREFILL_TOKENS = 128        # prompt tokens per prefill forward while rows decode (~80 ms for minimind-3 on 2 cores)
 
 
@@ -61,11 +81,40 @@ class Scheduler:
     def cancel(self, ticket: Ticket) -> None:
         self.inbox.put(("cancel", ticket))
 
+    def _admit(self, waiting: deque, prefills: list[Prefill], batch) -> None:
+        """Start the lanes' next groups from `waiting` (see the module's docstring), rows permitting."""
+        decoding = bool(batch) or bool(prefills)
+        room = self.max_rows - (len(batch) if batch else 0) - sum(p.rows for p in prefills)
+        if not decoding:                                         # idle: everything that fits, in one forward
+            group = []
+            while waiting and (waiting[0].params.n <= room or not group):
+                room -= waiting[0].params.n
+                group.append(waiting.popleft())
+            if group:
+                prefills.append(Prefill(self.engine, group, None))
+            return
+        lanes = {p.long for p in prefills}
+        short, longest = [], 0
+        for ticket in list(waiting):
+            n, length = ticket.params.n, len(ticket.prompt)
+            if length > PREFILL_TOKENS:
+                if True not in lanes and n <= room:              # the long lane: the first long prompt, alone
+                    waiting.remove(ticket)
+                    prefills.append(Prefill(self.engine, [ticket], PREFILL_TOKENS))
+                    lanes.add(True)
+                    room -= n
+            elif False not in lanes and n <= room and (len(short) + 1) * max(longest, length) <= PREFILL_TOKENS:
+                waiting.remove(ticket)
+                short.append(ticket)
+                longest = max(longest, length)
+                room -= n
+        if short:
+            prefills.append(Prefill(self.engine, short, None))
+
     def _run(self) -> None:
-        batch, waiting = None, deque()
-        prefill, joining, dropped = None, [], set()      # the admitted group's prefill, its tickets, those cancelled
+        batch, waiting, prefills = None, deque(), []
         while True:
-            block = not batch and not waiting and not prefill
+            block = not batch and not waiting and not prefills
             while True:                                          # drain the inbox (block only when idle)
                 try:
                     item = self.inbox.get(block=block)
@@ -79,33 +128,24 @@ class Scheduler:
                     waiting.append(ticket)
                 elif ticket in waiting:
                     waiting.remove(ticket)
-                elif ticket in joining:
-                    dropped.add(ticket)
+                elif joining := next((p for p in prefills if ticket in p.tickets), None):
+                    joining.dropped.add(ticket)
                 elif batch:
                     batch.cancel(ticket)
-            if not prefill and waiting:
-                room = self.max_rows - (len(batch) if batch else 0)
-                while waiting and (waiting[0].params.n <= room or (not joining and not batch)):
-                    room -= waiting[0].params.n
-                    joining.append(waiting.popleft())
-                if joining:                                      # in pieces only when rows are decoding meanwhile
-                    chunk = max(16, PREFILL_TOKENS // len(joining)) if batch else None
-                    prefill = self.engine.prefill([t.prompt for t in joining], [t.params for t in joining],
-                                                  handles=joining, images=[t.images for t in joining],
-                                                  audios=[t.audios for t in joining], chunk=chunk)
-            if prefill:
+            self._admit(waiting, prefills, batch)
+            for prefill in list(prefills):                       # one forward of each lane's group
                 try:
-                    ready = next(prefill)
+                    ready = next(prefill.forwards)
                 except Exception as error:                  # noqa: BLE001 — reported to the group's requests
-                    for ticket in joining:
+                    for ticket in prefill.tickets:
                         ticket.deliver(error)
-                    prefill, joining, dropped = None, [], set()
-                else:
-                    if ready is not None:
-                        batch = ready if not batch else (batch.extend(ready) or batch)
-                        for ticket in dropped:
-                            batch.cancel(ticket)
-                        prefill, joining, dropped = None, [], set()
+                    prefills.remove(prefill)
+                    continue
+                if ready is not None:
+                    batch = ready if not batch else (batch.extend(ready) or batch)
+                    for ticket in prefill.dropped:
+                        batch.cancel(ticket)
+                    prefills.remove(prefill)
             self.running_rows = len(batch) if batch else 0
             if batch:
                 try:
