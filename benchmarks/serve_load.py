@@ -109,7 +109,8 @@ def main() -> None:
         engine = Engine(load_model(directory, device="cpu"), load_tokenizer(directory), compile=args.compile)
         if args.compile:                  # compile every bucket the phases can meet, before timing anything
             warm = SamplingParams(max_new_tokens=2, temperature=0, ignore_eos=True)
-            for rows in (b for b in ROW_BUCKETS if b <= max(args.clients) + bool(args.long_prompt)):
+            largest = engine._slots(max(args.clients) + bool(args.long_prompt))      # the bucket holding them all
+            for rows in (b for b in ROW_BUCKETS if b <= largest):
                 engine.generate([engine.chat_prompt([{"role": "user", "content": PROMPTS[0]}])] * rows, warm)
         with live_server(engine, name="bench", max_rows=max(16, *args.clients)) as url:
             rows = [asyncio.run(phase(url, n, args.seconds, args.max_tokens, args.long_prompt)) for n in args.clients]

@@ -1,8 +1,8 @@
 """Continuous batching: one thread owns the engine and decodes every running request in one batch.
 
-    HTTP handlers ─ submit(ticket) ─▶ inbox ─▶ scheduler thread, each turn: admit waiting tickets (one prefill
-                                                group), run one forward of their prefill, step the batch, hand each
-                                                row's Delta to its ticket's asyncio queue
+    HTTP handlers ─ submit(ticket) ─▶ inbox ─▶ scheduler thread, each turn: admit waiting tickets (a group per
+                                                lane), run one forward of each group's prefill, step the batch, hand
+                                                each row's Delta to its ticket's asyncio queue
 
 Requests join the running batch between steps and leave it when they finish or are cancelled (a client that
 disconnects), so a long reply never holds up a short one and the event loop never waits on the model.

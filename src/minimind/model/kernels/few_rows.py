@@ -89,16 +89,26 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 @torch.no_grad()
 def pack_weights(model: torch.nn.Module, packs: dict) -> None:
-    """Pack every FewRowsLinear weight the kernel takes (a multiple of 16 outputs, fp32 or bf16) into `packs`, as the
-    compiled decode step expects to find them, and the experts of every FewRowsMoE layer."""
+    """Pack every FewRowsLinear weight and FewRowsMoE layer the kernel takes into `packs` (judged by `applies` on one
+    row of their own dtype), as the compiled decode step expects to find them."""
     if extension() is None:
         return
     for module in model.modules():
-        w = module.weight if isinstance(module, FewRowsLinear) else None
-        if w is not None and w.dtype in MAX_ROWS and w.device.type == "cpu" and w.shape[0] % 16 == 0:
-            packs.setdefault(module, extension().pack(w.detach()))
-        if isinstance(module, FewRowsMoE) and module.packable(module.experts.gate_proj[0, :1].detach()):
-            packs.setdefault(module, module.pack())                # (one row of the experts' own dtype)
+        if isinstance(module, FewRowsLinear) and applies(module.weight[:1], module.weight):
+            packs.setdefault(module, module.pack())
+        if isinstance(module, FewRowsMoE) and module.packable(module.experts.gate_proj[0, :1]):
+            packs.setdefault(module, module.pack())
+
+
+def _packing(module: torch.nn.Module, pack):
+    """`module`'s packed weights in this thread's `decoding` scope, made by `pack()` the first time; None outside a
+    scope, without the kernel, or inside a compiled step that finds them unpacked (a graph does not write a dict)."""
+    packs = getattr(_context, "packs", None)
+    if packs is None or (module not in packs and (torch.compiler.is_compiling() or extension() is None)):
+        return None
+    if module not in packs:
+        packs[module] = pack()
+    return packs[module]
 
 
 class FewRowsLinear(OneRowLinear):
@@ -106,16 +116,14 @@ class FewRowsLinear(OneRowLinear):
     row still takes OneRowLinear's multiply-reduce, and everything else the plain product."""
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
-        packs = getattr(_context, "packs", None)
-        if packs is None or one_compiled_cpu_row(x) or not applies(x, self.weight):
+        if one_compiled_cpu_row(x) or not applies(x, self.weight) or (panels := _packing(self, self.pack)) is None:
             return super().product(x)
-        if self not in packs:
-            if torch.compiler.is_compiling() or extension() is None:     # a compiled step packs nothing itself
-                return super().product(x)
-            packs[self] = extension().pack(self.weight.detach())
-        y = few_rows_matmul(x.reshape(-1, x.shape[-1]).float(), packs[self])            # sums in fp32
+        y = few_rows_matmul(x.reshape(-1, x.shape[-1]).float(), panels)                 # sums in fp32
         y = y.view(*x.shape[:-1], -1).to(x.dtype)
         return y + self.bias if self.bias is not None else y
+
+    def pack(self) -> torch.Tensor:
+        return extension().pack(self.weight.detach())
 
 
 @torch.library.custom_op("minimind::few_rows_experts", mutates_args=())
@@ -149,19 +157,13 @@ class FewRowsMoE(PaddedMoE):
     this path 316 against 123 (docs/performance.md, batched decoding)."""
 
     def run_experts(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        packs = getattr(_context, "packs", None)
-        if packs is None or one_compiled_cpu_row(x) or not self.packable(x):
+        if one_compiled_cpu_row(x) or not self.packable(x) or (panels := _packing(self, self.pack)) is None:
             return super().run_experts(x, experts, weights)
-        if self not in packs:
-            if torch.compiler.is_compiling() or extension() is None:     # a compiled step packs nothing itself
-                return super().run_experts(x, experts, weights)
-            packs[self] = self.pack()
-        return few_rows_experts(x.float(), experts, weights, packs[self]).to(x.dtype)
+        return few_rows_experts(x.float(), experts, weights, panels).to(x.dtype)
 
     def packable(self, x: torch.Tensor) -> bool:
         """The kernel takes gate and up (and down: its outputs, hidden, a multiple of 16) for x's rows."""
-        stacks = self.experts.gate_proj, self.experts.down_proj
-        return applies(x, stacks[0][0]) and stacks[1].shape[1] % 16 == 0 and stacks[1].dtype == x.dtype
+        return applies(x, self.experts.gate_proj[0]) and self.experts.down_proj.shape[1] % 16 == 0
 
     def pack(self) -> list[torch.Tensor]:
         """Each expert's gate, up and down weights packed, in that order."""
